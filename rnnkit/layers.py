@@ -1,0 +1,393 @@
+"""`Recurrent`: the one recurrent layer every rnnkit task uses, and helpers for its state.
+
+What is here: running a cell over time with variable lengths and an explicit initial state; stacking
+and both directions; dropout between layers (per element as torch.nn does, or variational: one mask
+per sequence); choosing PyTorch's fused kernel when it computes the same function; `detach_state` for
+truncated BPTT and `reset_state` for streams whose rows end at different times. What is not: the
+cells' equations (cells.py) and anything about tasks.
+
+State has torch.nn's layout: `h (L*D, B, H)`, and the pair `(h, c)` for LSTM-type cells. It is passed
+in and returned; nothing recurrent is stored on the module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import _VF, Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from rnnkit.cells import CELLS, FUSED_MODES, Cell, make_cell
+
+LayerState = Tensor | tuple[Tensor, ...]
+
+_FUSED_FUNCTIONS = {
+    "RNN_TANH": _VF.rnn_tanh,
+    "RNN_RELU": _VF.rnn_relu,
+    "LSTM": _VF.lstm,
+    "GRU": _VF.gru,
+}
+
+
+def detach_state(state: Any) -> Any:
+    """The same state cut from the autograd graph (truncated BPTT keeps values, drops history)."""
+    if state is None:
+        return None
+    if isinstance(state, Tensor):
+        return state.detach()
+    return type(state)(detach_state(s) for s in state)
+
+
+def reset_state(state: Any, rows: Tensor) -> Any:
+    """Zero the state of chosen batch rows (a stream whose sequence ended starts afresh).
+
+    Args:
+        state: `h (L*D, B, H)` or a tuple of such tensors.
+        rows: bool (B,) mask or int64 indices of the rows to reset.
+    Returns:
+        A new state of the same structure; the input is not modified.
+    """
+    if state is None:
+        return None
+    if isinstance(state, Tensor):
+        if rows.dtype == torch.bool:
+            keep = (~rows).to(state.dtype).view(1, -1, 1)  # (1, B, 1)
+            return state * keep
+        out = state.clone()
+        out[:, rows] = 0
+        return out
+    return type(state)(reset_state(s, rows) for s in state)
+
+
+def select_state(state: Any, index: Tensor) -> Any:
+    """Keep (or repeat) batch rows of a state in the order of `index` (B',); batch is dim 1."""
+    if state is None:
+        return None
+    if isinstance(state, Tensor):
+        return state.index_select(1, index)
+    return type(state)(select_state(s, index) for s in state)
+
+
+def _reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each row of x (B, T, ...) within its own length; padding stays where it is."""
+    if lengths is None:
+        return x.flip(1)
+    B, T = x.shape[:2]
+    t = torch.arange(T, device=x.device).unsqueeze(0)  # (1, T)
+    lens = lengths.to(x.device).unsqueeze(1)  # (B, 1)
+    index = torch.where(t < lens, lens - 1 - t, t)  # (B, T)
+    index = index.view(B, T, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(1, index)
+
+
+class Recurrent(nn.Module):
+    """A stack of recurrent layers over batch-first sequences, in one or both directions.
+
+    Parameters carry torch.nn's names and shapes (`weight_ih_l0`, `weight_hh_l0_reverse`, ...), so
+    `layer.load_state_dict(nn.LSTM(...).state_dict())` works and the reverse as well.
+
+    Args:
+        cell: a cell name (`rnn`, `rnn-relu`, `lstm`, `gru`) or a `Cell` subclass.
+        input_size: I, features per step of the input.
+        hidden_size: H, features of the state.
+        num_layers: L, stacked layers.
+        bias: use the b_ih and b_hh biases.
+        bidirectional: D = 2 when True: a second pass reads each sequence backwards from its own end.
+        dropout: dropout on the outputs of every layer but the last, in training mode only.
+        variational_dropout: use one dropout mask per sequence for all its steps (Gal & Ghahramani)
+            instead of a fresh mask at every step; needs the loop path.
+        fused: None picks PyTorch's fused kernel when it computes the same function and rnnkit's own
+            loop otherwise; False forces the loop; True forces the fused kernel and fails if it cannot.
+        cell_options: passed to the cell constructor (e.g. `forget_bias=1.0` for LSTM).
+
+    Shape:
+        forward(input (B, T, I), state, lengths (B,)) -> output (B, T, D*H), state
+    """
+
+    def __init__(
+        self,
+        cell: str | type[Cell] = "lstm",
+        input_size: int = 1,
+        hidden_size: int = 1,
+        num_layers: int = 1,
+        bias: bool = True,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        variational_dropout: bool = False,
+        fused: bool | None = None,
+        **cell_options: Any,
+    ) -> None:
+        super().__init__()
+        if isinstance(cell, str):
+            if cell not in CELLS:
+                raise ValueError(f"cell: unknown cell {cell!r}; expected one of: {', '.join(CELLS)}")
+            self.cell_name = cell
+        elif isinstance(cell, type) and issubclass(cell, Cell):
+            self.cell_name = cell.__name__
+        else:
+            raise ValueError(f"cell: expected a cell name or a Cell subclass; got {cell!r}")
+        for name, value, low in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
+                                 ("num_layers", num_layers, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}: expected an integer >= {low}; got {value!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1); got {dropout!r}")
+        if fused not in (None, True, False):
+            raise ValueError(f"fused: expected None, True or False; got {fused!r}")
+
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.bidirectional = bidirectional
+        self.num_directions = 2 if bidirectional else 1
+        self.dropout = float(dropout)
+        self.variational_dropout = variational_dropout
+        self.cell_options = dict(cell_options)
+
+        fused_reason = self._fused_unavailable_reason(cell)
+        if fused is True and fused_reason is not None:
+            raise ValueError(f"fused=True is impossible here: {fused_reason}; use fused=None or fused=False")
+        self.fused = fused
+        self._fused_mode = None if fused_reason is not None else FUSED_MODES[self.cell_name]
+
+        # The cells are kept out of the module tree: the layer owns their parameters under
+        # torch.nn's names and hands them to the cell code at every call.
+        self._cells: list[Cell] = []
+        self._param_names: list[list[tuple[str, str]]] = []  # per (layer, direction): (cell name, layer name)
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * self.num_directions
+            for direction in range(self.num_directions):
+                if isinstance(cell, str):
+                    c = make_cell(cell, layer_input, hidden_size, bias, **cell_options)
+                else:
+                    c = cell(layer_input, hidden_size, bias, **cell_options)
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                names = []
+                for pname, p in c.named_parameters(recurse=False):
+                    self.register_parameter(pname + suffix, p)
+                    names.append((pname, pname + suffix))
+                self._cells.append(c)
+                self._param_names.append(names)
+        self.num_states = self._cells[0].num_states
+
+    def _fused_unavailable_reason(self, cell: str | type[Cell]) -> str | None:
+        if not isinstance(cell, str) or cell not in FUSED_MODES:
+            return f"cell {self.cell_name!r} has no PyTorch fused kernel"
+        unsupported = {k for k in self.cell_options if k != "forget_bias"}
+        if unsupported:
+            return f"the fused kernel does not support the cell options {sorted(unsupported)}"
+        if self.variational_dropout and self.dropout > 0:
+            return "variational dropout between layers needs the loop path"
+        return None
+
+    def extra_repr(self) -> str:
+        s = f"{self.cell_name!r}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}" + (", variational" if self.variational_dropout else "")
+        if self.fused is not None:
+            s += f", fused={self.fused}"
+        return s
+
+    # ----------------------------------------------------------------------------------- state
+
+    def _params(self, index: int) -> dict[str, Tensor]:
+        return {cell_name: getattr(self, layer_name) for cell_name, layer_name in self._param_names[index]}
+
+    def _flat_weights(self) -> list[Tensor]:
+        return [getattr(self, layer_name) for names in self._param_names for _, layer_name in names]
+
+    def zero_state(self, batch_size: int, like: Tensor | None = None) -> LayerState:
+        """All-zero state for `batch_size` rows in torch.nn's layout."""
+        p = self.weight_hh_l0 if like is None else like
+        h = p.new_zeros(self.num_layers * self.num_directions, batch_size, self.hidden_size)
+        return h if self.num_states == 1 else tuple(h.clone() for _ in range(self.num_states))
+
+    def _state_parts(self, state: LayerState | None, batch_size: int, like: Tensor) -> tuple[Tensor, ...]:
+        """The state as a tuple of (L*D, B, H) tensors: zeros when None, else checked."""
+        if state is None:
+            z = self.zero_state(batch_size, like)
+            return (z,) if self.num_states == 1 else tuple(z)
+        return self._check_state(state, batch_size, like)
+
+    def _check_state(self, state: LayerState, batch_size: int, like: Tensor) -> tuple[Tensor, ...]:
+        expected = (self.num_layers * self.num_directions, batch_size, self.hidden_size)
+        if self.num_states == 1:
+            if not isinstance(state, Tensor):
+                raise ValueError(f"state: expected a tensor of shape {expected}; got {type(state).__name__}")
+            parts: tuple[Tensor, ...] = (state,)
+        else:
+            if isinstance(state, Tensor) or len(state) != self.num_states:
+                raise ValueError(
+                    f"state: expected a tuple of {self.num_states} tensors (h, c) each of shape {expected}; "
+                    f"got {type(state).__name__}"
+                )
+            parts = tuple(state)
+        for i, s in enumerate(parts):
+            if not isinstance(s, Tensor) or tuple(s.shape) != expected:
+                got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+                which = "state" if self.num_states == 1 else f"state[{i}]"
+                raise ValueError(f"{which}: expected shape (L*D, B, H) = {expected}; got {got}")
+            if s.dtype != like.dtype or s.device != like.device:
+                raise ValueError(
+                    f"state: expected dtype {like.dtype} on {like.device} like the input; "
+                    f"got {s.dtype} on {s.device}"
+                )
+        return parts
+
+    # --------------------------------------------------------------------------------- forward
+
+    def forward(
+        self, input: Tensor, state: LayerState | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, LayerState]:
+        """Run the stack over `input`.
+
+        Args:
+            input: (B, T, I) float.
+            state: initial state in torch.nn's layout (zeros when None).
+            lengths: (B,) integer lengths in 1..T; outputs past a row's end are zero, its final state is
+                taken at its last true step, and the backward direction starts at its own end.
+        Returns:
+            output (B, T, D*H) and the final state in torch.nn's layout.
+        """
+        if not isinstance(input, Tensor) or input.dim() != 3:
+            got = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
+            raise ValueError(f"input: expected shape (B, T, I={self.input_size}); got {got}")
+        B, T, I = input.shape
+        if I != self.input_size:
+            raise ValueError(f"input: expected shape (B, T, I={self.input_size}); got {tuple(input.shape)}")
+        if T == 0 or B == 0:
+            raise ValueError(f"input: expected at least one row and one step; got shape {tuple(input.shape)}")
+        if not input.is_floating_point():
+            raise ValueError(f"input: expected a floating-point tensor; got {input.dtype}")
+        if lengths is not None:
+            lengths = self._check_lengths(lengths, B, T)
+            if bool((lengths == T).all()):
+                lengths = None  # all rows full: no masking needed
+        parts = self._state_parts(state, B, input)
+
+        if self._use_fused():
+            output, parts = self._forward_fused(input, parts, lengths)
+        else:
+            output, parts = self._forward_loop(input, parts, lengths)
+        return output, (parts[0] if self.num_states == 1 else tuple(parts))
+
+    def _check_lengths(self, lengths: Tensor, batch_size: int, steps: int) -> Tensor:
+        if not isinstance(lengths, Tensor):
+            lengths = torch.as_tensor(lengths)
+        if lengths.dim() != 1 or lengths.shape[0] != batch_size:
+            raise ValueError(f"lengths: expected shape (B,) = ({batch_size},); got {tuple(lengths.shape)}")
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise ValueError(f"lengths: expected an integer tensor; got {lengths.dtype}")
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 1 or high > steps:
+            raise ValueError(f"lengths: expected values in 1..T = 1..{steps}; got min {low}, max {high}")
+        return lengths.to(torch.int64)
+
+    def _use_fused(self) -> bool:
+        if self._fused_mode is None:
+            return False
+        return self.fused is not False
+
+    def _forward_fused(
+        self, x: Tensor, parts: tuple[Tensor, ...], lengths: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        fn = _FUSED_FUNCTIONS[self._fused_mode]
+        hx = parts if self.num_states > 1 else parts[0]
+        args = (self._flat_weights(), self.bias, self.num_layers, self.dropout, self.training,
+                self.bidirectional)
+        if lengths is None:
+            result = fn(x, hx, *args, True)
+            return result[0], tuple(result[1:])
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        order, unorder = packed.sorted_indices, packed.unsorted_indices
+        hx = tuple(h.index_select(1, order) for h in parts)
+        result = fn(packed.data, packed.batch_sizes, hx if self.num_states > 1 else hx[0], *args)
+        out_packed = packed._replace(data=result[0])
+        output, _ = pad_packed_sequence(out_packed, batch_first=True, total_length=x.shape[1])
+        return output, tuple(h.index_select(1, unorder) for h in result[1:])
+
+    def _forward_loop(
+        self, x: Tensor, parts: tuple[Tensor, ...], lengths: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        B, T, _ = x.shape
+        mask = None
+        if lengths is not None:
+            mask = torch.arange(T, device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1)  # (B, T)
+        D = self.num_directions
+        finals: list[list[Tensor]] = [[] for _ in range(self.num_states)]
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(D):
+                index = layer * D + direction
+                cell, params = self._cells[index], self._params(index)
+                inp = layer_input if direction == 0 else _reverse_padded(layer_input, lengths)
+                start = tuple(p[index] for p in parts)
+                out, final = self._scan(cell, params, inp, start, mask)
+                if direction == 1:
+                    out = _reverse_padded(out, lengths)
+                outputs.append(out)
+                for k, s in enumerate(final):
+                    finals[k].append(s)
+            layer_input = outputs[0] if D == 1 else torch.cat(outputs, dim=2)  # (B, T, D*H)
+            if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
+                layer_input = self._dropout(layer_input)
+        return layer_input, tuple(torch.stack(f, dim=0) for f in finals)
+
+    def _dropout(self, x: Tensor) -> Tensor:
+        if not self.variational_dropout:
+            return F.dropout(x, self.dropout, training=True)
+        keep = 1.0 - self.dropout
+        mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(keep) / keep  # (B, 1, D*H)
+        return x * mask
+
+    @staticmethod
+    def _scan(
+        cell: Cell, params: dict[str, Tensor], x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Run one cell over x (B, T, I) from `state`; returns outputs (B, T, H) and the final state."""
+        xp = cell.project(x, params)  # (B, T, G*H)
+        outputs = []
+        for t in range(x.shape[1]):
+            new = cell.recurrence(xp[:, t], state, params)
+            if mask is None:
+                state = new
+                outputs.append(new[0])
+            else:
+                m = mask[:, t].unsqueeze(1)  # (B, 1)
+                state = tuple(torch.where(m, n, s) for n, s in zip(new, state, strict=True))
+                outputs.append(new[0] * m)
+        return torch.stack(outputs, dim=1), state  # (B, T, H)
+
+    def step(self, input: Tensor, state: LayerState | None = None) -> tuple[Tensor, LayerState]:
+        """One time step for every layer (streaming generation); unidirectional only.
+
+        Uses the cells directly: one small matrix product per layer, cheaper at B=1 than a
+        fused sequence kernel called with T=1.
+
+        Args:
+            input: (B, I).
+        Returns:
+            output (B, H) and the new state.
+        """
+        if self.bidirectional:
+            raise ValueError("step: a bidirectional layer needs the whole sequence; call forward instead")
+        if input.dim() != 2 or input.shape[1] != self.input_size:
+            raise ValueError(f"input: expected shape (B, I={self.input_size}); got {tuple(input.shape)}")
+        B = input.shape[0]
+        parts = self._state_parts(state, B, input)
+        h = input
+        new_parts: list[list[Tensor]] = [[] for _ in range(self.num_states)]
+        for layer in range(self.num_layers):
+            cell, params = self._cells[layer], self._params(layer)
+            new = cell.recurrence(cell.project(h, params), tuple(p[layer] for p in parts), params)
+            for k, s in enumerate(new):
+                new_parts[k].append(s)
+            h = new[0]
+        stacked = tuple(torch.stack(p, dim=0) for p in new_parts)
+        return h, (stacked[0] if self.num_states == 1 else stacked)
