@@ -1,0 +1,47 @@
+"""Data for rnnkit: reading text, tokenizers (char, word, byte-level BPE) and batching token ids.
+
+What is here: re-exports of the public names of text.py, tokenizers.py and batching.py. What is not:
+task-specific datasets, models and training.
+"""
+
+from rnnkit.data.batching import StreamBatches, bucket_batches, pad_sequences, stream_layout
+from rnnkit.data.text import atomic_write, atomic_write_text, read_text, split_holdout
+from rnnkit.data.tokenizers import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    TOKENIZER_FILE,
+    TOKENIZER_KINDS,
+    UNK_ID,
+    BPETokenizer,
+    CharTokenizer,
+    Tokenizer,
+    WordTokenizer,
+    build_tokenizer,
+    load_tokenizer,
+)
+
+__all__ = [
+    "BOS_ID",
+    "EOS_ID",
+    "PAD_ID",
+    "SPECIAL_TOKENS",
+    "TOKENIZER_FILE",
+    "TOKENIZER_KINDS",
+    "UNK_ID",
+    "BPETokenizer",
+    "CharTokenizer",
+    "StreamBatches",
+    "Tokenizer",
+    "WordTokenizer",
+    "atomic_write",
+    "atomic_write_text",
+    "bucket_batches",
+    "build_tokenizer",
+    "load_tokenizer",
+    "pad_sequences",
+    "read_text",
+    "split_holdout",
+    "stream_layout",
+]

@@ -1,0 +1,110 @@
+"""Reading text corpora and splitting off a held-out part.
+
+What is here: `read_text` (strict UTF-8 reading with precise error messages), `split_holdout`, and
+`atomic_write_text`, the one atomic file writer the data package uses. What is not: tokenization
+(tokenizers.py) and batching (batching.py).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from rnnkit.config import UserError
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """Read a UTF-8 text file, strip a byte-order mark and turn "\\r\\n" into "\\n".
+
+    Args:
+        path: the file to read.
+
+    Returns:
+        The decoded text, never empty or whitespace-only.
+
+    Raises:
+        UserError: the path is missing or a directory, the file is empty or whitespace-only, or its
+            bytes are not valid UTF-8 (the message gives byte offset, line, column and the byte).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such file (expected a UTF-8 text file)")
+    if p.is_dir():
+        raise UserError(f"{p}: is a directory (expected a UTF-8 text file)")
+    try:
+        raw = p.read_bytes()
+    except OSError as err:
+        reason = err.strerror or err
+        raise UserError(f"{p}: cannot be read ({reason}); expected a readable UTF-8 text file") from err
+    start = len(_BOM) if raw.startswith(_BOM) else 0
+    try:
+        text = raw[start:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(_utf8_error_message(p, raw, start + err.start)) from None
+    if not text:
+        raise UserError(f"{p}: the file is empty (expected UTF-8 text)")
+    if not text.strip():
+        raise UserError(f"{p}: the file is empty: it holds only whitespace (expected UTF-8 text)")
+    return text.replace("\r\n", "\n")
+
+
+def _utf8_error_message(path: Path, raw: bytes, offset: int) -> str:
+    """Describe the first invalid UTF-8 byte at `offset` of `raw` by byte offset, line and column."""
+    before = raw[:offset]
+    line_start = before.rfind(b"\n") + 1
+    line = before.count(b"\n") + 1
+    # Everything before the first invalid byte decodes, so the column can be counted in characters.
+    column = len(before[line_start:].decode("utf-8", errors="replace").lstrip("\ufeff")) + 1
+    return (
+        f"{path}: invalid UTF-8 at byte offset {offset} (line {line}, column {column}): "
+        f"found byte 0x{raw[offset]:02x}; expected UTF-8 text"
+    )
+
+
+def split_holdout(text: str, fraction: float) -> tuple[str, str]:
+    """Split text into a training part and the held-out last `fraction` of its characters.
+
+    Args:
+        text: the whole corpus.
+        fraction: share of characters held out, in [0, 1).
+
+    Returns:
+        (train, holdout) with train + holdout == text.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise UserError(f"holdout fraction: found {fraction}; expected a number in [0, 1)")
+    cut = len(text) - round(len(text) * fraction)
+    return text[:cut], text[cut:]
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """Write bytes (or text as UTF-8) through a temporary file in the same folder, then rename it in place.
+
+    A crash or a full disk never leaves a half-written file, and what was there stays until the new
+    file is complete. Creates the parent folder if needed.
+
+    Returns:
+        The destination path.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write text as UTF-8 atomically (see `atomic_write`)."""
+    return atomic_write(path, text)
