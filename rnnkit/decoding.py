@@ -1,0 +1,462 @@
+"""Decoding strategies shared by every generating model: filtering, greedy, sampling, beam search, completion.
+
+Every function drives a model through one step interface and knows nothing of its layout::
+
+    logits, state = model.step(tokens, state)   # tokens (B,) int64 -> logits (B, V), new state
+    state = model.reorder_state(state, index)   # index (B',) int64: keep/duplicate rows in this order
+
+Decoding starts from the logits and state the model produced after reading the prompt or source (the
+caller does that), so every function takes ``(model, logits, state, ...)`` with ``logits`` (B, V).
+
+Not in this file: feeding the prompt, encoders, tokenizers, detokenisation, and any model's state layout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+
+class StepModel(Protocol):
+    """What a model must provide to be decoded."""
+
+    def step(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]: ...
+
+    def reorder_state(self, state: Any, index: Tensor) -> Any: ...
+
+
+@dataclass
+class Hypothesis:
+    """One finished beam-search hypothesis."""
+
+    tokens: list[int]  # generated tokens, eos excluded
+    log_prob: float  # summed log-probability of the tokens, eos included when it ended the hypothesis
+    score: float  # log_prob / length ** length_penalty, the ranking key
+
+
+@dataclass
+class Completion:
+    """One autocomplete continuation."""
+
+    tokens: list[int]  # continuation tokens, the closing boundary token excluded
+    probability: float  # P(tokens, then a boundary); P(tokens) alone when complete is False
+    complete: bool  # False when max_tokens ran out before a boundary
+
+
+def _compute_dtype(logits: Tensor) -> torch.dtype:
+    """At least float32, so half-precision logits are normalised and summed accurately."""
+    return torch.promote_types(logits.dtype, torch.float32)
+
+
+def _log_softmax(logits: Tensor) -> Tensor:
+    return logits.log_softmax(dim=-1, dtype=_compute_dtype(logits))
+
+
+def _check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+
+
+def _check_max_tokens(max_tokens: int, minimum: int) -> None:
+    if max_tokens < minimum:
+        raise ValueError(f"max_tokens must be >= {minimum}, got {max_tokens}")
+
+
+def filter_logits(
+    logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> Tensor:
+    """Scale by temperature, then keep the top-k tokens, then the top-p nucleus; removed entries get -inf.
+
+    The nucleus is the smallest set of most probable tokens whose probability sums to at least top_p;
+    it always holds at least one token.
+
+    Args:
+        logits: (B, V) unnormalised scores.
+        temperature: > 0; scores are divided by it.
+        top_k: keep exactly the k highest-scoring tokens (None keeps all).
+        top_p: nucleus mass in (0, 1] (None or 1.0 keeps all).
+
+    Returns:
+        (B, V) filtered logits, same dtype.
+    """
+    _check_sampling_args(temperature, top_k, top_p)
+    if temperature == 0:
+        raise ValueError("temperature must be > 0 in filter_logits; use greedy decoding for temperature 0")
+    logits = logits / temperature
+    vocab_size = logits.size(-1)
+    if top_k is not None and top_k < vocab_size:
+        # scatter from topk indices (not a threshold) so ties still leave exactly k entries
+        keep = torch.zeros_like(logits, dtype=torch.bool)
+        keep.scatter_(-1, logits.topk(top_k, dim=-1).indices, True)
+        logits = logits.masked_fill(~keep, -math.inf)
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(dim=-1, dtype=_compute_dtype(logits))
+        mass_before = probs.cumsum(dim=-1) - probs
+        # a token is in the nucleus while the mass of the better tokens is still short of top_p
+        remove_sorted = mass_before >= top_p
+        remove_sorted[..., 0] = False
+        remove = torch.zeros_like(remove_sorted).scatter_(-1, order, remove_sorted)
+        logits = logits.masked_fill(remove, -math.inf)
+    return logits
+
+
+def iter_sample(
+    model: StepModel,
+    logits: Tensor,
+    state: Any,
+    max_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    eos_id: int | None = None,
+) -> Iterator[Tensor]:
+    """Yield one sampled token per row per step, for streaming output.
+
+    Rows that have produced eos_id keep yielding eos_id; the iteration stops early once every row has.
+
+    Args:
+        model: provides ``step``.
+        logits: (B, V) next-token logits after the prompt.
+        state: the model's state after the prompt.
+        max_tokens: most steps to yield (>= 0).
+        temperature: 0 means greedy (argmax); otherwise logits are divided by it before sampling.
+        top_k: sample only among the k most likely tokens.
+        top_p: sample only within the top-p nucleus.
+        generator: random generator for ``torch.multinomial``; the same seed gives the same tokens.
+        eos_id: token that ends a row.
+
+    Returns:
+        An iterator of (B,) int64 tensors.
+    """
+    _check_sampling_args(temperature, top_k, top_p)
+    _check_max_tokens(max_tokens, 0)
+    # validate now: the generator body runs only on the first next()
+    return _sample_steps(model, logits, state, max_tokens, temperature, top_k, top_p, generator, eos_id)
+
+
+@torch.no_grad()
+def _sample_steps(
+    model: StepModel,
+    logits: Tensor,
+    state: Any,
+    max_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+    eos_id: int | None,
+) -> Iterator[Tensor]:
+    finished = torch.zeros(logits.size(0), dtype=torch.bool, device=logits.device)  # (B,)
+    for step in range(max_tokens):
+        if temperature == 0:
+            tokens = logits.argmax(dim=-1)  # (B,)
+        else:
+            filtered = filter_logits(logits.to(_compute_dtype(logits)), temperature, top_k, top_p)
+            probs = filtered.softmax(dim=-1)  # (B, V)
+            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+        if eos_id is not None:
+            tokens = tokens.masked_fill(finished, eos_id)
+            finished |= tokens == eos_id
+        yield tokens
+        if eos_id is not None and bool(finished.all()):
+            return
+        if step + 1 < max_tokens:
+            logits, state = model.step(tokens, state)
+
+
+def _collect(steps: Iterator[Tensor], logits: Tensor) -> Tensor:
+    tokens = list(steps)
+    if not tokens:
+        return torch.empty(logits.size(0), 0, dtype=torch.long, device=logits.device)
+    return torch.stack(tokens, dim=1)  # (B, N)
+
+
+def greedy(
+    model: StepModel, logits: Tensor, state: Any, max_tokens: int, eos_id: int | None = None
+) -> Tensor:
+    """Take the most likely token at every step.
+
+    Args:
+        model: provides ``step``.
+        logits: (B, V) next-token logits after the prompt.
+        state: the model's state after the prompt.
+        max_tokens: most tokens to generate.
+        eos_id: token that ends a row; finished rows are padded with it.
+
+    Returns:
+        (B, N) int64 tokens, N <= max_tokens (shorter when every row ended with eos_id).
+    """
+    return _collect(iter_sample(model, logits, state, max_tokens, temperature=0.0, eos_id=eos_id), logits)
+
+
+def sample(
+    model: StepModel,
+    logits: Tensor,
+    state: Any,
+    max_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    eos_id: int | None = None,
+) -> Tensor:
+    """Sample tokens with temperature, top-k and top-p filtering; see ``iter_sample``.
+
+    Returns:
+        (B, N) int64 tokens, N <= max_tokens (shorter when every row ended with eos_id).
+    """
+    steps = iter_sample(model, logits, state, max_tokens, temperature, top_k, top_p, generator, eos_id)
+    return _collect(steps, logits)
+
+
+def _add_best(pool: list, item: Any, key: Callable[[Any], float], limit: int) -> None:
+    """Insert item into pool, kept sorted best first by key and at most limit long."""
+    pool.append(item)
+    pool.sort(key=key, reverse=True)
+    del pool[limit:]
+
+
+@torch.no_grad()
+def beam_search(
+    model: StepModel,
+    logits: Tensor,
+    state: Any,
+    beam_size: int,
+    max_tokens: int | Tensor,
+    eos_id: int | None = None,
+    length_penalty: float = 1.0,
+    min_tokens: int = 0,
+) -> list[list[Hypothesis]]:
+    """Batched beam search: all B inputs times beam_size beams go through one model.step per step.
+
+    A hypothesis ends when it emits eos_id (kept out of its tokens, its log-prob counted) or reaches its
+    input's max length. Hypotheses are ranked by log_prob / length ** length_penalty, where length counts
+    the generated tokens including eos (length_penalty 0 ranks by the raw sum). An input stops once it has
+    beam_size finished hypotheses and no live beam can still beat the worst of them.
+
+    Args:
+        model: provides ``step`` and ``reorder_state``.
+        logits: (B, V) next-token logits after the prompt/source.
+        state: the model's state after the prompt/source, B rows.
+        beam_size: beams kept per input (>= 1).
+        max_tokens: most generated tokens (eos included), an int or a (B,) int64 tensor per input (>= 1).
+        eos_id: token that ends a hypothesis (None: every hypothesis runs to max length).
+        length_penalty: exponent of the length normalisation.
+        min_tokens: eos is forbidden until this many tokens have been generated.
+
+    Returns:
+        For each input, up to beam_size finished hypotheses, best score first.
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    if min_tokens < 0:
+        raise ValueError(f"min_tokens must be >= 0, got {min_tokens}")
+    batch_size, vocab_size = logits.shape
+    if isinstance(max_tokens, Tensor):
+        if max_tokens.shape != (batch_size,):
+            raise ValueError(
+                f"max_tokens tensor must have shape ({batch_size},), got {tuple(max_tokens.shape)}"
+            )
+        max_lens = [int(m) for m in max_tokens.tolist()]
+    else:
+        max_lens = [int(max_tokens)] * batch_size
+    for m in max_lens:
+        _check_max_tokens(m, 1)
+    device = logits.device
+
+    def score_of(log_prob: float, length: int) -> float:
+        return log_prob / length**length_penalty
+
+    def future_bound(log_prob: float, length_now: int, max_len: int) -> float:
+        # extensions never raise log_prob (<= 0); the normaliser is monotone in length, so check both ends
+        return max(score_of(log_prob, length_now + 1), score_of(log_prob, max_len))
+
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
+    by_score = attrgetter("score")
+
+    def finish(b: int, tokens: list[int], log_prob: float, length: int) -> None:
+        _add_best(finished[b], Hypothesis(tokens, log_prob, score_of(log_prob, length)), by_score, beam_size)
+
+    # one beam per input at the start: the other beams are -inf so no identical beams are expanded
+    expand = torch.arange(batch_size, device=device).repeat_interleave(beam_size)  # (B*K,)
+    state = model.reorder_state(state, expand)
+    log_probs = _log_softmax(logits).index_select(0, expand)  # (B*K, V)
+    beam_lp = torch.full((batch_size, beam_size), -math.inf, dtype=log_probs.dtype, device=device)  # (B, K)
+    beam_lp[:, 0] = 0.0
+    history = torch.empty(batch_size, beam_size, 0, dtype=torch.long, device=device)  # (B, K, t)
+    alive = list(range(batch_size))  # original input index of each row block still decoding
+    num_candidates = min(2 * beam_size, beam_size * vocab_size)
+    step = 0
+    while alive:
+        n = len(alive)
+        cand = beam_lp.unsqueeze(2) + log_probs.view(n, beam_size, vocab_size)  # (n, K, V)
+        if eos_id is not None and step < min_tokens:
+            cand[:, :, eos_id] = -math.inf
+        top_lp, top_idx = cand.view(n, beam_size * vocab_size).topk(num_candidates, dim=1)  # (n, C)
+        top_beam = top_idx // vocab_size  # (n, C)
+        top_tok = top_idx % vocab_size  # (n, C)
+        live_lp = top_lp
+        if eos_id is not None:
+            is_eos = top_tok == eos_id  # (n, C)
+            # only eos among the top beam_size candidates finishes a hypothesis (so beam_size 1 is greedy)
+            ending = is_eos[:, :beam_size] & top_lp[:, :beam_size].isfinite()
+            for r, c in ending.nonzero().tolist():
+                parent = history[r, top_beam[r, c]].tolist()
+                finish(alive[r], parent, float(top_lp[r, c]), step + 1)
+            live_lp = top_lp.masked_fill(is_eos, -math.inf)
+        # stable sort keeps the candidates' rank order among the non-eos ones
+        live_lp, pick = live_lp.sort(dim=1, descending=True, stable=True)
+        live_lp, pick = live_lp[:, :beam_size], pick[:, :beam_size]  # (n, K)
+        parent_beam = top_beam.gather(1, pick)  # (n, K)
+        new_tok = top_tok.gather(1, pick)  # (n, K)
+        history = history.gather(1, parent_beam.unsqueeze(2).expand(-1, -1, step))  # (n, K, t)
+        history = torch.cat([history, new_tok.unsqueeze(2)], dim=2)  # (n, K, t+1)
+        beam_lp = live_lp
+        step += 1
+
+        keep = []
+        lp_rows = beam_lp.tolist()
+        for r, b in enumerate(alive):
+            if step >= max_lens[b]:
+                for k, lp in enumerate(lp_rows[r]):
+                    if math.isfinite(lp):
+                        finish(b, history[r, k].tolist(), lp, step)
+                continue
+            best_live = lp_rows[r][0]
+            if not math.isfinite(best_live):
+                continue
+            done = finished[b]
+            if len(done) >= beam_size and future_bound(best_live, step, max_lens[b]) <= done[-1].score:
+                continue
+            keep.append(r)
+        if not keep:
+            break
+        keep_t = torch.tensor(keep, dtype=torch.long, device=device)  # (n',)
+        rows = (keep_t.unsqueeze(1) * beam_size + parent_beam.index_select(0, keep_t)).reshape(-1)  # (n'*K,)
+        state = model.reorder_state(state, rows)
+        logits, state = model.step(new_tok.index_select(0, keep_t).reshape(-1), state)
+        log_probs = _log_softmax(logits)  # (n'*K, V)
+        beam_lp = beam_lp.index_select(0, keep_t)
+        history = history.index_select(0, keep_t)
+        alive = [alive[r] for r in keep]
+    return finished
+
+
+@torch.no_grad()
+def complete(
+    model: StepModel,
+    logits: Tensor,
+    state: Any,
+    n: int,
+    max_tokens: int,
+    is_boundary: Callable[[int], bool],
+    beam_size: int | None = None,
+) -> list[list[Completion]]:
+    """Find the n most probable continuations up to the next word boundary (autocomplete).
+
+    A continuation is finished when the next token is a boundary token; its probability is
+    P(tokens, then any boundary token), summed over the boundary tokens, so each token sequence appears
+    once. A boundary first gives the empty completion. ``max_tokens`` counts model steps with the boundary
+    included: complete continuations have at most max_tokens - 1 tokens. Continuations of max_tokens tokens
+    without a boundary are returned (complete=False, probability P(tokens)) only to fill up to n.
+
+    Args:
+        model: provides ``step`` and ``reorder_state``.
+        logits: (B, V) next-token logits after the prompt.
+        state: the model's state after the prompt, B rows.
+        n: completions wanted per input (>= 1).
+        max_tokens: most model steps, the boundary token included (>= 1).
+        is_boundary: tells whether a token id ends a word.
+        beam_size: live prefixes kept per input (default 2 * max(n, 4)).
+
+    Returns:
+        For each input, up to n completions, most probable first.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    _check_max_tokens(max_tokens, 1)
+    if beam_size is None:
+        beam_size = 2 * max(n, 4)
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    batch_size, vocab_size = logits.shape
+    device = logits.device
+    boundary = torch.tensor([bool(is_boundary(v)) for v in range(vocab_size)], device=device)  # (V,)
+    if not bool(boundary.any()):
+        raise ValueError("is_boundary is False for every token id; completions could never finish")
+
+    finished: list[list[Completion]] = [[] for _ in range(batch_size)]
+    unfinished: list[list[Completion]] = [[] for _ in range(batch_size)]
+    by_prob = attrgetter("probability")
+
+    expand = torch.arange(batch_size, device=device).repeat_interleave(beam_size)  # (B*K,)
+    state = model.reorder_state(state, expand)
+    log_probs = _log_softmax(logits).index_select(0, expand)  # (B*K, V)
+    beam_lp = torch.full((batch_size, beam_size), -math.inf, dtype=log_probs.dtype, device=device)  # (B, K)
+    beam_lp[:, 0] = 0.0
+    history = torch.empty(batch_size, beam_size, 0, dtype=torch.long, device=device)  # (B, K, t)
+    alive = list(range(batch_size))
+    num_candidates = min(beam_size, beam_size * vocab_size)
+    for step in range(max_tokens):
+        m = len(alive)
+        log_probs = log_probs.view(m, beam_size, vocab_size)  # (m, K, V)
+        end_lp = beam_lp + log_probs[:, :, boundary].logsumexp(dim=-1)  # (m, K)
+        for r, k in end_lp.isfinite().nonzero().tolist():
+            item = Completion(history[r, k].tolist(), math.exp(float(end_lp[r, k])), True)
+            _add_best(finished[alive[r]], item, by_prob, n)
+        cand = (beam_lp.unsqueeze(2) + log_probs).masked_fill(boundary, -math.inf)  # (m, K, V)
+        top_lp, top_idx = cand.view(m, beam_size * vocab_size).topk(num_candidates, dim=1)  # (m, K)
+        parent_beam = top_idx // vocab_size  # (m, K)
+        new_tok = top_idx % vocab_size  # (m, K)
+        history = history.gather(1, parent_beam.unsqueeze(2).expand(-1, -1, step))  # (m, K, t)
+        history = torch.cat([history, new_tok.unsqueeze(2)], dim=2)  # (m, K, t+1)
+        beam_lp = top_lp
+        lp_rows = beam_lp.tolist()
+        if step + 1 == max_tokens:
+            # out of steps: the live prefixes become candidates that never met a boundary
+            for r, b in enumerate(alive):
+                for k, lp in enumerate(lp_rows[r]):
+                    if math.isfinite(lp):
+                        _add_best(
+                            unfinished[b], Completion(history[r, k].tolist(), math.exp(lp), False), by_prob, n
+                        )
+            break
+        keep = []
+        for r, b in enumerate(alive):
+            best_live = lp_rows[r][0]
+            if not math.isfinite(best_live):
+                continue
+            done = finished[b]
+            # probabilities only shrink as a prefix grows
+            if len(done) >= n and math.exp(best_live) <= done[-1].probability:
+                continue
+            keep.append(r)
+        if not keep:
+            break
+        keep_t = torch.tensor(keep, dtype=torch.long, device=device)  # (m',)
+        rows = (keep_t.unsqueeze(1) * beam_size + parent_beam.index_select(0, keep_t)).reshape(-1)  # (m'*K,)
+        state = model.reorder_state(state, rows)
+        logits, state = model.step(new_tok.index_select(0, keep_t).reshape(-1), state)
+        log_probs = _log_softmax(logits)  # (m'*K, V)
+        beam_lp = beam_lp.index_select(0, keep_t)
+        history = history.index_select(0, keep_t)
+        alive = [alive[r] for r in keep]
+
+    results = []
+    for done, partial in zip(finished, unfinished, strict=True):
+        merged = done + partial[: n - len(done)]
+        merged.sort(key=by_prob, reverse=True)
+        results.append(merged)
+    return results
