@@ -1,12 +1,217 @@
 """Typed configuration for rnnkit: the error type for user mistakes, and dataclass configs.
 
 What is here: `UserError` (bad input a person can fix; the CLI prints it without a traceback),
-the model/data/train/decode dataclasses with validation, and TOML loading. What is not: argument
-parsing (cli.py) and anything that touches tensors.
+the model/data/train dataclasses with one comment per field and validation in `__post_init__`,
+the command-line flag of each field, and TOML loading. What is not: argument parsing (cli.py) and
+anything that touches tensors.
+
+Each field's metadata holds its `help` text and, where the command line spells it differently from
+the field, its `flag` (torch.nn's names inside, the agreed short flags outside: `hidden_size` is
+`--hidden`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
 
 class UserError(ValueError):
     """A mistake in the user's input: a file, an option or a value. Printed without a traceback."""
+
+
+def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None = None) -> Any:
+    meta: dict[str, Any] = {"help": help}
+    if flag:
+        meta["flag"] = flag
+    if choices:
+        meta["choices"] = choices
+    return field(default=default, metadata=meta)
+
+
+CELL_NAMES = ("rnn", "rnn-relu", "lstm", "gru")
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+SCHEDULERS = ("plateau", "cosine", "constant")
+TOKENIZERS = ("char", "word", "bpe")
+
+
+def _check(ok: bool, flag: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise UserError(f"{flag}: expected {expected}; got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """The network: embedding, recurrent stack and output layer."""
+
+    cell: str = _opt("lstm", "recurrent cell", choices=CELL_NAMES)
+    embedding_size: int = _opt(128, "size of the token embeddings", flag="--embed")
+    hidden_size: int = _opt(256, "size of the recurrent state", flag="--hidden")
+    num_layers: int = _opt(2, "stacked recurrent layers", flag="--layers")
+    bidirectional: bool = _opt(False, "read sequences in both directions (not for language models)")
+    dropout: float = _opt(0.0, "dropout between recurrent layers")
+    embedding_dropout: float = _opt(0.0, "dropout on the embeddings")
+    output_dropout: float = _opt(0.0, "dropout on the last recurrent layer's outputs")
+    variational: bool = _opt(False, "variational dropout: one mask per sequence for all its steps")
+    tie_weights: bool = _opt(False, "share the input embedding with the output layer")
+    fused: bool | None = _opt(None, "force (true) or forbid (false) PyTorch's fused kernel; default: automatic")
+
+    def __post_init__(self) -> None:
+        _check(self.cell in CELL_NAMES, "--cell", self.cell, f"one of {', '.join(CELL_NAMES)}")
+        for name in ("embedding_size", "hidden_size", "num_layers"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, flag_of(ModelConfig, name), value, "an integer >= 1")
+        for name in ("dropout", "embedding_dropout", "output_dropout"):
+            value = getattr(self, name)
+            _check(isinstance(value, int | float) and 0 <= value < 1, flag_of(ModelConfig, name), value,
+                   "a probability in [0, 1)")
+
+
+@dataclass
+class DataConfig:
+    """How text becomes tokens."""
+
+    tokenizer: str = _opt("char", "tokenizer for text", choices=TOKENIZERS)
+    min_freq: int = _opt(1, "word tokenizer: words seen fewer times become <unk>")
+    max_vocab: int | None = _opt(None, "word tokenizer: keep at most this many words")
+    vocab_size: int = _opt(1000, "BPE tokenizer: vocabulary size")
+    valid_fraction: float = _opt(0.05, "without --valid, hold out this last fraction of the training text")
+
+    def __post_init__(self) -> None:
+        _check(self.tokenizer in TOKENIZERS, "--tokenizer", self.tokenizer, f"one of {', '.join(TOKENIZERS)}")
+        _check(isinstance(self.min_freq, int) and self.min_freq >= 1, "--min-freq", self.min_freq,
+               "an integer >= 1")
+        _check(self.max_vocab is None or (isinstance(self.max_vocab, int) and self.max_vocab >= 1),
+               "--max-vocab", self.max_vocab, "an integer >= 1")
+        _check(isinstance(self.vocab_size, int) and self.vocab_size >= 260, "--vocab-size", self.vocab_size,
+               "an integer >= 260 (256 bytes and the special tokens)")
+        _check(0 < self.valid_fraction < 0.5, "--valid-fraction", self.valid_fraction, "a fraction in (0, 0.5)")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: batches, truncated BPTT, optimizer, schedule, stopping and checkpoints."""
+
+    epochs: int = _opt(10, "passes over the training data")
+    max_minutes: float | None = _opt(None, "stop training after this many minutes (then evaluate and save)")
+    max_steps: int | None = _opt(None, "stop after this many optimizer steps in all")
+    batch_size: int = _opt(32, "sequences per batch (rows of the stream for truncated BPTT)")
+    bptt: int = _opt(100, "truncated BPTT: steps per chunk of the continuous stream; 0: full BPTT over whole lines")
+    lr: float = _opt(2e-3, "learning rate")
+    optimizer: str = _opt("adam", "optimizer", choices=OPTIMIZERS)
+    weight_decay: float = _opt(0.0, "weight decay (decoupled for adamw)")
+    momentum: float = _opt(0.0, "momentum for sgd and rmsprop")
+    clip: float = _opt(1.0, "clip the global gradient norm to this value; 0 turns clipping off")
+    scheduler: str = _opt("plateau", "learning-rate schedule", choices=SCHEDULERS)
+    warmup_steps: int = _opt(0, "linear learning-rate warm-up over this many steps")
+    lr_factor: float = _opt(0.5, "plateau schedule: multiply the rate by this when validation stalls")
+    lr_patience: int = _opt(0, "plateau schedule: evaluations without improvement tolerated before reducing")
+    early_stopping: int = _opt(0, "stop after this many evaluations without improvement; 0 turns it off")
+    eval_every: int = _opt(0, "evaluate every this many steps as well as at each epoch's end; 0: epochs only")
+    checkpoint_minutes: float = _opt(10.0, "save a resumable checkpoint this often (minutes)")
+    seed: int = _opt(0, "random seed: fixes initialisation, data order, dropout and sampling")
+    device: str = _opt("cpu", "cpu, cuda, cuda:N or auto")
+    threads: int | None = _opt(None, "CPU threads for PyTorch (default: PyTorch's choice)")
+    log_every: int = _opt(50, "log a plain progress line every this many steps when not on a terminal")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, flag_of(TrainConfig, name), value, "an integer >= 1")
+        for name in ("bptt", "warmup_steps", "early_stopping", "eval_every", "lr_patience"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 0, flag_of(TrainConfig, name), value, "an integer >= 0")
+        _check(self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1),
+               "--max-steps", self.max_steps, "an integer >= 1")
+        _check(self.max_minutes is None or self.max_minutes > 0, "--max-minutes", self.max_minutes,
+               "a number > 0")
+        _check(isinstance(self.lr, int | float) and self.lr > 0, "--lr", self.lr, "a number > 0")
+        _check(self.optimizer in OPTIMIZERS, "--optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
+        _check(self.scheduler in SCHEDULERS, "--scheduler", self.scheduler, f"one of {', '.join(SCHEDULERS)}")
+        _check(self.clip >= 0, "--clip", self.clip, "a number >= 0")
+        _check(0 < self.lr_factor < 1, "--lr-factor", self.lr_factor, "a number in (0, 1)")
+        _check(self.checkpoint_minutes > 0, "--checkpoint-minutes", self.checkpoint_minutes, "a number > 0")
+        _check(self.weight_decay >= 0, "--weight-decay", self.weight_decay, "a number >= 0")
+        _check(0 <= self.momentum < 1, "--momentum", self.momentum, "a number in [0, 1)")
+        _check(self.threads is None or self.threads >= 1, "--threads", self.threads, "an integer >= 1")
+        _check(self.log_every >= 1, "--log-every", self.log_every, "an integer >= 1")
+        dev = self.device
+        _check(dev in ("cpu", "cuda", "auto", "mps") or dev.startswith("cuda:"), "--device", dev,
+               "cpu, cuda, cuda:N, mps or auto")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run was made from, as written to config.json."""
+
+    task: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> RunConfig:
+        try:
+            return cls(
+                task=d["task"],
+                model=_build(ModelConfig, d.get("model", {}), f"{source} [model]"),
+                data=_build(DataConfig, d.get("data", {}), f"{source} [data]"),
+                train=_build(TrainConfig, d.get("train", {}), f"{source} [train]"),
+            )
+        except KeyError as e:
+            raise UserError(f"{source}: missing key {e}") from None
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def flag_of(cls: type, name: str) -> str:
+    """The command-line flag of a config field (`hidden_size` -> `--hidden`)."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return f.metadata.get("flag", "--" + name.replace("_", "-"))
+
+
+def _build(cls: type, values: dict[str, Any], source: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; expected some of: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a TOML config into {section: {field: value}}.
+
+    Sections are `[model]`, `[data]` and `[train]` with the field names of those dataclasses. Top-level
+    keys are also accepted and go to whichever section has a field of that name.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"--config: file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML: {e}") from None
+    out: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    owner = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    for key, value in raw.items():
+        if key in SECTIONS and isinstance(value, dict):
+            known = {f.name for f in dataclasses.fields(SECTIONS[key])}
+            for k, v in value.items():
+                if k not in known:
+                    raise UserError(
+                        f"{path}: unknown key '{k}' in [{key}]; expected one of: {', '.join(sorted(known))}"
+                    )
+                out[key][k] = v
+        elif key in owner:
+            out[owner[key]][key] = value
+        else:
+            raise UserError(f"{path}: unknown key '{key}'")
+    return out

@@ -1,0 +1,146 @@
+"""Run directories: atomic writes, model weights, resumable training state, and loading with checks.
+
+What is here: `atomic_write` (temporary file + rename, so a crash never leaves half a file), writing and
+reading `config.json`, `model.safetensors` and the training checkpoint, and the version and shape checks
+done when a run is loaded. What is not: building models or tokenizers (tasks/) and the training loop.
+
+A run directory holds:
+    config.json          the RunConfig, the task's own settings, and the versions that made it
+    model.safetensors    the weights to use (the best on validation)
+    tokenizer.json ...   the vocabularies (written by the task)
+    metrics.jsonl        one line per evaluation
+    curves.png           training and validation curves
+    checkpoint.pt        what resuming needs: weights, optimizer, scheduler, step, random state
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save
+
+from rnnkit.config import UserError
+from rnnkit.data.text import atomic_write
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+def versions() -> dict[str, str]:
+    """Versions of what made a run (recorded in config.json, checked when loading)."""
+    from rnnkit import __version__
+
+    return {"rnnkit": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+
+
+def save_weights(path: str | Path, model: torch.nn.Module) -> None:
+    """Save a model's state_dict as safetensors, atomically (shared tensors stored once as copies)."""
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    atomic_write(path, save(tensors))
+
+
+def load_weights(path: str | Path, model: torch.nn.Module) -> None:
+    """Load safetensors weights into `model`, saying which names or shapes do not match."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: not found (is this a finished rnnkit run directory?)")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise UserError(f"{path}: cannot read the weights ({e})") from None
+    check_state_dict(model, tensors, str(path))
+    model.load_state_dict(tensors)
+
+
+def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Raise UserError listing missing, unexpected and mis-shaped tensors."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if extra:
+        problems.append(f"unexpected {', '.join(extra)}")
+    for k in sorted(set(expected) & set(found)):
+        if expected[k] != found[k]:
+            problems.append(f"{k} has shape {found[k]}, the model expects {expected[k]}")
+    if problems:
+        raise UserError(f"{source}: the weights do not fit the model: " + "; ".join(problems))
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write the resumable training state atomically; the previous one is kept as `.prev`."""
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    if path.exists():
+        os.replace(path, path.with_name(path.name + ".prev"))
+    atomic_write(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read the training state; a damaged file falls back to the previous good one, or says why not."""
+    path = Path(path)
+    errors = []
+    for candidate in (path, path.with_name(path.name + ".prev")):
+        if not candidate.exists():
+            continue
+        try:
+            return torch.load(candidate, map_location="cpu", weights_only=False)
+        except Exception as e:  # a truncated or corrupted file: try the previous one
+            errors.append(f"{candidate}: {type(e).__name__}: {e}")
+    if errors:
+        raise UserError("cannot resume: every checkpoint is damaged: " + "; ".join(errors))
+    raise UserError(f"cannot resume: no checkpoint in {path.parent} (expected {path.name})")
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: not a run directory (it does not exist)")
+    if not (run_dir / CONFIG_FILE).exists():
+        raise UserError(f"{run_dir}: not a run directory (no {CONFIG_FILE}; was it made by 'rnnkit train'?)")
+    return run_dir
+
+
+def read_run_config(run_dir: str | Path, task: str | None = None) -> dict[str, Any]:
+    """Read config.json of a run and check its version and, when given, its task."""
+    run_dir = check_run_dir(run_dir)
+    meta = read_json(run_dir / CONFIG_FILE)
+    from rnnkit import __version__
+
+    made_by = meta.get("versions", {}).get("rnnkit")
+    if made_by is None:
+        raise UserError(f"{run_dir / CONFIG_FILE}: no rnnkit version recorded; not an rnnkit run")
+    if made_by.split(".")[:2] != __version__.split(".")[:2]:
+        raise UserError(
+            f"{run_dir}: made by rnnkit {made_by}, this is rnnkit {__version__}; "
+            "runs load only within the same minor version"
+        )
+    if task is not None and meta.get("task") != task:
+        raise UserError(f"{run_dir}: this run is a '{meta.get('task')}' model; expected a '{task}' model")
+    return meta

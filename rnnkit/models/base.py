@@ -1,0 +1,62 @@
+"""What every task model shares: the loss record the trainer reads, and sequence dropout.
+
+What is here: `LossOutput` (the one thing a model's `loss(batch, state)` returns to the trainer) and
+`SequenceDropout` (dropout on (B, T, F) with an optional single mask per sequence). What is not: any
+particular task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class LossOutput:
+    """A model's report on one batch.
+
+    Attributes:
+        loss: the scalar to minimise: the mean over the batch's counted units (tokens, sequences).
+        count: how many units the mean is over (the trainer weights batches by it).
+        stats: sums over the batch that the model's `metrics` turns into figures (e.g. summed loss).
+        state: the recurrent state to carry into the next chunk (truncated BPTT), else None.
+    """
+
+    loss: Tensor
+    count: int
+    stats: dict[str, float] = field(default_factory=dict)
+    state: Any = None
+
+
+class SequenceDropout(nn.Module):
+    """Dropout on (B, T, F); with `variational=True` one mask per sequence is reused at every step."""
+
+    def __init__(self, p: float, variational: bool = False) -> None:
+        super().__init__()
+        self.p = float(p)
+        self.variational = variational
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if not self.variational or x.dim() != 3:
+            return F.dropout(x, self.p, training=True)
+        keep = 1.0 - self.p
+        mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(keep) / keep  # (B, 1, F)
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}" + (", variational" if self.variational else "")
+
+
+def masked_token_mean(values: Tensor, lengths: Tensor | None) -> tuple[Tensor, int]:
+    """Mean of per-token values (B, T) over the tokens inside each row's length; returns (mean, count)."""
+    if lengths is None:
+        return values.mean(), values.numel()
+    mask = torch.arange(values.shape[1], device=values.device).unsqueeze(0) < lengths.to(values.device).unsqueeze(1)
+    count = int(mask.sum())
+    return (values * mask).sum() / count, count

@@ -1,0 +1,499 @@
+"""The training loop: backpropagation through time, full or truncated, for any task model.
+
+What is here: `Trainer` (optimizer, learning-rate schedule, gradient clipping, evaluation, early
+stopping, checkpoints and exact resume, progress and metrics), `build_optimizer`, `LRSchedule`,
+`resolve_device`. What is not: anything about a particular task. A model only has to offer
+
+    out = model.loss(batch, state)       # -> LossOutput(loss, count, stats, state)
+    figures = model.metrics(stats, count)
+    model.monitor = ("loss", "min")      # the validation figure that picks the best weights
+
+and a data source only `len(source)` and `source.batches(epoch, start)`, yielding dicts of tensors.
+When the source is a stream (`source.stateful`), the state a batch ends with is detached and carried
+into the next batch: truncated BPTT. Otherwise every batch starts from a zero state: full BPTT.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from rnnkit.checkpoint import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    load_checkpoint,
+    save_checkpoint,
+    save_weights,
+)
+from rnnkit.config import TrainConfig, UserError
+from rnnkit.data.text import atomic_write
+from rnnkit.layers import detach_state
+
+
+class BatchSource(Protocol):
+    """What the trainer needs of training or validation data."""
+
+    stateful: bool  # True for a continuous stream whose state carries from batch to batch
+
+    def __len__(self) -> int: ...
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]: ...
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says where and what was kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu; a named device is checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: MPS is not available on this machine; use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+
+
+class LRSchedule:
+    """Learning rate = base * warm-up * (cosine decay or plateau reductions).
+
+    Warm-up rises linearly over `warmup_steps`; `cosine` decays to zero over `total_steps`; `plateau`
+    multiplies by `lr_factor` when a validation figure has not improved for more than `lr_patience`
+    evaluations in a row.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> None:
+        self.optimizer = optimizer
+        self.base = cfg.lr
+        self.kind = cfg.scheduler
+        self.warmup = cfg.warmup_steps
+        self.total = max(total_steps, 1)
+        self.factor = cfg.lr_factor
+        self.patience = cfg.lr_patience
+        self.scale = 1.0  # accumulated plateau reductions
+        self.best: float | None = None
+        self.bad = 0  # evaluations since the last improvement
+        self.apply(0)
+
+    def rate(self, step: int) -> float:
+        lr = self.base * self.scale
+        if self.warmup and step < self.warmup:
+            lr *= (step + 1) / self.warmup
+        if self.kind == "cosine":
+            progress = min(max(step - self.warmup, 0) / max(self.total - self.warmup, 1), 1.0)
+            lr *= 0.5 * (1.0 + math.cos(math.pi * progress))
+        return lr
+
+    def apply(self, step: int) -> float:
+        lr = self.rate(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def observe(self, value: float, lower_is_better: bool) -> None:
+        """Feed a validation figure; the plateau schedule reduces the rate when it did not improve."""
+        if self.kind != "plateau":
+            return
+        v = value if lower_is_better else -value
+        if self.best is None or v < self.best - 1e-4 * abs(self.best):
+            self.best = v
+            self.bad = 0
+        else:
+            self.bad += 1
+            if self.bad > self.patience:
+                self.scale *= self.factor
+                self.bad = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.scale, self.best, self.bad = d["scale"], d["best"], d["bad"]
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in the checkpoint, restored by resume."""
+
+    epoch: int = 0
+    batch: int = 0  # next batch index within the epoch
+    step: int = 0  # optimizer steps done
+    elapsed: float = 0.0  # seconds of training before this process
+    best: float | None = None
+    bad_evals: int = 0
+    clipped: int = 0
+    tokens: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)  # training loss per log interval
+    carried: Any = None  # truncated BPTT state between chunks
+    done: bool = False
+
+
+class Progress:
+    """A progress bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, total: int, log_every: int, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.log_every = log_every
+        self.bar = None
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, file=self.stream, dynamic_ncols=True, leave=False)
+
+    def update(self, step: int, total: int, info: dict[str, str]) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix(info, refresh=False)
+            self.bar.refresh()
+        elif step % self.log_every == 0:
+            self.write(f"step {step}/{total} " + " ".join(f"{k} {v}" for k, v in info.items()))
+
+    def write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Trainer:
+    """Trains a task model on batch sources and keeps a run directory up to date.
+
+    Args:
+        model: a task model (see the module docstring).
+        train_data: the training batches.
+        valid_data: validation batches, or None (then the last weights are kept).
+        cfg: the training configuration.
+        run_dir: where metrics, weights and checkpoints go.
+        log: where progress lines go (stderr by default).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: BatchSource,
+        valid_data: BatchSource | None,
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.train_data = train_data
+        self.valid_data = valid_data
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(cfg.device)
+        self.model.to(self.device)
+        self.optimizer = build_optimizer(self.model.parameters(), cfg)
+        steps_per_epoch = len(train_data)
+        total = steps_per_epoch * cfg.epochs
+        if cfg.max_steps is not None:
+            total = min(total, cfg.max_steps)
+        self.total_steps = total
+        self.schedule = LRSchedule(self.optimizer, cfg, total)
+        self.state = TrainState()
+        self._log = log
+        self.progress: Progress | None = None
+        metric, mode = getattr(model, "monitor", ("loss", "min"))
+        self.monitor, self.lower_is_better = metric, mode == "min"
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def log(self, line: str) -> None:
+        if self._log is not None:
+            self._log(line)
+        elif self.progress is not None:
+            self.progress.write(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _rng_state(self) -> dict[str, Any]:
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return rng
+
+    @staticmethod
+    def _set_rng_state(rng: dict[str, Any]) -> None:
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    # --------------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self) -> None:
+        s = self.state
+        payload = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "train_state": {k: v for k, v in vars(s).items() if k != "carried"},
+            "carried": _to_cpu(s.carried),
+            "rng": self._rng_state(),
+        }
+        save_checkpoint(self.run_dir / CHECKPOINT_FILE, payload)
+
+    def resume(self) -> None:
+        """Continue from the run directory's checkpoint: weights, optimizer, schedule, position, RNG."""
+        payload = load_checkpoint(self.run_dir / CHECKPOINT_FILE)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.schedule.load_state_dict(payload["schedule"])
+        self.state = TrainState(**payload["train_state"])
+        self.state.carried = _to_device(payload["carried"], self.device)
+        self.state.done = False
+        self._set_rng_state(payload["rng"])
+
+    # ------------------------------------------------------------------------ evaluation
+
+    def evaluate(self, source: BatchSource) -> dict[str, float]:
+        """The model's metrics over every batch of `source` (state carried for streams)."""
+        return evaluate_model(self.model, source, self.device)
+
+    def _validate(self, train_loss: float) -> bool:
+        """Evaluate, record a metrics line, keep the best weights; returns True to stop early."""
+        s = self.state
+        record: dict[str, Any] = {
+            "epoch": s.epoch + (s.batch / max(len(self.train_data), 1)),
+            "step": s.step,
+            "train_loss": train_loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "clip_fraction": s.clipped / max(s.step, 1),
+            "elapsed_s": round(s.elapsed + self._session_time(), 1),
+        }
+        stop = False
+        if self.valid_data is not None:
+            figures = self.evaluate(self.valid_data)
+            record.update({f"valid_{k}": v for k, v in figures.items()})
+            value = figures[self.monitor]
+            improved = s.best is None or (value < s.best if self.lower_is_better else value > s.best)
+            if improved:
+                s.best = value
+                s.bad_evals = 0
+                save_weights(self.run_dir / MODEL_FILE, self.model)
+            else:
+                s.bad_evals += 1
+                if self.cfg.early_stopping and s.bad_evals >= self.cfg.early_stopping:
+                    stop = True
+            self.schedule.observe(value, self.lower_is_better)
+            shown = " ".join(f"{k} {v:.4f}" for k, v in figures.items())
+            self.log(f"epoch {record['epoch']:.2f} step {s.step}: train loss {train_loss:.4f}, valid {shown}"
+                     + ("" if improved else " (no improvement)"))
+        else:
+            save_weights(self.run_dir / MODEL_FILE, self.model)
+            self.log(f"epoch {record['epoch']:.2f} step {s.step}: train loss {train_loss:.4f}")
+        with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        return stop
+
+    def _session_time(self) -> float:
+        return time.monotonic() - self._start
+
+    # ---------------------------------------------------------------------------- training
+
+    def fit(self) -> TrainState:
+        """Train until the epochs, the step limit, the time limit or early stopping end it."""
+        cfg, s = self.cfg, self.state
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._start = time.monotonic()
+        last_checkpoint = time.monotonic()
+        steps_per_epoch = len(self.train_data)
+        self.progress = Progress(self.total_steps, cfg.log_every)
+        first_step = s.step
+        self.model.train()
+        window_loss, window_count, window_tokens, window_start = 0.0, 0, 0, time.monotonic()
+        interrupted = False
+        try:
+            while s.epoch < cfg.epochs and not s.done:
+                state = s.carried if self.train_data.stateful else None
+                for batch in self.train_data.batches(s.epoch, s.batch):
+                    lr = self.schedule.apply(s.step)
+                    out = self.model.loss(self._to_device(batch), state)
+                    if not torch.isfinite(out.loss):
+                        self._stop_nonfinite(out.loss)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    out.loss.backward()
+                    if cfg.clip > 0:
+                        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+                        s.clipped += int(bool(norm > cfg.clip))
+                    self.optimizer.step()
+                    state = detach_state(out.state) if self.train_data.stateful else None
+                    s.carried = state
+                    s.step += 1
+                    s.batch += 1
+                    s.tokens += out.count
+                    window_loss += float(out.loss.detach()) * out.count
+                    window_count += out.count
+                    window_tokens += out.count
+
+                    now = time.monotonic()
+                    elapsed_total = s.elapsed + now - self._start
+                    rate = window_tokens / max(now - window_start, 1e-9)
+                    remaining = (self.total_steps - s.step) * (now - self._start) / max(s.step - first_step, 1)
+                    if cfg.max_minutes is not None:
+                        remaining = min(remaining, cfg.max_minutes * 60 - elapsed_total)
+                    self.progress.update(s.step, self.total_steps, {
+                        "loss": f"{window_loss / max(window_count, 1):.4f}", "tok/s": f"{rate:,.0f}",
+                        "lr": f"{lr:.2e}", "eta": _fmt_time(remaining)})
+                    if s.step % cfg.log_every == 0:
+                        s.history.append({"step": s.step, "loss": window_loss / max(window_count, 1)})
+                        window_loss, window_count, window_tokens, window_start = 0.0, 0, 0, now
+
+                    limit_hit = (cfg.max_steps is not None and s.step >= cfg.max_steps) or (
+                        cfg.max_minutes is not None and elapsed_total >= cfg.max_minutes * 60)
+                    if limit_hit:
+                        interrupted = True
+                        s.done = True
+                        break
+                    if cfg.eval_every and s.step % cfg.eval_every == 0 and s.batch < steps_per_epoch:
+                        if self._validate(self._recent_loss(window_loss, window_count)):
+                            s.done = True
+                            break
+                    if now - last_checkpoint >= cfg.checkpoint_minutes * 60:
+                        self._checkpoint_now()
+                        last_checkpoint = now
+                if s.done:
+                    break
+                s.epoch += 1
+                s.batch = 0
+                s.carried = None
+                if self._validate(self._recent_loss(window_loss, window_count)):
+                    s.done = True
+        finally:
+            self.progress.close()
+        # A time or step limit saves the resumable state before the closing evaluation, so that
+        # resuming follows exactly the trajectory of a run that was never stopped.
+        self._checkpoint_now()
+        if interrupted:
+            self._validate(self._recent_loss(window_loss, window_count))
+        self.plot_curves()
+        return s
+
+    def _checkpoint_now(self) -> None:
+        elapsed_before = self.state.elapsed
+        self.state.elapsed = elapsed_before + self._session_time()
+        self.save_checkpoint()
+        self.state.elapsed = elapsed_before
+
+    def _recent_loss(self, window_loss: float, window_count: int) -> float:
+        if window_count:
+            return window_loss / window_count
+        return self.state.history[-1]["loss"] if self.state.history else float("nan")
+
+    def _stop_nonfinite(self, loss: torch.Tensor) -> None:
+        raise TrainingError(
+            f"the training loss became {float(loss.detach())} at step {self.state.step + 1} (epoch {self.state.epoch + 1}, "
+            f"batch {self.state.batch + 1}); the weights of the best evaluation so far are kept in "
+            f"{self.run_dir / MODEL_FILE}. Try a lower --lr or a smaller --clip."
+        )
+
+    def plot_curves(self) -> Path | None:
+        """Write curves.png: training loss by step and the validation figures by step."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        path = self.run_dir / METRICS_FILE
+        records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        history = self.state.history
+        if not records and not history:
+            return None
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+        if history:
+            ax.plot([h["step"] for h in history], [h["loss"] for h in history], label="train loss", lw=1)
+        valid_key = f"valid_{self.monitor}"
+        valid = [r for r in records if valid_key in r]
+        if valid:
+            ax.plot([r["step"] for r in valid], [r[valid_key] for r in valid], "o-", label=f"valid {self.monitor}")
+        ax.set_xlabel("step")
+        ax.set_ylabel(self.monitor)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        out = self.run_dir / "curves.png"
+        atomic_write(out, buf.getvalue())
+        return out
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, source: BatchSource, device: torch.device | str = "cpu") -> dict[str, float]:
+    """A task model's metrics over every batch of `source`, in eval mode (state carried for streams)."""
+    was_training = model.training
+    model.eval()
+    stats: dict[str, float] = {}
+    count = 0
+    state = None
+    for batch in source.batches(0):
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        out = model.loss(batch, state)
+        state = out.state if source.stateful else None
+        count += out.count
+        for k, v in out.stats.items():
+            stats[k] = stats.get(k, 0.0) + v
+    model.train(was_training)
+    return model.metrics(stats, count)
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    h, rem = divmod(seconds, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def _to_cpu(state: Any) -> Any:
+    if state is None:
+        return None
+    if torch.is_tensor(state):
+        return state.detach().cpu()
+    return type(state)(_to_cpu(s) for s in state)
+
+
+def _to_device(state: Any, device: torch.device) -> Any:
+    if state is None:
+        return None
+    if torch.is_tensor(state):
+        return state.to(device)
+    return type(state)(_to_device(s, device) for s in state)
