@@ -112,16 +112,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rnnkit.tasks import lm
 
     model = lm.load(args.run_dir)
-    sys.stdout.write(args.prompt)
-    sys.stdout.flush()
+    # The prompt goes out with the first generated piece, so that a refused request (--max-tokens 0,
+    # --top-p 2) writes nothing to stdout.
+    pending = [args.prompt]
 
     def show(piece: str) -> None:
-        sys.stdout.write(piece)
+        sys.stdout.write(pending.pop() + piece if pending else piece)
         sys.stdout.flush()
 
     lm.generate(model, args.prompt, args.max_tokens, args.temperature, args.top_k, args.top_p, args.beam,
                 args.seed, on_text=show)
-    sys.stdout.write("\n")
+    sys.stdout.write((pending.pop() if pending else "") + "\n")
     return 0
 
 
@@ -256,11 +257,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    warnings.showwarning = _show_warning
     from rnnkit.train import TrainingError
 
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.handler(args)
     except UserError as e:
         print(f"rnnkit: error: {e}", file=sys.stderr)
         return 2

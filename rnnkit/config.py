@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,30 @@ def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None
 CELL_NAMES = ("rnn", "rnn-relu", "lstm", "gru")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULERS = ("plateau", "cosine", "constant")
-TOKENIZERS = ("char", "word", "bpe")
+TOKENIZERS = ("char", "word", "space", "bpe")
 
 
 def _check(ok: bool, flag: str, value: Any, expected: str) -> None:
     if not ok:
         raise UserError(f"{flag}: expected {expected}; got {value!r}")
+
+
+def _check_types(obj: Any) -> None:
+    """Every field holds a value of its annotated type (ints are accepted where floats are expected)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
+        if value is None and type(None) in allowed:
+            continue
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            setattr(obj, f.name, float(value))
+            continue
+        ok = any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed
+                 if t is not type(None))
+        if not ok:
+            names = " or ".join("none" if t is type(None) else t.__name__ for t in allowed)
+            raise UserError(f"{flag_of(type(obj), f.name)}: expected {names}; got {value!r}")
 
 
 @dataclass
@@ -58,16 +77,34 @@ class ModelConfig:
     variational: bool = _opt(False, "variational dropout: one mask per sequence for all its steps")
     tie_weights: bool = _opt(False, "share the input embedding with the output layer")
     fused: bool | None = _opt(None, "force (true) or forbid (false) PyTorch's fused kernel; default: automatic")
+    adaptive_softmax: str | None = _opt(None, "language models: adaptive softmax cutoffs for large vocabularies, "
+                                              "e.g. 2000,10000")
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(self.cell in CELL_NAMES, "--cell", self.cell, f"one of {', '.join(CELL_NAMES)}")
         for name in ("embedding_size", "hidden_size", "num_layers"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, flag_of(ModelConfig, name), value, "an integer >= 1")
+        if self.adaptive_softmax is not None:
+            _check(bool(self.cutoffs()), "--adaptive-softmax", self.adaptive_softmax,
+                   "increasing positive integers separated by commas, e.g. 2000,10000")
         for name in ("dropout", "embedding_dropout", "output_dropout"):
             value = getattr(self, name)
             _check(isinstance(value, int | float) and 0 <= value < 1, flag_of(ModelConfig, name), value,
                    "a probability in [0, 1)")
+
+
+    def cutoffs(self) -> tuple[int, ...] | None:
+        """The adaptive softmax cutoffs as integers (empty when malformed, None when off)."""
+        if self.adaptive_softmax is None:
+            return None
+        try:
+            values = tuple(int(v) for v in str(self.adaptive_softmax).split(","))
+        except ValueError:
+            return ()
+        ok = all(v > 0 for v in values) and list(values) == sorted(set(values))
+        return values if ok else ()
 
 
 @dataclass
@@ -81,6 +118,7 @@ class DataConfig:
     valid_fraction: float = _opt(0.05, "without --valid, hold out this last fraction of the training text")
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(self.tokenizer in TOKENIZERS, "--tokenizer", self.tokenizer, f"one of {', '.join(TOKENIZERS)}")
         _check(isinstance(self.min_freq, int) and self.min_freq >= 1, "--min-freq", self.min_freq,
                "an integer >= 1")
@@ -118,6 +156,7 @@ class TrainConfig:
     log_every: int = _opt(50, "log a plain progress line every this many steps when not on a terminal")
 
     def __post_init__(self) -> None:
+        _check_types(self)
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, flag_of(TrainConfig, name), value, "an integer >= 1")

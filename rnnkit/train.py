@@ -124,9 +124,8 @@ class LRSchedule:
         """Feed a validation figure; the plateau schedule reduces the rate when it did not improve."""
         if self.kind != "plateau":
             return
-        v = value if lower_is_better else -value
-        if self.best is None or v < self.best - 1e-4 * abs(self.best):
-            self.best = v
+        if self.best is None or _better(value, self.best, lower_is_better):
+            self.best = value
             self.bad = 0
         else:
             self.bad += 1
@@ -304,7 +303,7 @@ class Trainer:
             figures = self.evaluate(self.valid_data)
             record.update({f"valid_{k}": v for k, v in figures.items()})
             value = figures[self.monitor]
-            improved = s.best is None or (value < s.best if self.lower_is_better else value > s.best)
+            improved = s.best is None or _better(value, s.best, self.lower_is_better)
             if improved:
                 s.best = value
                 s.bad_evals = 0
@@ -419,9 +418,10 @@ class Trainer:
         return self.state.history[-1]["loss"] if self.state.history else float("nan")
 
     def _stop_nonfinite(self, loss: torch.Tensor) -> None:
+        s = self.state
         raise TrainingError(
-            f"the training loss became {float(loss.detach())} at step {self.state.step + 1} (epoch {self.state.epoch + 1}, "
-            f"batch {self.state.batch + 1}); the weights of the best evaluation so far are kept in "
+            f"the training loss became {float(loss.detach())} at step {s.step + 1} (epoch {s.epoch + 1}, "
+            f"batch {s.batch + 1}); the weights of the best evaluation so far are kept in "
             f"{self.run_dir / MODEL_FILE}. Try a lower --lr or a smaller --clip."
         )
 
@@ -474,6 +474,12 @@ def evaluate_model(model: nn.Module, source: BatchSource, device: torch.device |
             stats[k] = stats.get(k, 0.0) + v
     model.train(was_training)
     return model.metrics(stats, count)
+
+
+def _better(value: float, best: float, lower_is_better: bool, rel_tol: float = 1e-4) -> bool:
+    """True when `value` beats `best` by more than a relative tolerance (noise is not improvement)."""
+    margin = rel_tol * abs(best)
+    return value < best - margin if lower_is_better else value > best + margin
 
 
 def _fmt_time(seconds: float) -> str:

@@ -177,7 +177,7 @@ def test_fitting_is_deterministic(kind):
 
 
 def test_build_tokenizer_errors():
-    with pytest.raises(UserError, match="'sentencepiece'.*char, word, bpe"):
+    with pytest.raises(UserError, match="'sentencepiece'.*char, word, space, bpe"):
         build_tokenizer("sentencepiece", CORPUS)
     with pytest.raises(UserError, match="unknown option.*vocab_size"):
         build_tokenizer("word", CORPUS, vocab_size=10)
@@ -234,3 +234,20 @@ def test_is_boundary_bpe(bpe):
     lead, cont = bpe.encode("Ж")
     assert not bpe.is_boundary(lead) and not bpe.is_boundary(cont)
     assert bpe.is_boundary(bpe.encode(" Ж")[0])
+
+
+def test_space_tokenizer_keeps_the_corpus_tokenisation(tmp_path):
+    from rnnkit.data import SpaceTokenizer, load_tokenizer
+
+    text = " = Valkyria Chronicles III = \n\n The game @-@ play 's <unk> was 1 @,@ 000 .\n"
+    tok = SpaceTokenizer.fit(text)
+    ids = tok.encode(text)
+    # one token per space-separated word and one per line end, as WikiText-2 counts them
+    assert len(ids) == sum(len(line.split()) + 1 for line in text.split("\n")[:-1])
+    assert tok.token_text(ids[0]) == "="
+    assert ids.count(tok.encode("\n")[0]) == 3
+    assert tok.encode("<unk>") == [1]
+    tok.save(tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert again.kind == "space" and again.encode(text) == ids
+    assert tok.decode(ids).split() == text.split()

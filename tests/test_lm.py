@@ -89,7 +89,7 @@ def test_char_completion_probabilities_match_the_model(char_run):
     run = lm.load(char_run / "run")
     found = lm.complete(run, "the qu", n=3)
     assert found and found[0]["text"].startswith("qu")
-    assert all(a["probability"] >= b["probability"] for a, b in zip(found, found[1:]))
+    assert all(a["probability"] >= b["probability"] for a, b in zip(found, found[1:], strict=False))
     # recompute the best completion's probability step by step: its characters, then any boundary
     tok, model = run.tokenizer, run.model
     logits, state = model.prefill(torch.tensor([tok.encode("the qu")]))
@@ -130,3 +130,18 @@ def test_unknown_prompt_symbols_warn(char_run):
 def test_tokenizer_decode_of_training_text_round_trips():
     tok = build_tokenizer("char", TEXT)
     assert tok.decode(tok.encode(TEXT)) == TEXT
+
+
+def test_adaptive_softmax_is_a_normalised_distribution_and_loss_matches():
+    model = LanguageModel(50, 8, 32, 1, "lstm", adaptive_softmax=(10, 30)).eval()
+    tokens = torch.randint(0, 50, (2, 5))
+    targets = torch.randint(0, 50, (2, 5))
+    logits, _ = model(tokens)
+    assert_close(logits.exp().sum(-1), torch.ones(2, 5))
+    out = model.loss({"inputs": tokens, "targets": targets})
+    manual = -logits.gather(-1, targets.unsqueeze(-1)).sum()
+    assert math.isclose(out.stats["loss_sum"], float(manual.detach()), rel_tol=1e-5)
+    step, _ = model.step(tokens[:, 0])
+    assert_close(step, logits[:, 0])
+    with pytest.raises(ValueError, match="adaptive_softmax"):
+        LanguageModel(50, 8, 12, 1, "lstm", adaptive_softmax=(10, 60))

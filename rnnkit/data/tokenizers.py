@@ -302,6 +302,40 @@ class WordTokenizer(_ListTokenizer):
         return cls(tokens, min_freq=state.get("min_freq", 1), max_vocab=state.get("max_vocab"))
 
 
+_SPACE_RE = re.compile(r"\n|[^\s]+")
+
+
+class SpaceTokenizer(WordTokenizer):
+    """Text that is already tokenised: every run of non-space characters is a token, and so is "\n".
+
+    This keeps a corpus's own tokenisation, so per-token figures compare with published ones (WikiText-2
+    counts one token per space-separated word and one end-of-line per line). `decode` joins with single
+    spaces. Vocabulary options as for `WordTokenizer`.
+    """
+
+    kind = "space"
+
+    @staticmethod
+    def split(text: str) -> list[str]:
+        return _SPACE_RE.findall(text)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        parts: list[str] = []
+        prev: str | None = None
+        for token in map(self._surface, ids):
+            if token is None:
+                continue
+            if prev is not None and prev != "\n" and token != "\n":
+                parts.append(" ")
+            parts.append(token)
+            prev = token
+        return "".join(parts)
+
+    def is_boundary(self, token_id: int) -> bool:
+        self._check_id(token_id)
+        return True
+
+
 def _byte_level_decoder() -> dict[str, int]:
     """Inverse of the byte-level BPE byte-to-character table (printable bytes map to themselves)."""
     kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -425,6 +459,7 @@ class BPETokenizer(Tokenizer):
 TOKENIZER_KINDS: dict[str, type[Tokenizer]] = {
     "char": CharTokenizer,
     "word": WordTokenizer,
+    "space": SpaceTokenizer,
     "bpe": BPETokenizer,
 }
 
@@ -433,9 +468,9 @@ def build_tokenizer(kind: str, text: str, **options: Any) -> Tokenizer:
     """Fit a tokenizer of the given kind on `text`.
 
     Args:
-        kind: "char", "word" or "bpe".
+        kind: "char", "word", "space" or "bpe".
         text: training text.
-        **options: passed to the kind's `fit` (word: min_freq, max_vocab; bpe: vocab_size).
+        **options: passed to the kind's `fit` (word, space: min_freq, max_vocab; bpe: vocab_size).
     """
     cls = TOKENIZER_KINDS.get(kind)
     if cls is None:

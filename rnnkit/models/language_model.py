@@ -35,6 +35,8 @@ class LanguageModel(nn.Module):
         variational: one dropout mask per sequence for all its steps, everywhere above.
         tie_weights: the output layer reuses the embedding matrix (with a projection H -> E when H != E).
         fused: passed to `Recurrent`.
+        adaptive_softmax: cutoffs of an adaptive softmax output layer for large vocabularies sorted by
+            frequency (e.g. (2000, 10000)); None for a plain linear output layer.
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class LanguageModel(nn.Module):
         variational: bool = False,
         tie_weights: bool = False,
         fused: bool | None = None,
+        adaptive_softmax: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
@@ -63,11 +66,34 @@ class LanguageModel(nn.Module):
         if tie_weights and hidden_size != embedding_size:
             self.projection = nn.Linear(hidden_size, embedding_size, bias=False)
             out_features = embedding_size
-        self.decoder = nn.Linear(out_features, vocab_size)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
-        if tie_weights:
-            self.decoder.weight = self.embedding.weight
+        self.adaptive = adaptive_softmax is not None
+        if self.adaptive:
+            if tie_weights:
+                raise ValueError("tie_weights and adaptive_softmax cannot be combined")
+            cutoffs = list(adaptive_softmax)
+            if not cutoffs or cutoffs != sorted(set(cutoffs)) or cutoffs[0] < 1 or cutoffs[-1] >= vocab_size:
+                raise ValueError(f"adaptive_softmax: expected increasing cutoffs in 1..{vocab_size - 1}; got {cutoffs}")
+            # Frequent tokens (low ids: the vocabularies are sorted by frequency) get the full-size head,
+            # rare ones share smaller clusters: the output layer's cost falls several-fold (Grave et al. 2017).
+            self.decoder: nn.Module = nn.AdaptiveLogSoftmaxWithLoss(out_features, vocab_size, cutoffs, div_value=4.0)
+        else:
+            self.decoder = nn.Linear(out_features, vocab_size)
+            nn.init.zeros_(self.decoder.bias)
+            if tie_weights:
+                self.decoder.weight = self.embedding.weight
+
+    def features(self, tokens: Tensor, state: Any = None, lengths: Tensor | None = None) -> tuple[Tensor, Any]:
+        """The vectors the output layer reads: (B, T, F), and the final state."""
+        x = self.embedding_dropout(self.embedding(tokens))  # (B, T, E)
+        out, state = self.rnn(x, state, lengths=lengths)  # (B, T, H)
+        return self.projection(self.output_dropout(out)), state  # (B, T, F)
+
+    def output(self, features: Tensor) -> Tensor:
+        """Logits (..., V) from features (..., F); log-probabilities for the adaptive softmax."""
+        if self.adaptive:
+            return self.decoder.log_prob(features.reshape(-1, features.shape[-1])).view(*features.shape[:-1], -1)
+        return self.decoder(features)
 
     def forward(self, tokens: Tensor, state: Any = None, lengths: Tensor | None = None) -> tuple[Tensor, Any]:
         """Logits for the token after each position.
@@ -79,10 +105,8 @@ class LanguageModel(nn.Module):
         Returns:
             logits (B, T, V) and the final state.
         """
-        x = self.embedding_dropout(self.embedding(tokens))  # (B, T, E)
-        out, state = self.rnn(x, state, lengths=lengths)  # (B, T, H)
-        logits = self.decoder(self.projection(self.output_dropout(out)))  # (B, T, V)
-        return logits, state
+        features, state = self.features(tokens, state, lengths)
+        return self.output(features), state
 
     def loss(self, batch: dict[str, Tensor], state: Any = None) -> LossOutput:
         """Cross-entropy summed over time steps, averaged per predicted token.
@@ -92,12 +116,18 @@ class LanguageModel(nn.Module):
                 for padded batches.
             state: the state carried from the previous chunk of the stream (truncated BPTT), or None.
         """
-        logits, state = self(batch["inputs"], state, lengths=batch.get("lengths"))
-        targets = batch["targets"]
-        losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
-                                 reduction="sum")
-        count = int((targets != IGNORE_INDEX).sum())
-        return LossOutput(loss=losses / max(count, 1), count=count, stats={"loss_sum": float(losses.detach())}, state=state)
+        features, state = self.features(batch["inputs"], state, lengths=batch.get("lengths"))
+        targets = batch["targets"].flatten()
+        features = features.flatten(0, 1)  # (B*T, F)
+        if self.adaptive:
+            keep = targets != IGNORE_INDEX
+            count = int(keep.sum())
+            losses = self.decoder(features[keep], targets[keep]).loss * count
+        else:
+            losses = F.cross_entropy(self.decoder(features), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+            count = int((targets != IGNORE_INDEX).sum())
+        return LossOutput(loss=losses / max(count, 1), count=count, stats={"loss_sum": float(losses.detach())},
+                          state=state)
 
     @staticmethod
     def metrics(stats: dict[str, float], count: int) -> dict[str, float]:
@@ -112,14 +142,14 @@ class LanguageModel(nn.Module):
     @torch.no_grad()
     def prefill(self, tokens: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         """Read a prompt (B, T) and return the logits for the next token (B, V) and the state."""
-        logits, state = self(tokens, state)
-        return logits[:, -1], state
+        features, state = self.features(tokens, state)
+        return self.output(features[:, -1]), state
 
     def step(self, tokens: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         """One token per row (B,) in, logits for the next token (B, V) and the new state out."""
         x = self.embedding(tokens)  # (B, E)
         out, state = self.rnn.step(x, state)  # (B, H)
-        return self.decoder(self.projection(out)), state
+        return self.output(self.projection(out)), state
 
     @staticmethod
     def reorder_state(state: Any, index: Tensor) -> Any:

@@ -109,8 +109,14 @@ def build_model(cfg: RunConfig, vocab_size: int) -> LanguageModel:
     m = cfg.model
     if m.bidirectional:
         raise UserError("--bidirectional: a language model reads left to right; drop the option")
+    cutoffs = m.cutoffs()
+    if cutoffs and cutoffs[-1] >= vocab_size:
+        raise UserError(f"--adaptive-softmax {m.adaptive_softmax}: every cutoff must be below the vocabulary "
+                        f"size {vocab_size}")
+    if cutoffs and m.tie_weights:
+        raise UserError("--adaptive-softmax and --tie-weights cannot be combined")
     return LanguageModel(vocab_size, m.embedding_size, m.hidden_size, m.num_layers, m.cell, m.dropout,
-                         m.embedding_dropout, m.output_dropout, m.variational, m.tie_weights, m.fused)
+                         m.embedding_dropout, m.output_dropout, m.variational, m.tie_weights, m.fused, cutoffs)
 
 
 def train(
@@ -134,6 +140,10 @@ def train(
     elif (out / CONFIG_FILE).exists():
         raise UserError(f"--out {out}: already holds a run; pass --resume to continue it or choose another folder")
 
+    # Check what can be checked before anything is written.
+    resolve_device(cfg.train.device)
+    if cfg.model.bidirectional:
+        raise UserError("--bidirectional: a language model reads left to right; drop the option")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
@@ -142,24 +152,28 @@ def train(
         valid_text = read_text(valid_path)
     else:
         text, valid_text = split_holdout(text, cfg.data.valid_fraction)
-        say(f"no --valid given: holding out the last {cfg.data.valid_fraction:.0%} of {train_path} for validation")
 
     if resume:
         tokenizer = load_tokenizer(out)
     else:
         options: dict[str, Any] = {}
-        if cfg.data.tokenizer == "word":
+        if cfg.data.tokenizer in ("word", "space"):
             options = {"min_freq": cfg.data.min_freq, "max_vocab": cfg.data.max_vocab}
         elif cfg.data.tokenizer == "bpe":
             options = {"vocab_size": cfg.data.vocab_size}
         tokenizer = build_tokenizer(cfg.data.tokenizer, text, **options)
 
     tc = cfg.train
-    if tc.bptt > 0:
-        train_src: Any = StreamSource(_encode(tokenizer, text), tc.batch_size, tc.bptt)
-    else:
-        train_src = LineSource(_lines(tokenizer, text), tc.batch_size, shuffle=True, seed=tc.seed)
+    try:
+        if tc.bptt > 0:
+            train_src: Any = StreamSource(_encode(tokenizer, text), tc.batch_size, tc.bptt)
+        else:
+            train_src = LineSource(_lines(tokenizer, text), tc.batch_size, shuffle=True, seed=tc.seed)
+    except UserError as e:
+        raise UserError(f"{train_path}: {e}") from None
     valid_src = _eval_source(_encode(tokenizer, valid_text), tc.bptt, str(valid_path or "validation text"))
+    if valid_path is None:
+        say(f"no --valid given: holding out the last {cfg.data.valid_fraction:.0%} of {train_path} for validation")
 
     model = build_model(cfg, tokenizer.vocab_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -350,7 +364,7 @@ def complete(run_dir: str | Path | LoadedLM, prefix: str, n: int = 5, max_tokens
             rest = tok.decode(c.tokens)
             if partial + rest:
                 results.append((partial + rest, rest, c.probability))
-    elif tok.kind == "word":
+    elif tok.kind in ("word", "space"):
         context = prefix[:word_start]
         logits, _ = lm.model.prefill(torch.tensor([_prompt_ids(lm, context or "\n")], device=lm.device))
         logits = _ConstrainedStep(lm, partial).mask(logits, [partial])
