@@ -228,6 +228,56 @@ def _add_best(pool: list, item: Any, key: Callable[[Any], float], limit: int) ->
     del pool[limit:]
 
 
+@dataclass
+class _Beams:
+    """The live beams of a batched search: K rows per input still decoding, in row blocks of K.
+
+    Attributes:
+        state: the model's state, n*K rows.
+        log_probs: (n*K, V) next-token log-probabilities of every row.
+        beam_lp: (n, K) summed log-probability of each beam (-inf for unused beams).
+        history: (n, K, t) tokens of each beam so far.
+        alive: the original input index of each of the n row blocks.
+    """
+
+    state: Any
+    log_probs: Tensor
+    beam_lp: Tensor
+    history: Tensor
+    alive: list[int]
+
+    @classmethod
+    def start(cls, model: StepModel, logits: Tensor, state: Any, beam_size: int) -> _Beams:
+        """One live beam per input; the other K-1 start at -inf so no identical beams are expanded."""
+        batch_size, device = logits.shape[0], logits.device
+        expand = torch.arange(batch_size, device=device).repeat_interleave(beam_size)  # (B*K,)
+        log_probs = _log_softmax(logits).index_select(0, expand)  # (B*K, V)
+        beam_lp = torch.full((batch_size, beam_size), -math.inf, dtype=log_probs.dtype, device=device)  # (B, K)
+        beam_lp[:, 0] = 0.0
+        history = torch.empty(batch_size, beam_size, 0, dtype=torch.long, device=device)  # (B, K, t)
+        return cls(model.reorder_state(state, expand), log_probs, beam_lp, history, list(range(batch_size)))
+
+    def extend(self, parent_beam: Tensor, new_tok: Tensor, new_lp: Tensor) -> None:
+        """Each beam k of block r becomes beam parent_beam[r, k] followed by new_tok[r, k]; all (n, K)."""
+        step = self.history.shape[2]
+        history = self.history.gather(1, parent_beam.unsqueeze(2).expand(-1, -1, step))  # (n, K, t)
+        self.history = torch.cat([history, new_tok.unsqueeze(2)], dim=2)  # (n, K, t+1)
+        self.beam_lp = new_lp
+        self._parent, self._token = parent_beam, new_tok
+
+    def advance(self, model: StepModel, keep: list[int]) -> None:
+        """Keep the row blocks `keep` and feed every kept beam's newest token to the model."""
+        beam_size = self.beam_lp.shape[1]
+        keep_t = torch.tensor(keep, dtype=torch.long, device=self.beam_lp.device)  # (n',)
+        rows = (keep_t.unsqueeze(1) * beam_size + self._parent.index_select(0, keep_t)).reshape(-1)  # (n'*K,)
+        state = model.reorder_state(self.state, rows)
+        logits, self.state = model.step(self._token.index_select(0, keep_t).reshape(-1), state)
+        self.log_probs = _log_softmax(logits)  # (n'*K, V)
+        self.beam_lp = self.beam_lp.index_select(0, keep_t)
+        self.history = self.history.index_select(0, keep_t)
+        self.alive = [self.alive[r] for r in keep]
+
+
 @torch.no_grad()
 def beam_search(
     model: StepModel,
@@ -274,7 +324,6 @@ def beam_search(
         max_lens = [int(max_tokens)] * batch_size
     for m in max_lens:
         _check_max_tokens(m, 1)
-    device = logits.device
 
     def score_of(log_prob: float, length: int) -> float:
         return log_prob / length**length_penalty
@@ -289,19 +338,12 @@ def beam_search(
     def finish(b: int, tokens: list[int], log_prob: float, length: int) -> None:
         _add_best(finished[b], Hypothesis(tokens, log_prob, score_of(log_prob, length)), by_score, beam_size)
 
-    # one beam per input at the start: the other beams are -inf so no identical beams are expanded
-    expand = torch.arange(batch_size, device=device).repeat_interleave(beam_size)  # (B*K,)
-    state = model.reorder_state(state, expand)
-    log_probs = _log_softmax(logits).index_select(0, expand)  # (B*K, V)
-    beam_lp = torch.full((batch_size, beam_size), -math.inf, dtype=log_probs.dtype, device=device)  # (B, K)
-    beam_lp[:, 0] = 0.0
-    history = torch.empty(batch_size, beam_size, 0, dtype=torch.long, device=device)  # (B, K, t)
-    alive = list(range(batch_size))  # original input index of each row block still decoding
+    beams = _Beams.start(model, logits, state, beam_size)
     num_candidates = min(2 * beam_size, beam_size * vocab_size)
     step = 0
-    while alive:
-        n = len(alive)
-        cand = beam_lp.unsqueeze(2) + log_probs.view(n, beam_size, vocab_size)  # (n, K, V)
+    while beams.alive:
+        n = len(beams.alive)
+        cand = beams.beam_lp.unsqueeze(2) + beams.log_probs.view(n, beam_size, vocab_size)  # (n, K, V)
         if eos_id is not None and step < min_tokens:
             cand[:, :, eos_id] = -math.inf
         top_lp, top_idx = cand.view(n, beam_size * vocab_size).topk(num_candidates, dim=1)  # (n, C)
@@ -313,26 +355,22 @@ def beam_search(
             # only eos among the top beam_size candidates finishes a hypothesis (so beam_size 1 is greedy)
             ending = is_eos[:, :beam_size] & top_lp[:, :beam_size].isfinite()
             for r, c in ending.nonzero().tolist():
-                parent = history[r, top_beam[r, c]].tolist()
-                finish(alive[r], parent, float(top_lp[r, c]), step + 1)
+                parent = beams.history[r, top_beam[r, c]].tolist()
+                finish(beams.alive[r], parent, float(top_lp[r, c]), step + 1)
             live_lp = top_lp.masked_fill(is_eos, -math.inf)
         # stable sort keeps the candidates' rank order among the non-eos ones
         live_lp, pick = live_lp.sort(dim=1, descending=True, stable=True)
         live_lp, pick = live_lp[:, :beam_size], pick[:, :beam_size]  # (n, K)
-        parent_beam = top_beam.gather(1, pick)  # (n, K)
-        new_tok = top_tok.gather(1, pick)  # (n, K)
-        history = history.gather(1, parent_beam.unsqueeze(2).expand(-1, -1, step))  # (n, K, t)
-        history = torch.cat([history, new_tok.unsqueeze(2)], dim=2)  # (n, K, t+1)
-        beam_lp = live_lp
+        beams.extend(top_beam.gather(1, pick), top_tok.gather(1, pick), live_lp)  # (n, K) each
         step += 1
 
         keep = []
-        lp_rows = beam_lp.tolist()
-        for r, b in enumerate(alive):
+        lp_rows = beams.beam_lp.tolist()
+        for r, b in enumerate(beams.alive):
             if step >= max_lens[b]:
                 for k, lp in enumerate(lp_rows[r]):
                     if math.isfinite(lp):
-                        finish(b, history[r, k].tolist(), lp, step)
+                        finish(b, beams.history[r, k].tolist(), lp, step)
                 continue
             best_live = lp_rows[r][0]
             if not math.isfinite(best_live):
@@ -343,14 +381,7 @@ def beam_search(
             keep.append(r)
         if not keep:
             break
-        keep_t = torch.tensor(keep, dtype=torch.long, device=device)  # (n',)
-        rows = (keep_t.unsqueeze(1) * beam_size + parent_beam.index_select(0, keep_t)).reshape(-1)  # (n'*K,)
-        state = model.reorder_state(state, rows)
-        logits, state = model.step(new_tok.index_select(0, keep_t).reshape(-1), state)
-        log_probs = _log_softmax(logits)  # (n'*K, V)
-        beam_lp = beam_lp.index_select(0, keep_t)
-        history = history.index_select(0, keep_t)
-        alive = [alive[r] for r in keep]
+        beams.advance(model, keep)
     return finished
 
 
@@ -401,40 +432,29 @@ def complete(
     unfinished: list[list[Completion]] = [[] for _ in range(batch_size)]
     by_prob = attrgetter("probability")
 
-    expand = torch.arange(batch_size, device=device).repeat_interleave(beam_size)  # (B*K,)
-    state = model.reorder_state(state, expand)
-    log_probs = _log_softmax(logits).index_select(0, expand)  # (B*K, V)
-    beam_lp = torch.full((batch_size, beam_size), -math.inf, dtype=log_probs.dtype, device=device)  # (B, K)
-    beam_lp[:, 0] = 0.0
-    history = torch.empty(batch_size, beam_size, 0, dtype=torch.long, device=device)  # (B, K, t)
-    alive = list(range(batch_size))
+    beams = _Beams.start(model, logits, state, beam_size)
     num_candidates = min(beam_size, beam_size * vocab_size)
     for step in range(max_tokens):
-        m = len(alive)
-        log_probs = log_probs.view(m, beam_size, vocab_size)  # (m, K, V)
-        end_lp = beam_lp + log_probs[:, :, boundary].logsumexp(dim=-1)  # (m, K)
+        m = len(beams.alive)
+        log_probs = beams.log_probs.view(m, beam_size, vocab_size)  # (m, K, V)
+        end_lp = beams.beam_lp + log_probs[:, :, boundary].logsumexp(dim=-1)  # (m, K)
         for r, k in end_lp.isfinite().nonzero().tolist():
-            item = Completion(history[r, k].tolist(), math.exp(float(end_lp[r, k])), True)
-            _add_best(finished[alive[r]], item, by_prob, n)
-        cand = (beam_lp.unsqueeze(2) + log_probs).masked_fill(boundary, -math.inf)  # (m, K, V)
+            item = Completion(beams.history[r, k].tolist(), math.exp(float(end_lp[r, k])), True)
+            _add_best(finished[beams.alive[r]], item, by_prob, n)
+        cand = (beams.beam_lp.unsqueeze(2) + log_probs).masked_fill(boundary, -math.inf)  # (m, K, V)
         top_lp, top_idx = cand.view(m, beam_size * vocab_size).topk(num_candidates, dim=1)  # (m, K)
-        parent_beam = top_idx // vocab_size  # (m, K)
-        new_tok = top_idx % vocab_size  # (m, K)
-        history = history.gather(1, parent_beam.unsqueeze(2).expand(-1, -1, step))  # (m, K, t)
-        history = torch.cat([history, new_tok.unsqueeze(2)], dim=2)  # (m, K, t+1)
-        beam_lp = top_lp
-        lp_rows = beam_lp.tolist()
+        beams.extend(top_idx // vocab_size, top_idx % vocab_size, top_lp)  # (m, K) each
+        lp_rows = beams.beam_lp.tolist()
         if step + 1 == max_tokens:
             # out of steps: the live prefixes become candidates that never met a boundary
-            for r, b in enumerate(alive):
+            for r, b in enumerate(beams.alive):
                 for k, lp in enumerate(lp_rows[r]):
                     if math.isfinite(lp):
-                        _add_best(
-                            unfinished[b], Completion(history[r, k].tolist(), math.exp(lp), False), by_prob, n
-                        )
+                        item = Completion(beams.history[r, k].tolist(), math.exp(lp), False)
+                        _add_best(unfinished[b], item, by_prob, n)
             break
         keep = []
-        for r, b in enumerate(alive):
+        for r, b in enumerate(beams.alive):
             best_live = lp_rows[r][0]
             if not math.isfinite(best_live):
                 continue
@@ -445,14 +465,7 @@ def complete(
             keep.append(r)
         if not keep:
             break
-        keep_t = torch.tensor(keep, dtype=torch.long, device=device)  # (m',)
-        rows = (keep_t.unsqueeze(1) * beam_size + parent_beam.index_select(0, keep_t)).reshape(-1)  # (m'*K,)
-        state = model.reorder_state(state, rows)
-        logits, state = model.step(new_tok.index_select(0, keep_t).reshape(-1), state)
-        log_probs = _log_softmax(logits)  # (m'*K, V)
-        beam_lp = beam_lp.index_select(0, keep_t)
-        history = history.index_select(0, keep_t)
-        alive = [alive[r] for r in keep]
+        beams.advance(model, keep)
 
     results = []
     for done, partial in zip(finished, unfinished, strict=True):
