@@ -278,12 +278,16 @@ class WordTokenizer(_ListTokenizer):
         for token in map(self._surface, ids):
             if token is None:
                 continue
-            glue = prev is None or prev == "\n" or token == "\n" or prev in _NO_SPACE_AFTER
-            if not glue and not _attaches_left(token):
+            if prev is not None and prev != "\n" and token != "\n" and self._spaced(prev, token):
                 parts.append(" ")
             parts.append(token)
             prev = token
         return "".join(parts)
+
+    @staticmethod
+    def _spaced(prev: str, token: str) -> bool:
+        """Whether a space goes between two tokens on the same line."""
+        return prev not in _NO_SPACE_AFTER and not _attaches_left(token)
 
     def unknown_symbols(self, text: str) -> list[str]:
         return list(dict.fromkeys(t for t in self.split(text) if t != "<unk>" and t not in self._index))
@@ -319,17 +323,9 @@ class SpaceTokenizer(WordTokenizer):
     def split(text: str) -> list[str]:
         return _SPACE_RE.findall(text)
 
-    def decode(self, ids: Iterable[int]) -> str:
-        parts: list[str] = []
-        prev: str | None = None
-        for token in map(self._surface, ids):
-            if token is None:
-                continue
-            if prev is not None and prev != "\n" and token != "\n":
-                parts.append(" ")
-            parts.append(token)
-            prev = token
-        return "".join(parts)
+    @staticmethod
+    def _spaced(prev: str, token: str) -> bool:
+        return True
 
     def is_boundary(self, token_id: int) -> bool:
         self._check_id(token_id)
