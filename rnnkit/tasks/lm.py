@@ -28,7 +28,9 @@ from rnnkit.checkpoint import (
 )
 from rnnkit.config import RunConfig, UserError
 from rnnkit.data import (
+    BOS_ID,
     PAD_ID,
+    SPECIAL_TOKENS,
     StreamBatches,
     Tokenizer,
     bucket_batches,
@@ -243,7 +245,7 @@ def _prompt_ids(lm: LoadedLM, prompt: str) -> list[int]:
     if not ids:
         # An empty prompt starts the text as a new line would.
         newline = lm.tokenizer.encode("\n")
-        ids = newline if newline and newline[0] > 3 else [2]  # <bos> if the corpus has no newline
+        ids = newline if newline and newline[0] >= len(SPECIAL_TOKENS) else [BOS_ID]  # no newline in the corpus
     return ids
 
 
@@ -311,16 +313,23 @@ class _ConstrainedStep:
         self.lm = lm
         self.partial = partial
         V = lm.tokenizer.vocab_size
-        self.texts = [lm.tokenizer.token_text(i) if i > 3 else "" for i in range(V)]
+        self.texts = [lm.tokenizer.token_text(i) if i >= len(SPECIAL_TOKENS) else "" for i in range(V)]
+        self._cache: dict[str, torch.Tensor] = {}
 
     def mask(self, logits: torch.Tensor, pending: list[str]) -> torch.Tensor:
         out = logits.clone()
         for row, rest in enumerate(pending):
             if not rest:
                 continue
-            bad = [i for i, t in enumerate(self.texts) if not t or not (t.startswith(rest) or rest.startswith(t))]
-            out[row, bad] = float("-inf")
+            out[row].masked_fill_(self._disallowed(rest).to(out.device), float("-inf"))
         return out
+
+    def _disallowed(self, rest: str) -> torch.Tensor:
+        """(V,) bool: tokens that disagree with the part still to spell; cached, as beams share it."""
+        if rest not in self._cache:
+            self._cache[rest] = torch.tensor(
+                [not t or not (t.startswith(rest) or rest.startswith(t)) for t in self.texts])
+        return self._cache[rest]
 
     def step(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         model_state, pending = state
