@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import sys
 import typing
@@ -16,10 +17,15 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from rnnkit.config import SECTIONS, RunConfig, UserError, load_toml
+from rnnkit.config import TASKS, RunConfig, UserError, default_of, load_toml, sections_for
 
-TASKS = ("lm", "classify", "tag", "seq2seq", "forecast")
-AVAILABLE_TASKS = ("lm",)
+TASK_HELP = {
+    "lm": "language model: text generation and autocomplete (UTF-8 text)",
+    "classify": "sequence classification: text (CSV/TSV/JSONL/SST lines) or audio (--audio, a WAV manifest)",
+    "tag": "sequence tagging: named entities, parts of speech (CoNLL, CoNLL-U)",
+    "seq2seq": "encoder-decoder with attention: translation and other pairs (TSV source<TAB>target)",
+    "forecast": "time-series forecasting with anomaly flags (CSV with a header)",
+}
 
 
 # ----------------------------------------------------------------------------- option building
@@ -31,14 +37,15 @@ def _field_type(cls: type, name: str) -> Any:
     return args[0] if args else hint
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per config field; defaults are None so that only what the user typed overrides TOML."""
-    for section, cls in SECTIONS.items():
+def _add_config_options(parser: argparse.ArgumentParser, task: str) -> None:
+    """One option per config field of the task's sections; defaults are None so that only what the user
+    typed overrides the TOML file."""
+    for section, cls in sections_for(task).items():
         group = parser.add_argument_group(f"{section} options")
         for f in dataclasses.fields(cls):
             flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
             kind = _field_type(cls, f.name)
-            default = f.default
+            default = default_of(task, section, f.name)
             help_text = f.metadata.get("help", "") + f" (default: {default})"
             dest = f"{section}.{f.name}"
             if f.name == "fused":
@@ -47,16 +54,18 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             elif kind is bool:
                 group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
                                    help=f.metadata.get("help", "") + f" (default: {'on' if default else 'off'})")
+            elif typing.get_origin(kind) is list:
+                group.add_argument(flag, dest=dest, nargs="+", default=None, metavar=f.name.upper(), help=help_text)
             else:
                 group.add_argument(flag, dest=dest, type=kind, default=None, choices=f.metadata.get("choices"),
                                    metavar=None if f.metadata.get("choices") else f.name.upper(), help=help_text)
 
 
 def run_config_from_args(task: str, args: argparse.Namespace) -> RunConfig:
-    """Defaults, then the TOML file (--config), then the command line."""
-    values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    """The task's defaults, then the TOML file (--config), then the command line."""
+    values: dict[str, dict[str, Any]] = {name: {} for name in sections_for(task)}
     if getattr(args, "config", None):
-        values = load_toml(args.config)
+        values = load_toml(args.config, task)
     for key, value in vars(args).items():
         if "." in key and value is not None:
             section, name = key.split(".", 1)
@@ -69,46 +78,76 @@ def run_config_from_args(task: str, args: argparse.Namespace) -> RunConfig:
 # ------------------------------------------------------------------------------------- handlers
 
 
-def _need_task(task: str) -> None:
-    if task not in AVAILABLE_TASKS:
-        raise UserError(f"task '{task}' is not available in this version of rnnkit; available: "
-                        f"{', '.join(AVAILABLE_TASKS)}")
-
-
 def _task_of(run_dir: str) -> str:
     from rnnkit.checkpoint import read_run_config
 
     task = read_run_config(run_dir)["task"]
-    _need_task(task)
+    task_module(task)  # refuses tasks this installation lacks
     return task
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    _need_task(args.task)
-    cfg = run_config_from_args(args.task, args)
-    from rnnkit.tasks import lm
+def task_module(task: str) -> Any:
+    from rnnkit.tasks import task_module as find
 
-    result = lm.train(cfg, args.train, args.out, valid_path=args.valid, test_path=args.test, resume=args.resume)
+    return find(task)
+
+
+def _task_options(args: argparse.Namespace, table: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The task-specific options the user gave (those not None), by keyword name."""
+    given = {}
+    for flag, _ in table:
+        name = flag.lstrip("-").replace("-", "_")
+        value = getattr(args, name, None)
+        if value is not None and value is not False:
+            given[name] = value
+    return given
+
+
+def _call_with_options(task: str, func: Callable[..., Any], fixed: tuple, options: dict[str, Any]) -> Any:
+    """Call a task's evaluate/predict with the options it accepts; name any option it does not take."""
+    accepted = inspect.signature(func).parameters
+    wrong = ["--" + k.replace("_", "-") for k in options if k not in accepted]
+    if wrong:
+        raise UserError(f"{', '.join(wrong)}: not an option for {task} runs")
+    return func(*fixed, **options)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    module = task_module(args.task)
+    cfg = run_config_from_args(args.task, args)
+    result = module.train(cfg, args.train, args.out, valid_path=args.valid, test_path=args.test, resume=args.resume)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    _task_of(args.run_dir)
-    from rnnkit.tasks import lm
-
-    figures = lm.evaluate(args.run_dir, args.data)
+    task = _task_of(args.run_dir)
+    module = task_module(task)
+    figures = _call_with_options(task, module.evaluate, (args.run_dir, args.data),
+                                 _task_options(args, EVALUATE_OPTIONS))
     if args.json:
         print(json.dumps(figures))
     else:
         for k, v in figures.items():
-            print(f"{k:>20}  {v:.4f}")
+            print(f"{k:>20}  {v:.4f}" if isinstance(v, int | float) else f"{k:>20}  {json.dumps(v)}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    task = _task_of(args.run_dir)
+    module = task_module(task)
+    if not hasattr(module, "predict"):
+        raise UserError(f"{args.run_dir}: predict does not apply to {task} runs"
+                        + ("; use 'rnnkit generate' or 'rnnkit complete'" if task == "lm" else ""))
+    _call_with_options(task, module.predict, (args.run_dir, args.input, args.output),
+                       _task_options(args, PREDICT_OPTIONS))
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     if _task_of(args.run_dir) != "lm":
-        raise UserError(f"{args.run_dir}: generate needs a language model ('lm') run")
+        raise UserError(f"{args.run_dir}: generate needs a language model ('lm') run; "
+                        "other runs answer 'rnnkit predict'")
     from rnnkit.tasks import lm
 
     model = lm.load(args.run_dir)
@@ -158,26 +197,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("task", choices=TASKS, help="what to train: " + ", ".join(TASKS))
-    p.add_argument("--train", required=True, metavar="PATH", help="training data file")
-    p.add_argument("--valid", metavar="PATH", help="validation data (default: hold out the end of --train)")
-    p.add_argument("--test", metavar="PATH", help="test data, evaluated once at the end")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory to write")
-    p.add_argument("--config", metavar="FILE.toml", help="options from a TOML file; the command line wins")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    _add_config_options(p)
+    tasks = p.add_subparsers(dest="task", metavar="TASK", required=True,
+                             help="what to train: " + ", ".join(TASKS) + " ('rnnkit train TASK --help' lists its "
+                                  "options)")
+    for task in TASKS:
+        t = tasks.add_parser(task, help=TASK_HELP[task], description=f"Train a {TASK_HELP[task]}.")
+        t.add_argument("--train", required=True, metavar="PATH", help="training data file")
+        t.add_argument("--valid", metavar="PATH", help="validation data (default: hold out the end of --train)")
+        t.add_argument("--test", metavar="PATH", help="test data, evaluated once at the end")
+        t.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory to write")
+        t.add_argument("--config", metavar="FILE.toml", help="options from a TOML file; the command line wins")
+        t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+        _add_config_options(t, task)
+
+
+# Task-specific options of `evaluate` and `predict`: (flag, argparse keywords). Each reaches the task's
+# function as a keyword argument when given; a task that does not take it refuses it by name.
+EVALUATE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("--plot", {"metavar": "PNG", "help": "classify: the confusion matrix as PNG; forecast: forecasts against "
+                                          "the truth"}),
+    ("--beam", {"type": int, "metavar": "N", "help": "seq2seq: beam width (default: greedy)"}),
+    ("--stride", {"type": int, "metavar": "N", "help": "forecast: steps between forecast origins "
+                                                       "(default: the horizon)"}),
+    ("--season", {"type": int, "metavar": "N", "help": "forecast: season length in steps for seasonal-naive "
+                                                       "and MASE (default: inferred from the time step)"}),
+]
+
+PREDICT_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("--format", {"metavar": "FORMAT", "help": "output format: classify csv|jsonl (default: from --output's "
+                                               "extension, else csv); tag conll|jsonl (spans with offsets)"}),
+    ("--beam", {"type": int, "metavar": "N", "help": "seq2seq: beam width (default: greedy)"}),
+    ("--attention-plot", {"metavar": "DIR", "help": "seq2seq: write an attention heatmap per input into DIR"}),
+    ("--plot", {"metavar": "PNG", "help": "forecast: history, forecast and interval as PNG"}),
+    ("--anomalies", {"action": "store_true", "default": None,
+                     "help": "forecast: flag points whose one-step-ahead residual passes the learned threshold"}),
+]
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data", required=True, metavar="PATH", help="data to evaluate on")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    group = p.add_argument_group("task options")
+    for flag, kwargs in EVALUATE_OPTIONS:
+        group.add_argument(flag, **kwargs)
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--input", default="-", metavar="PATH", help="inputs, one per line (default: stdin)")
     p.add_argument("--output", default="-", metavar="PATH", help="where to write (default: stdout)")
+    group = p.add_argument_group("task options")
+    for flag, kwargs in PREDICT_OPTIONS:
+        group.add_argument(flag, **kwargs)
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
@@ -227,7 +299,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "train": ("train a model for a task", _train_args, cmd_train),
     "evaluate": ("score a trained run on a data file", _evaluate_args, cmd_evaluate),
-    "predict": ("apply a trained run to inputs", _predict_args, _not_yet("predict")),
+    "predict": ("apply a trained run to inputs", _predict_args, cmd_predict),
     "generate": ("write text with a language model", _generate_args, cmd_generate),
     "complete": ("complete the word being typed", _complete_args, cmd_complete),
     "serve": ("serve a run over HTTP", _serve_args, _not_yet("serve")),

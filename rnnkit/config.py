@@ -52,6 +52,15 @@ def _check_types(obj: Any) -> None:
         allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
         if value is None and type(None) in allowed:
             continue
+        lists = [t for t in allowed if typing.get_origin(t) is list]
+        if lists:
+            if isinstance(value, str):  # one name where a list is expected (TOML `target = "OT"`)
+                value = [value]
+                setattr(obj, f.name, value)
+            if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+                setattr(obj, f.name, list(value))
+                continue
+            raise UserError(f"{flag_of(type(obj), f.name)}: expected a list of names; got {value!r}")
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
             setattr(obj, f.name, float(value))
             continue
@@ -181,33 +190,205 @@ class TrainConfig:
         _check(dev in ("cpu", "cuda", "auto", "mps") or dev.startswith("cuda:"), "--device", dev,
                "cpu, cuda, cuda:N, mps or auto")
 
+# ------------------------------------------------------------------------------ task sections
+#
+# Each task beyond language modelling has a section of its own ([classify], [tag], [seq2seq],
+# [forecast] in TOML; the same names as keys of config.json). Its options appear on the command line
+# only under `rnnkit train TASK`.
+
+
+POOLINGS = ("last", "mean", "max", "attention")
+AUDIO_FEATURES = ("logmel", "mfcc")
+
+
+@dataclass
+class ClassifyConfig:
+    """Many-to-one: a whole sequence (text or audio) in, one label out."""
+
+    text_column: str = _opt("text", "CSV/TSV/JSONL: the column holding the text")
+    label_column: str = _opt("label", "CSV/TSV/JSONL: the column holding the label")
+    pooling: str = _opt("max", "how the encoder's outputs become one vector", choices=POOLINGS)
+    class_weights: bool = _opt(False, "weight the loss by inverse class frequency (imbalanced data)")
+    audio: bool = _opt(False, "the data are manifests of WAV files (columns path,label), not text")
+    features: str = _opt("logmel", "audio: log-mel spectrogram or MFCC", choices=AUDIO_FEATURES)
+    sample_rate: int = _opt(8000, "audio: resample every recording to this rate (Hz)")
+    n_mels: int = _opt(40, "audio: mel bands")
+    n_mfcc: int = _opt(13, "audio: MFCC coefficients (with --features mfcc)")
+    skip_unreadable: bool = _opt(False, "audio: skip WAV files that cannot be read (counted) instead of stopping")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check(self.pooling in POOLINGS, "--pooling", self.pooling, f"one of {', '.join(POOLINGS)}")
+        _check(self.features in AUDIO_FEATURES, "--features", self.features, f"one of {', '.join(AUDIO_FEATURES)}")
+        for name in ("sample_rate", "n_mels", "n_mfcc"):
+            value = getattr(self, name)
+            _check(value >= 1, flag_of(ClassifyConfig, name), value, "an integer >= 1")
+
+
+TAG_SCHEMES = ("auto", "bio", "bioes", "none")
+CHAR_ENCODERS = ("lstm", "cnn", "none")
+
+
+@dataclass
+class TagConfig:
+    """Many-to-many, aligned: one tag per token."""
+
+    column: str = _opt("upos", "CoNLL-U: which column holds the tag", choices=("upos", "xpos", "deprel"))
+    crf: bool = _opt(False, "a linear-chain CRF output with Viterbi decoding instead of a softmax per token")
+    scheme: str = _opt("auto", "tag scheme: detect it (auto), or convert the tags to bio or bioes; none: plain tags",
+                       choices=TAG_SCHEMES)
+    repair: bool = _opt(False, "repair tag sequences invalid under the scheme instead of stopping")
+    char_encoder: str = _opt("lstm", "character-level word representation", choices=CHAR_ENCODERS)
+    char_embed: int = _opt(32, "size of the character embeddings")
+    char_hidden: int = _opt(64, "size of the character-level word vector")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check(self.scheme in TAG_SCHEMES, "--scheme", self.scheme, f"one of {', '.join(TAG_SCHEMES)}")
+        _check(self.char_encoder in CHAR_ENCODERS, "--char-encoder", self.char_encoder,
+               f"one of {', '.join(CHAR_ENCODERS)}")
+        for name in ("char_embed", "char_hidden"):
+            value = getattr(self, name)
+            _check(value >= 1, flag_of(TagConfig, name), value, "an integer >= 1")
+
+
+ATTENTIONS = ("additive", "dot", "general", "none")
+
+
+@dataclass
+class Seq2SeqConfig:
+    """Many-to-many, unaligned: an encoder-decoder with attention."""
+
+    source_tokenizer: str = _opt("word", "tokenizer for the source side", choices=TOKENIZERS)
+    target_tokenizer: str = _opt("word", "tokenizer for the target side", choices=TOKENIZERS)
+    shared_vocab: bool = _opt(False, "one vocabulary for both sides")
+    max_length: int = _opt(50, "drop training pairs with a side longer than this many tokens (counted)")
+    attention: str = _opt("general", "attention over the encoder's outputs", choices=ATTENTIONS)
+    scheduled_sampling: float = _opt(0.0, "probability of feeding the decoder its own prediction in training")
+    copy_unknown: bool = _opt(True, "replace an <unk> output by the most attended source token")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        for name in ("source_tokenizer", "target_tokenizer"):
+            value = getattr(self, name)
+            _check(value in TOKENIZERS, flag_of(Seq2SeqConfig, name), value, f"one of {', '.join(TOKENIZERS)}")
+        _check(self.attention in ATTENTIONS, "--attention", self.attention, f"one of {', '.join(ATTENTIONS)}")
+        _check(self.max_length >= 1, "--max-length", self.max_length, "an integer >= 1")
+        _check(0 <= self.scheduled_sampling <= 1, "--scheduled-sampling", self.scheduled_sampling,
+               "a probability in [0, 1]")
+
+
+FORECAST_MODES = ("direct", "autoregressive")
+FORECAST_LOSSES = ("mse", "mae", "gaussian", "quantile")
+
+
+@dataclass
+class ForecastConfig:
+    """Numbers in, the next numbers out."""
+
+    target: list[str] | None = _opt(None, "the column(s) to forecast (required)")
+    time_column: str | None = _opt(None, "the column of timestamps (dates or an index); default: row order")
+    covariates: list[str] | None = _opt(None, "other numeric columns read as inputs")
+    lookback: int = _opt(96, "steps of history the model reads")
+    horizon: int = _opt(24, "steps ahead to forecast")
+    mode: str = _opt("direct", "direct: all steps at once from the encoder's state; autoregressive: a decoder "
+                               "fed its own predictions", choices=FORECAST_MODES)
+    loss: str = _opt("mse", "training loss; gaussian and quantile give prediction intervals", choices=FORECAST_LOSSES)
+    quantiles: str = _opt("0.1,0.5,0.9", "quantile loss: the quantiles to predict")
+    calendar: bool = _opt(True, "add calendar features (hour, day of week, ...) derived from the time column")
+    impute: bool = _opt(True, "interpolate missing values (counted, with a warning); off: reject them")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check(self.mode in FORECAST_MODES, "--mode", self.mode, f"one of {', '.join(FORECAST_MODES)}")
+        _check(self.loss in FORECAST_LOSSES, "--loss", self.loss, f"one of {', '.join(FORECAST_LOSSES)}")
+        for name in ("lookback", "horizon"):
+            value = getattr(self, name)
+            _check(value >= 1, flag_of(ForecastConfig, name), value, "an integer >= 1")
+
+
+TASK_SECTIONS: dict[str, type] = {
+    "classify": ClassifyConfig,
+    "tag": TagConfig,
+    "seq2seq": Seq2SeqConfig,
+    "forecast": ForecastConfig,
+}
+
+# Where a task's sensible default differs from the shared one: {task: {section: {field: value}}}.
+TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "lm": {},
+    "classify": {"data": {"tokenizer": "word"}, "model": {"bidirectional": True}},
+    "tag": {"data": {"tokenizer": "space"}, "model": {"bidirectional": True}},
+    "seq2seq": {},
+    "forecast": {},
+}
+
+TASKS = tuple(TASK_DEFAULTS)
+
+
 
 @dataclass
 class RunConfig:
-    """Everything a run was made from, as written to config.json."""
+    """Everything a run was made from, as written to config.json.
+
+    `options` is the task's own section (`ClassifyConfig` for "classify", ...), None for "lm".
+    """
 
     task: str
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    options: Any = None
+
+    def __post_init__(self) -> None:
+        _check(self.task in TASKS, "task", self.task, f"one of {', '.join(TASKS)}")
+        if self.options is None and self.task in TASK_SECTIONS:
+            self.options = TASK_SECTIONS[self.task]()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = {"task": self.task, "model": dataclasses.asdict(self.model), "data": dataclasses.asdict(self.data),
+             "train": dataclasses.asdict(self.train)}
+        if self.options is not None:
+            d[self.task] = dataclasses.asdict(self.options)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> RunConfig:
+        """Build from {task, model, data, train, <task section>}; missing fields take the task's defaults."""
         try:
-            return cls(
-                task=d["task"],
-                model=_build(ModelConfig, d.get("model", {}), f"{source} [model]"),
-                data=_build(DataConfig, d.get("data", {}), f"{source} [data]"),
-                train=_build(TrainConfig, d.get("train", {}), f"{source} [train]"),
-            )
+            task = d["task"]
         except KeyError as e:
             raise UserError(f"{source}: missing key {e}") from None
+        _check(task in TASKS, "task", task, f"one of {', '.join(TASKS)}")
+        defaults = TASK_DEFAULTS.get(task, {})
+        built = {}
+        for name, kind in sections_for(task).items():
+            values = {**defaults.get(name, {}), **(d.get(name) or {})}
+            built[name] = _build(kind, values, f"{source} [{name}]")
+        return cls(task=task, model=built["model"], data=built["data"], train=built["train"], options=built.get(task))
+
+    @classmethod
+    def create(cls, task: str, **sections: dict[str, Any]) -> RunConfig:
+        """The Python API's way in: `RunConfig.create("classify", model={"hidden_size": 64}, classify={...})`."""
+        return cls.from_dict({"task": task, **sections}, source="RunConfig.create")
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def sections_for(task: str) -> dict[str, type]:
+    """The config sections of a task: the shared three, then the task's own (if any)."""
+    own = {task: TASK_SECTIONS[task]} if task in TASK_SECTIONS else {}
+    return {**SECTIONS, **own}
+
+
+def default_of(task: str, section: str, name: str) -> Any:
+    """A field's default for a task (the task's override, else the dataclass default)."""
+    override = TASK_DEFAULTS.get(task, {}).get(section, {})
+    if name in override:
+        return override[name]
+    f = {f.name: f for f in dataclasses.fields(sections_for(task)[section])}[name]
+    return f.default
 
 
 def flag_of(cls: type, name: str) -> str:
@@ -224,11 +405,12 @@ def _build(cls: type, values: dict[str, Any], source: str) -> Any:
     return cls(**values)
 
 
-def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
+def load_toml(path: str | Path, task: str = "lm") -> dict[str, dict[str, Any]]:
     """Read a TOML config into {section: {field: value}}.
 
-    Sections are `[model]`, `[data]` and `[train]` with the field names of those dataclasses. Top-level
-    keys are also accepted and go to whichever section has a field of that name.
+    Sections are `[model]`, `[data]`, `[train]` and the task's own (`[classify]`, ...) with the field
+    names of those dataclasses. Top-level keys are also accepted and go to whichever of the task's
+    sections has a field of that name.
     """
     path = Path(path)
     try:
@@ -238,17 +420,20 @@ def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
         raise UserError(f"--config: file not found: {path}") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML: {e}") from None
-    out: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    owner = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    sections = sections_for(task)
+    out: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    owner = {f.name: section for section, cls in sections.items() for f in dataclasses.fields(cls)}
     for key, value in raw.items():
-        if key in SECTIONS and isinstance(value, dict):
-            known = {f.name for f in dataclasses.fields(SECTIONS[key])}
+        if key in sections and isinstance(value, dict):
+            known = {f.name for f in dataclasses.fields(sections[key])}
             for k, v in value.items():
                 if k not in known:
                     raise UserError(
                         f"{path}: unknown key '{k}' in [{key}]; expected one of: {', '.join(sorted(known))}"
                     )
                 out[key][k] = v
+        elif key in TASK_SECTIONS and isinstance(value, dict):
+            raise UserError(f"{path}: section [{key}] is for task '{key}', not '{task}'")
         elif key in owner:
             out[owner[key]][key] = value
         else:

@@ -361,11 +361,27 @@ def test_bidirectional_language_model_is_refused(capsys, tmp_path, corpus):
     assert not out_dir.exists()
 
 
-def test_unavailable_task(capsys, tmp_path, corpus):
-    code, _, err = cli(capsys, "train", "classify", "--train", corpus, "--out", tmp_path / "run", *TINY)
+def test_unavailable_task(capsys, tmp_path, corpus, monkeypatch):
+    from rnnkit import tasks
+
+    monkeypatch.setitem(tasks.TASK_MODULES, "classify", "rnnkit.tasks.no_such_module")
+    code, _, err = cli(capsys, "train", "classify", "--train", corpus, "--out", tmp_path / "run")
     line = error_line(code, err)
     assert "classify" in line
     assert "not available" in line
+
+
+def test_task_options_belong_to_their_task(capsys, tmp_path, corpus):
+    # --pooling is a classify option: `train lm` does not know it.
+    code, _, err = cli(capsys, "train", "lm", "--train", corpus, "--out", tmp_path / "run", *TINY, "--pooling", "max")
+    assert code == 2
+    assert "--pooling" in err
+
+
+def test_predict_refuses_options_of_other_tasks(capsys, lm_run):
+    code, _, err = cli(capsys, "predict", lm_run, "--beam", "3")
+    line = error_line(code, err)
+    assert "predict" in line or "--beam" in line
 
 
 def test_unknown_cell_lists_the_choices(capsys, tmp_path, corpus):
