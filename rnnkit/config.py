@@ -33,7 +33,8 @@ def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None
     return field(default=default, metadata=meta)
 
 
-CELL_NAMES = ("rnn", "rnn-relu", "lstm", "gru")
+CELL_NAMES = ("rnn", "rnn-relu", "lstm", "gru", "layernorm-lstm", "layernorm-gru", "peephole-lstm", "indrnn", "mingru",
+              "minlstm")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULERS = ("plateau", "cosine", "constant")
 TOKENIZERS = ("char", "word", "space", "bpe")
@@ -86,6 +87,9 @@ class ModelConfig:
     variational: bool = _opt(False, "variational dropout: one mask per sequence for all its steps")
     tie_weights: bool = _opt(False, "share the input embedding with the output layer")
     fused: bool | None = _opt(None, "force (true) or forbid (false) PyTorch's fused kernel; default: automatic")
+    recurrent_dropout: float = _opt(0.0, "variational dropout on the state inside the recurrence (needs the loop)")
+    zoneout: float = _opt(0.0, "probability that a unit keeps its previous value at a step (needs the loop)")
+    weight_drop: float = _opt(0.0, "DropConnect on the recurrent weight matrices (AWD-LSTM's weight drop)")
     adaptive_softmax: str | None = _opt(None, "language models: adaptive softmax cutoffs for large vocabularies, "
                                               "e.g. 2000,10000")
 
@@ -98,11 +102,15 @@ class ModelConfig:
         if self.adaptive_softmax is not None:
             _check(bool(self.cutoffs()), "--adaptive-softmax", self.adaptive_softmax,
                    "increasing positive integers separated by commas, e.g. 2000,10000")
-        for name in ("dropout", "embedding_dropout", "output_dropout"):
+        for name in ("dropout", "embedding_dropout", "output_dropout", "recurrent_dropout", "zoneout", "weight_drop"):
             value = getattr(self, name)
             _check(isinstance(value, int | float) and 0 <= value < 1, flag_of(ModelConfig, name), value,
                    "a probability in [0, 1)")
 
+
+    def recurrent_options(self) -> dict[str, float]:
+        """The regularisers on the recurrent path, as keyword arguments of `Recurrent`."""
+        return {"recurrent_dropout": self.recurrent_dropout, "zoneout": self.zoneout, "weight_drop": self.weight_drop}
 
     def cutoffs(self) -> tuple[int, ...] | None:
         """The adaptive softmax cutoffs as integers (empty when malformed, None when off)."""
@@ -215,6 +223,8 @@ class ClassifyConfig:
     n_mels: int = _opt(40, "audio: mel bands")
     n_mfcc: int = _opt(13, "audio: MFCC coefficients (with --features mfcc)")
     skip_unreadable: bool = _opt(False, "audio: skip WAV files that cannot be read (counted) instead of stopping")
+    init_from: str | None = _opt(None, "text: start from a language-model run's vocabulary, embeddings and "
+                                       "recurrent weights (cell and sizes follow that run)", flag="--init-from")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -241,6 +251,8 @@ class TagConfig:
     char_encoder: str = _opt("lstm", "character-level word representation", choices=CHAR_ENCODERS)
     char_embed: int = _opt(32, "size of the character embeddings")
     char_hidden: int = _opt(64, "size of the character-level word vector")
+    word_dropout: float = _opt(0.05, "in training, replace each word by the unknown word with this probability")
+    lowercase: bool = _opt(True, "look words up in lower case (their case is kept by a word-shape feature)")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -250,6 +262,9 @@ class TagConfig:
         for name in ("char_embed", "char_hidden"):
             value = getattr(self, name)
             _check(value >= 1, flag_of(TagConfig, name), value, "an integer >= 1")
+        _check(self.char_encoder != "lstm" or self.char_hidden % 2 == 0, "--char-hidden", self.char_hidden,
+               "an even number with --char-encoder lstm (half per direction)")
+        _check(0 <= self.word_dropout < 1, "--word-dropout", self.word_dropout, "a probability in [0, 1)")
 
 
 ATTENTIONS = ("additive", "dot", "general", "none")
@@ -266,6 +281,9 @@ class Seq2SeqConfig:
     attention: str = _opt("general", "attention over the encoder's outputs", choices=ATTENTIONS)
     scheduled_sampling: float = _opt(0.0, "probability of feeding the decoder its own prediction in training")
     copy_unknown: bool = _opt(True, "replace an <unk> output by the most attended source token")
+    length_penalty: float = _opt(1.0, "beam search: rank hypotheses by log-probability / length ** this")
+    max_output_ratio: float = _opt(2.0, "decoding: at most ratio * source tokens + extra target tokens")
+    max_output_extra: int = _opt(10, "decoding: see --max-output-ratio")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -276,6 +294,9 @@ class Seq2SeqConfig:
         _check(self.max_length >= 1, "--max-length", self.max_length, "an integer >= 1")
         _check(0 <= self.scheduled_sampling <= 1, "--scheduled-sampling", self.scheduled_sampling,
                "a probability in [0, 1]")
+        _check(self.length_penalty >= 0, "--length-penalty", self.length_penalty, "a number >= 0")
+        _check(self.max_output_ratio > 0, "--max-output-ratio", self.max_output_ratio, "a number > 0")
+        _check(self.max_output_extra >= 1, "--max-output-extra", self.max_output_extra, "an integer >= 1")
 
 
 FORECAST_MODES = ("direct", "autoregressive")
@@ -288,15 +309,19 @@ class ForecastConfig:
 
     target: list[str] | None = _opt(None, "the column(s) to forecast (required)")
     time_column: str | None = _opt(None, "the column of timestamps (dates or an index); default: row order")
-    covariates: list[str] | None = _opt(None, "other numeric columns read as inputs")
+    covariates: list[str] | None = _opt(None, "other numeric columns read as inputs (their past only); 'all': every "
+                                              "other numeric column; default: none")
     lookback: int = _opt(96, "steps of history the model reads")
     horizon: int = _opt(24, "steps ahead to forecast")
     mode: str = _opt("direct", "direct: all steps at once from the encoder's state; autoregressive: a decoder "
                                "fed its own predictions", choices=FORECAST_MODES)
     loss: str = _opt("mse", "training loss; gaussian and quantile give prediction intervals", choices=FORECAST_LOSSES)
-    quantiles: str = _opt("0.1,0.5,0.9", "quantile loss: the quantiles to predict")
+    quantiles: str = _opt("0.1,0.5,0.9", "quantile loss: the quantiles to predict; gaussian and quantile: the "
+                                         "lowest and highest bound the prediction interval")
     calendar: bool = _opt(True, "add calendar features (hour, day of week, ...) derived from the time column")
     impute: bool = _opt(True, "interpolate missing values (counted, with a warning); off: reject them")
+    instance_norm: bool = _opt(True, "subtract each window's mean from its targets and add it back to the forecast")
+    anomaly_quantile: float = _opt(0.995, "anomalies: the threshold is this quantile of the validation scores")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -305,6 +330,18 @@ class ForecastConfig:
         for name in ("lookback", "horizon"):
             value = getattr(self, name)
             _check(value >= 1, flag_of(ForecastConfig, name), value, "an integer >= 1")
+        _check(bool(self.quantile_values()), "--quantiles", self.quantiles,
+               "two or more increasing numbers in (0, 1) separated by commas, e.g. 0.1,0.5,0.9")
+        _check(0 < self.anomaly_quantile < 1, "--anomaly-quantile", self.anomaly_quantile, "a number in (0, 1)")
+
+    def quantile_values(self) -> tuple[float, ...]:
+        """The quantiles as numbers (empty when malformed)."""
+        try:
+            values = tuple(float(v) for v in str(self.quantiles).split(","))
+        except ValueError:
+            return ()
+        ok = len(values) >= 2 and all(0 < v < 1 for v in values) and list(values) == sorted(set(values))
+        return values if ok else ()
 
 
 TASK_SECTIONS: dict[str, type] = {
@@ -318,9 +355,12 @@ TASK_SECTIONS: dict[str, type] = {
 TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "lm": {},
     "classify": {"data": {"tokenizer": "word"}, "model": {"bidirectional": True}},
-    "tag": {"data": {"tokenizer": "space"}, "model": {"bidirectional": True}},
-    "seq2seq": {},
-    "forecast": {},
+    "tag": {"data": {"tokenizer": "space"},
+            "model": {"bidirectional": True, "num_layers": 1, "embedding_size": 100, "hidden_size": 200,
+                      "embedding_dropout": 0.5, "output_dropout": 0.5},
+            "train": {"batch_size": 16, "lr": 1e-3, "epochs": 30, "early_stopping": 5, "clip": 5.0}},
+    "seq2seq": {"model": {"bidirectional": True, "num_layers": 1}, "train": {"bptt": 0}},
+    "forecast": {"model": {"hidden_size": 64, "num_layers": 1}, "train": {"batch_size": 64}},
 }
 
 TASKS = tuple(TASK_DEFAULTS)

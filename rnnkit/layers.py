@@ -2,9 +2,11 @@
 
 What is here: running a cell over time with variable lengths and an explicit initial state; stacking
 and both directions; dropout between layers (per element as torch.nn does, or variational: one mask
-per sequence); choosing PyTorch's fused kernel when it computes the same function; `detach_state` for
-truncated BPTT and `reset_state` for streams whose rows end at different times. What is not: the
-cells' equations (cells.py) and anything about tasks.
+per sequence); regularisers on the recurrent path for any cell (variational recurrent dropout,
+zoneout, DropConnect on the recurrent weights); choosing PyTorch's fused kernel when it computes the
+same function, and the parallel scan for the cells that allow it; `detach_state` for truncated BPTT
+and `reset_state` for streams whose rows end at different times. What is not: the cells' equations
+(cells.py) and anything about tasks.
 
 State has torch.nn's layout: `h (L*D, B, H)`, and the pair `(h, c)` for LSTM-type cells. It is passed
 in and returned; nothing recurrent is stored on the module.
@@ -20,6 +22,7 @@ from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.cells import CELLS, FUSED_MODES, Cell, make_cell
+from rnnkit.scan import linear_scan_log
 
 LayerState = Tensor | tuple[Tensor, ...]
 
@@ -100,6 +103,14 @@ class Recurrent(nn.Module):
             instead of a fresh mask at every step; needs the loop path.
         fused: None picks PyTorch's fused kernel when it computes the same function and rnnkit's own
             loop otherwise; False forces the loop; True forces the fused kernel and fails if it cannot.
+        recurrent_dropout: variational dropout on the state where it enters the recurrent product
+            (Gal & Ghahramani 2016): one mask per sequence and layer, training only.
+        zoneout: probability that a unit keeps its previous value at a step (Krueger et al. 2017),
+            applied to every part of the state; at evaluation the expected mix is used.
+        weight_drop: DropConnect on the recurrent weights `weight_hh` (Merity et al. 2017): one mask
+            per forward call, training only; keeps the fused kernel available.
+        scan: for cells with a linear recurrence (`mingru`, `minlstm`): "parallel" (log-space scan),
+            "loop" (step by step) or None to choose by device: the scan pays on GPUs, the loop on CPUs.
         cell_options: passed to the cell constructor (e.g. `forget_bias=1.0` for LSTM).
 
     Shape:
@@ -117,6 +128,10 @@ class Recurrent(nn.Module):
         dropout: float = 0.0,
         variational_dropout: bool = False,
         fused: bool | None = None,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        weight_drop: float = 0.0,
+        scan: str | None = None,
         **cell_options: Any,
     ) -> None:
         super().__init__()
@@ -132,8 +147,12 @@ class Recurrent(nn.Module):
                                  ("num_layers", num_layers, 1)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}: expected an integer >= {low}; got {value!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1); got {dropout!r}")
+        for name, value in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout), ("zoneout", zoneout),
+                            ("weight_drop", weight_drop)):
+            if not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1); got {value!r}")
+        if scan not in (None, "parallel", "loop"):
+            raise ValueError(f"scan: expected None, 'parallel' or 'loop'; got {scan!r}")
         if fused not in (None, True, False):
             raise ValueError(f"fused: expected None, True or False; got {fused!r}")
 
@@ -145,6 +164,10 @@ class Recurrent(nn.Module):
         self.num_directions = 2 if bidirectional else 1
         self.dropout = float(dropout)
         self.variational_dropout = variational_dropout
+        self.recurrent_dropout = float(recurrent_dropout)
+        self.zoneout = float(zoneout)
+        self.weight_drop = float(weight_drop)
+        self.scan = scan
         self.cell_options = dict(cell_options)
 
         fused_reason = self._fused_unavailable_reason(cell)
@@ -181,6 +204,8 @@ class Recurrent(nn.Module):
             return f"the fused kernel does not support the cell options {sorted(unsupported)}"
         if self.variational_dropout and self.dropout > 0:
             return "variational dropout between layers needs the loop path"
+        if self.recurrent_dropout > 0 or self.zoneout > 0:
+            return "recurrent dropout and zoneout act inside the time loop and need the loop path"
         return None
 
     def extra_repr(self) -> str:
@@ -189,21 +214,36 @@ class Recurrent(nn.Module):
             s += ", bidirectional=True"
         if self.dropout:
             s += f", dropout={self.dropout}" + (", variational" if self.variational_dropout else "")
+        for name in ("recurrent_dropout", "zoneout", "weight_drop"):
+            if getattr(self, name):
+                s += f", {name}={getattr(self, name)}"
         if self.fused is not None:
             s += f", fused={self.fused}"
         return s
 
     # ----------------------------------------------------------------------------------- state
 
-    def _params(self, index: int) -> dict[str, Tensor]:
-        return {cell_name: getattr(self, layer_name) for cell_name, layer_name in self._param_names[index]}
+    def _params(self, index: int, dropped: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The parameters of one (layer, direction) under the cell's names; `dropped` replaces some."""
+        dropped = dropped or {}
+        return {cell_name: dropped.get(layer_name, getattr(self, layer_name))
+                for cell_name, layer_name in self._param_names[index]}
 
-    def _flat_weights(self) -> list[Tensor]:
-        return [getattr(self, layer_name) for names in self._param_names for _, layer_name in names]
+    def _dropped_weights(self) -> dict[str, Tensor]:
+        """DropConnect: the recurrent weights with this call's mask, by layer name (training only)."""
+        if not (self.weight_drop > 0 and self.training):
+            return {}
+        return {layer_name: F.dropout(getattr(self, layer_name), self.weight_drop, training=True)
+                for names in self._param_names for cell_name, layer_name in names if cell_name == "weight_hh"}
+
+    def _flat_weights(self, dropped: dict[str, Tensor] | None = None) -> list[Tensor]:
+        dropped = dropped or {}
+        return [dropped.get(layer_name, getattr(self, layer_name))
+                for names in self._param_names for _, layer_name in names]
 
     def zero_state(self, batch_size: int, like: Tensor | None = None) -> LayerState:
         """All-zero state for `batch_size` rows in torch.nn's layout."""
-        p = self.weight_hh_l0 if like is None else like
+        p = self.weight_ih_l0 if like is None else like
         h = p.new_zeros(self.num_layers * self.num_directions, batch_size, self.hidden_size)
         return h if self.num_states == 1 else tuple(h.clone() for _ in range(self.num_states))
 
@@ -298,7 +338,7 @@ class Recurrent(nn.Module):
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         fn = _FUSED_FUNCTIONS[self._fused_mode]
         hx = parts if self.num_states > 1 else parts[0]
-        args = (self._flat_weights(), self.bias, self.num_layers, self.dropout, self.training,
+        args = (self._flat_weights(self._dropped_weights()), self.bias, self.num_layers, self.dropout, self.training,
                 self.bidirectional)
         if lengths is None:
             result = fn(x, hx, *args, True)
@@ -321,14 +361,21 @@ class Recurrent(nn.Module):
         D = self.num_directions
         finals: list[list[Tensor]] = [[] for _ in range(self.num_states)]
         layer_input = x
+        dropped = self._dropped_weights()
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(D):
                 index = layer * D + direction
-                cell, params = self._cells[index], self._params(index)
+                cell, params = self._cells[index], self._params(index, dropped)
+                if self.recurrent_dropout > 0 and self.training:
+                    keep = 1.0 - self.recurrent_dropout
+                    params["recurrent_mask"] = x.new_empty(B, self.hidden_size).bernoulli_(keep) / keep  # (B, H)
                 inp = layer_input if direction == 0 else _reverse_padded(layer_input, lengths)
                 start = tuple(p[index] for p in parts)
-                out, final = self._scan(cell, params, inp, start, mask)
+                if self._parallel(cell, x):
+                    out, final = self._scan_parallel(cell, params, inp, start, mask)
+                else:
+                    out, final = self._scan(cell, params, inp, start, mask)
                 if direction == 1:
                     out = _reverse_padded(out, lengths)
                 outputs.append(out)
@@ -346,15 +393,45 @@ class Recurrent(nn.Module):
         mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(keep) / keep  # (B, 1, D*H)
         return x * mask
 
+    def _parallel(self, cell: Cell, x: Tensor) -> bool:
+        """Whether to run a linear-recurrence cell as a parallel scan (zoneout needs the loop)."""
+        if not getattr(cell, "parallel", False) or self.zoneout > 0:
+            return False
+        if self.scan is not None:
+            return self.scan == "parallel"
+        # Measured: on CPUs the step loop of these element-wise cells beats the scan at every length;
+        # on GPUs the scan wins once sequences are long enough to fill the device.
+        return x.is_cuda and x.shape[1] >= 64
+
     @staticmethod
-    def _scan(
+    def _scan_parallel(
         cell: Cell, params: dict[str, Tensor], x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        log_a, log_b = cell.log_coefficients(cell.project(x, params))  # (B, T, H) each
+        h = linear_scan_log(log_a, log_b, state[0], mask)  # (B, T, H)
+        if mask is None:
+            return h, (h[:, -1],)
+        last = (mask.sum(dim=1) - 1).clamp(min=0)  # (B,)
+        final = h[torch.arange(h.shape[0], device=h.device), last]  # (B, H)
+        return h * mask.unsqueeze(-1), (final,)
+
+    def _zoneout(self, new: tuple[Tensor, ...], old: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """Each unit keeps its previous value with probability `zoneout` (training) or in expectation."""
+        z = self.zoneout
+        if self.training:
+            return tuple(torch.where(torch.rand_like(n) < z, o, n) for n, o in zip(new, old, strict=True))
+        return tuple(z * o + (1 - z) * n for n, o in zip(new, old, strict=True))
+
+    def _scan(
+        self, cell: Cell, params: dict[str, Tensor], x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """Run one cell over x (B, T, I) from `state`; returns outputs (B, T, H) and the final state."""
         xp = cell.project(x, params)  # (B, T, G*H)
         outputs = []
         for t in range(x.shape[1]):
             new = cell.recurrence(xp[:, t], state, params)
+            if self.zoneout > 0:
+                new = self._zoneout(new, state)
             if mask is None:
                 state = new
                 outputs.append(new[0])
@@ -383,9 +460,16 @@ class Recurrent(nn.Module):
         parts = self._state_parts(state, B, input)
         h = input
         new_parts: list[list[Tensor]] = [[] for _ in range(self.num_states)]
+        dropped = self._dropped_weights()
         for layer in range(self.num_layers):
-            cell, params = self._cells[layer], self._params(layer)
-            new = cell.recurrence(cell.project(h, params), tuple(p[layer] for p in parts), params)
+            cell, params = self._cells[layer], self._params(layer, dropped)
+            if self.recurrent_dropout > 0 and self.training:
+                keep = 1.0 - self.recurrent_dropout
+                params["recurrent_mask"] = input.new_empty(B, self.hidden_size).bernoulli_(keep) / keep  # (B, H)
+            old = tuple(p[layer] for p in parts)
+            new = cell.recurrence(cell.project(h, params), old, params)
+            if self.zoneout > 0:
+                new = self._zoneout(new, old)
             for k, s in enumerate(new):
                 new_parts[k].append(s)
             h = new[0]

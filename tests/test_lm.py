@@ -145,3 +145,21 @@ def test_adaptive_softmax_is_a_normalised_distribution_and_loss_matches():
     assert_close(step, logits[:, 0])
     with pytest.raises(ValueError, match="adaptive_softmax"):
         LanguageModel(50, 8, 12, 1, "lstm", adaptive_softmax=(10, 60))
+
+
+@pytest.mark.parametrize(("cell", "options"), [
+    ("layernorm-lstm", {"zoneout": 0.1}),
+    ("mingru", {"recurrent_dropout": 0.0}),
+    ("peephole-lstm", {"weight_drop": 0.2, "recurrent_dropout": 0.1}),
+])
+def test_every_cell_and_regulariser_trains_saves_and_reloads(tmp_path, cell, options):
+    (tmp_path / "train.txt").write_text(TEXT[:3000], encoding="utf-8")
+    cfg = RunConfig(task="lm", model=ModelConfig(cell=cell, embedding_size=8, hidden_size=16, num_layers=2, **options),
+                    train=TrainConfig(epochs=1, batch_size=4, bptt=16, lr=1e-2, log_every=10_000))
+    lm.train(cfg, tmp_path / "train.txt", tmp_path / "run", log=lambda line: None)
+    run = lm.load(tmp_path / "run")
+    assert run.model.rnn.cell_name == cell
+    assert run.model.rnn.zoneout == options.get("zoneout", 0.0)
+    assert len(lm.generate(run, "the ", max_tokens=5, seed=0)) == 5
+    figures = lm.evaluate(tmp_path / "run", tmp_path / "train.txt")
+    assert math.isfinite(figures["loss"])

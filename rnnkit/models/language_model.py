@@ -37,6 +37,7 @@ class LanguageModel(nn.Module):
         fused: passed to `Recurrent`.
         adaptive_softmax: cutoffs of an adaptive softmax output layer for large vocabularies sorted by
             frequency (e.g. (2000, 10000)); None for a plain linear output layer.
+        recurrent_options: more keyword arguments of `Recurrent` (recurrent_dropout, zoneout, weight_drop).
     """
 
     def __init__(
@@ -53,13 +54,14 @@ class LanguageModel(nn.Module):
         tie_weights: bool = False,
         fused: bool | None = None,
         adaptive_softmax: tuple[int, ...] | None = None,
+        recurrent_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_size)
         self.embedding_dropout = SequenceDropout(embedding_dropout, variational)
         self.rnn = Recurrent(cell, embedding_size, hidden_size, num_layers=num_layers, dropout=dropout,
-                             variational_dropout=variational, fused=fused)
+                             variational_dropout=variational, fused=fused, **(recurrent_options or {}))
         self.output_dropout = SequenceDropout(output_dropout, variational)
         out_features = hidden_size
         self.projection: nn.Module = nn.Identity()

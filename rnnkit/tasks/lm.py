@@ -118,7 +118,8 @@ def build_model(cfg: RunConfig, vocab_size: int) -> LanguageModel:
     if cutoffs and m.tie_weights:
         raise UserError("--adaptive-softmax and --tie-weights cannot be combined")
     return LanguageModel(vocab_size, m.embedding_size, m.hidden_size, m.num_layers, m.cell, m.dropout,
-                         m.embedding_dropout, m.output_dropout, m.variational, m.tie_weights, m.fused, cutoffs)
+                         m.embedding_dropout, m.output_dropout, m.variational, m.tie_weights, m.fused, cutoffs,
+                         m.recurrent_options())
 
 
 def train(
