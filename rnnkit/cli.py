@@ -186,6 +186,20 @@ def _not_yet(what: str) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rnnkit.checkpoint import read_run_config
+
+    read_run_config(args.run_dir)  # a clear error before the server starts
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port: expected a port number in 1..65535; got {args.port}")
+    try:
+        from rnnkit.serve import serve
+    except ImportError as e:
+        raise UserError(f"serve needs FastAPI and uvicorn ({e}); pip install fastapi uvicorn") from None
+    serve(args.run_dir, host=args.host, port=args.port, threads=args.threads)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from rnnkit.demo import run_demo
 
@@ -273,8 +287,10 @@ def _complete_args(p: argparse.ArgumentParser) -> None:
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per request; requests run side by side in a thread pool (default: 1)")
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
@@ -302,7 +318,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "predict": ("apply a trained run to inputs", _predict_args, cmd_predict),
     "generate": ("write text with a language model", _generate_args, cmd_generate),
     "complete": ("complete the word being typed", _complete_args, cmd_complete),
-    "serve": ("serve a run over HTTP", _serve_args, _not_yet("serve")),
+    "serve": ("serve a run over HTTP: JSON API and a web page", _serve_args, cmd_serve),
     "export": ("export a run to ONNX or torch.export", _export_args, _not_yet("export")),
     "inspect": ("gradient flow and activations of a run", _inspect_args, _not_yet("inspect")),
     "demo": ("train a small character model on a built-in corpus and show what it learned", _demo_args, cmd_demo),

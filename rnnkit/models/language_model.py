@@ -147,6 +147,11 @@ class LanguageModel(nn.Module):
         features, state = self.features(tokens, state)
         return self.output(features[:, -1]), state
 
+    def logits_from_state(self, state: Any) -> Tensor:
+        """Logits for the next token (B, V) from a state alone: the top layer's h is the last output."""
+        h = state[0] if isinstance(state, tuple) else state  # (L, B, H)
+        return self.output(self.projection(h[-1]))
+
     def step(self, tokens: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         """One token per row (B,) in, logits for the next token (B, V) and the new state out."""
         x = self.embedding(tokens)  # (B, E)

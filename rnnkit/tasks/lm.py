@@ -347,7 +347,12 @@ class _ConstrainedStep:
         return self.lm.model.reorder_state(model_state, index), [pending[i] for i in index.tolist()]
 
 
-def complete(run_dir: str | Path | LoadedLM, prefix: str, n: int = 5, max_tokens: int = 20) -> list[dict[str, Any]]:
+Reader = Callable[[list[int]], tuple[torch.Tensor, Any]]
+
+
+def complete(
+    run_dir: str | Path | LoadedLM, prefix: str, n: int = 5, max_tokens: int = 20, reader: Reader | None = None
+) -> list[dict[str, Any]]:
     """The n most probable ways to finish the word being typed (or the next word after a space).
 
     Character models read the whole prefix and search continuations up to the next word boundary.
@@ -355,10 +360,20 @@ def complete(run_dir: str | Path | LoadedLM, prefix: str, n: int = 5, max_tokens
     before the word, then search token sequences that spell out the typed part (space included) and
     stop at the next token that begins a new word.
 
+    `reader(ids)` returns the logits (1, V) after reading the token ids and the state there; by
+    default the model reads them afresh. A server passes one that reuses the states of a session, so
+    that a keystroke costs a step, not a re-read of the prefix.
+
     Returns:
         best first, [{"text": the completed word, "completion": what to append, "probability": p}].
     """
     lm = run_dir if isinstance(run_dir, LoadedLM) else load(run_dir)
+
+    def read(ids: list[int]) -> tuple[torch.Tensor, Any]:
+        if reader is not None:
+            return reader(ids)
+        return lm.model.prefill(torch.tensor([ids], device=lm.device))
+
     if n < 1:
         raise UserError(f"--n: expected an integer >= 1; got {n}")
     if max_tokens < 2:
@@ -369,14 +384,14 @@ def complete(run_dir: str | Path | LoadedLM, prefix: str, n: int = 5, max_tokens
     partial = prefix[word_start:]  # the part of the current word already typed
     results: list[tuple[str, str, float]] = []
     if tok.kind == "char":
-        logits, state = lm.model.prefill(torch.tensor([_prompt_ids(lm, prefix)], device=lm.device))
+        logits, state = read(_prompt_ids(lm, prefix))
         for c in decoding.complete(lm.model, logits, state, n, max_tokens, tok.is_boundary)[0]:
             rest = tok.decode(c.tokens)
             if partial + rest:
                 results.append((partial + rest, rest, c.probability))
     elif tok.kind in ("word", "space"):
         context = prefix[:word_start]
-        logits, _ = lm.model.prefill(torch.tensor([_prompt_ids(lm, context or "\n")], device=lm.device))
+        logits, _ = read(_prompt_ids(lm, context or "\n"))
         logits = _ConstrainedStep(lm, partial).mask(logits, [partial])
         probs = logits.log_softmax(-1).exp()[0]
         top = probs.topk(min(n, int(torch.isfinite(logits).sum())))
@@ -387,8 +402,7 @@ def complete(run_dir: str | Path | LoadedLM, prefix: str, n: int = 5, max_tokens
         # Byte-level BPE attaches the space to the word after it: the typed part is " qu", not "qu".
         context = prefix[:word_start].rstrip()
         partial = prefix[len(context):] if context else partial
-        ids = _prompt_ids(lm, context)
-        logits, state = lm.model.prefill(torch.tensor([ids], device=lm.device))
+        logits, state = read(_prompt_ids(lm, context))
         wrapper = _ConstrainedStep(lm, partial)
         first = wrapper.mask(logits, [partial]).log_softmax(-1)[0]  # (V,)
         width = min(max(2 * n, 8), int(torch.isfinite(first).sum()))
