@@ -167,6 +167,8 @@ class TrainConfig:
     early_stopping: int = _opt(0, "stop after this many evaluations without improvement; 0 turns it off")
     eval_every: int = _opt(0, "evaluate every this many steps as well as at each epoch's end; 0: epochs only")
     checkpoint_minutes: float = _opt(10.0, "save a resumable checkpoint this often (minutes)")
+    skip_nonfinite: bool = _opt(False, "skip batches whose loss or gradient is not finite (counted) instead of "
+                                       "stopping the run")
     seed: int = _opt(0, "random seed: fixes initialisation, data order, dropout and sampling")
     device: str = _opt("cpu", "cpu, cuda, cuda:N or auto")
     threads: int | None = _opt(None, "CPU threads for PyTorch (default: PyTorch's choice)")
@@ -321,7 +323,7 @@ class ForecastConfig:
     calendar: bool = _opt(True, "add calendar features (hour, day of week, ...) derived from the time column")
     impute: bool = _opt(True, "interpolate missing values (counted, with a warning); off: reject them")
     instance_norm: bool = _opt(True, "subtract each window's mean from its targets and add it back to the forecast")
-    anomaly_quantile: float = _opt(0.995, "anomalies: the threshold is this quantile of the validation scores")
+    anomaly_quantile: float = _opt(0.999, "anomalies: the threshold is this quantile of the validation scores")
 
     def __post_init__(self) -> None:
         _check_types(self)

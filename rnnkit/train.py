@@ -151,6 +151,7 @@ class TrainState:
     best: float | None = None
     bad_evals: int = 0
     clipped: int = 0
+    skipped: int = 0  # batches skipped for a non-finite loss or gradient (--skip-nonfinite)
     tokens: int = 0
     history: list[dict[str, float]] = field(default_factory=list)  # training loss per log interval
     carried: Any = None  # truncated BPTT state between chunks
@@ -280,6 +281,23 @@ class Trainer:
         self.state.carried = _to_device(payload["carried"], self.device)
         self.state.done = False
         self._set_rng_state(payload["rng"])
+        self._drop_metrics_after(self.state.step)
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """Forget metric lines written after the checkpoint (a killed run repeats those evaluations)."""
+        path = self.run_dir / METRICS_FILE
+        if not path.exists():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:  # a line cut short by the kill
+                continue
+        if len(kept) != len(lines):
+            atomic_write(path, ("\n".join(kept) + "\n" if kept else "").encode("utf-8"))
 
     # ------------------------------------------------------------------------ evaluation
 
@@ -346,13 +364,25 @@ class Trainer:
                 for batch in self.train_data.batches(s.epoch, s.batch):
                     lr = self.schedule.apply(s.step)
                     out = self.model.loss(self._to_device(batch), state)
-                    if not torch.isfinite(out.loss):
-                        self._stop_nonfinite(out.loss)
                     self.optimizer.zero_grad(set_to_none=True)
-                    out.loss.backward()
-                    if cfg.clip > 0:
-                        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
-                        s.clipped += int(bool(norm > cfg.clip))
+                    finite = bool(torch.isfinite(out.loss))
+                    if finite:
+                        out.loss.backward()
+                        if cfg.clip > 0:
+                            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+                            finite = bool(torch.isfinite(norm))
+                            s.clipped += int(finite and bool(norm > cfg.clip))
+                    if not finite:
+                        if not cfg.skip_nonfinite:
+                            self._stop_nonfinite(out.loss)
+                        # Skip the batch: no update, and a stream restarts from a zero state.
+                        self.optimizer.zero_grad(set_to_none=True)
+                        s.skipped += 1
+                        s.batch += 1
+                        state = s.carried = None
+                        self.log(f"step {s.step + 1}: non-finite loss or gradient, batch skipped "
+                                 f"({s.skipped} so far)")
+                        continue
                     self.optimizer.step()
                     state = detach_state(out.state) if self.train_data.stateful else None
                     s.carried = state
@@ -420,9 +450,10 @@ class Trainer:
     def _stop_nonfinite(self, loss: torch.Tensor) -> None:
         s = self.state
         raise TrainingError(
-            f"the training loss became {float(loss.detach())} at step {s.step + 1} (epoch {s.epoch + 1}, "
+            f"the training loss or its gradient became non-finite (loss {float(loss.detach())}) at step {s.step + 1} (epoch {s.epoch + 1}, "
             f"batch {s.batch + 1}); the weights of the best evaluation so far are kept in "
-            f"{self.run_dir / MODEL_FILE}. Try a lower --lr or a smaller --clip."
+            f"{self.run_dir / MODEL_FILE} and the last checkpoint in {self.run_dir / CHECKPOINT_FILE}. "
+            f"Try a lower --lr or a smaller --clip, or --skip-nonfinite to skip such batches."
         )
 
     def plot_curves(self) -> Path | None:
@@ -447,7 +478,8 @@ class Trainer:
         ax.set_xlabel("step")
         ax.set_ylabel(self.monitor)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")

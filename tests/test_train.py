@@ -113,7 +113,7 @@ def test_early_stopping_and_nonfinite(tmp_path):
     bad = _setup(tmp_path, "bad", epochs=1)
     with torch.no_grad():
         bad.model.decoder.bias.fill_(float("nan"))
-    with pytest.raises(TrainingError, match=r"became nan at step 1 \(epoch 1, batch 1\)"):
+    with pytest.raises(TrainingError, match=r"non-finite \(loss nan\) at step 1 \(epoch 1, batch 1\)"):
         bad.fit()
 
 
@@ -160,3 +160,38 @@ def test_line_source_full_bptt(tmp_path):
             assert torch.equal(b["inputs"][row, 1:n], b["targets"][row, : n - 1])
     assert [b["inputs"].tolist() for b in src.batches(1)] == [b["inputs"].tolist() for b in src.batches(1)]
     assert list(src.batches(0, start=1))[0]["inputs"].tolist() == batches[1]["inputs"].tolist()
+
+
+class _PoisonedSource:
+    """A stream whose chosen batches are marked so that the model's loss on them is NaN."""
+
+    stateful = True
+
+    def __init__(self, inner, poisoned):
+        self.inner, self.poisoned = inner, set(poisoned)
+
+    def __len__(self):
+        return len(self.inner)
+
+    def batches(self, epoch, start=0):
+        for i, batch in enumerate(self.inner.batches(epoch, start), start=start):
+            yield {**batch, "poison": i in self.poisoned}
+
+
+def test_skip_nonfinite_skips_and_counts_the_bad_batches(tmp_path):
+    t = _setup(tmp_path, "skip", epochs=1, skip_nonfinite=True)
+    loss = t.model.loss
+
+    def poisoned_loss(batch, state=None):
+        out = loss(batch, state)
+        if batch["poison"]:
+            out.loss = out.loss * float("nan")
+        return out
+
+    t.model.loss = poisoned_loss
+    t.train_data = _PoisonedSource(t.train_data, poisoned={3, 40})
+    t.valid_data = None
+    t.fit()
+    assert t.state.skipped == 2
+    assert t.state.step == 80 - 2  # every other batch made an update
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
