@@ -450,9 +450,9 @@ class Trainer:
     def _stop_nonfinite(self, loss: torch.Tensor) -> None:
         s = self.state
         raise TrainingError(
-            f"the training loss or its gradient became non-finite (loss {float(loss.detach())}) at step {s.step + 1} (epoch {s.epoch + 1}, "
-            f"batch {s.batch + 1}); the weights of the best evaluation so far are kept in "
-            f"{self.run_dir / MODEL_FILE} and the last checkpoint in {self.run_dir / CHECKPOINT_FILE}. "
+            f"the training loss or its gradient became non-finite (loss {float(loss.detach())}) at step "
+            f"{s.step + 1} (epoch {s.epoch + 1}, batch {s.batch + 1}); the weights of the best evaluation so "
+            f"far are kept in {self.run_dir / MODEL_FILE} and the last checkpoint in {self.run_dir / CHECKPOINT_FILE}. "
             f"Try a lower --lr or a smaller --clip, or --skip-nonfinite to skip such batches."
         )
 
