@@ -15,6 +15,7 @@ import sys
 import typing
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rnnkit.config import TASKS, RunConfig, UserError, default_of, load_toml, sections_for
@@ -200,6 +201,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    task = _task_of(args.run_dir)
+    out = args.out or str(Path(args.run_dir) / "inspect")
+    if task == "lm":
+        from rnnkit.diagnostics import inspect_lm
+
+        if args.steps < 2:
+            raise UserError(f"--steps: expected an integer >= 2; got {args.steps}")
+        figures = inspect_lm(args.run_dir, args.data, out, steps=args.steps, rows=args.rows)
+    else:
+        module = task_module(task)
+        if not hasattr(module, "inspect"):
+            raise UserError(f"{args.run_dir}: inspect does not support {task} runs yet")
+        figures = module.inspect(args.run_dir, args.data, out)
+    print(json.dumps(figures, indent=2))
+    print(f"plots in {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from rnnkit.demo import run_demo
 
@@ -301,8 +321,12 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 def _inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--data", required=True, metavar="PATH")
-    p.add_argument("--out", metavar="DIR")
+    p.add_argument("--data", required=True, metavar="PATH", help="data to read sequences from")
+    p.add_argument("--out", metavar="DIR", help="where the plots and inspect.json go (default: RUN_DIR/inspect)")
+    p.add_argument("--steps", type=int, default=100, metavar="T",
+                   help="language models: steps to backpropagate through (default: 100)")
+    p.add_argument("--rows", type=int, default=16, metavar="N",
+                   help="language models: sequences averaged over (default: 16)")
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
@@ -320,7 +344,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "complete": ("complete the word being typed", _complete_args, cmd_complete),
     "serve": ("serve a run over HTTP: JSON API and a web page", _serve_args, cmd_serve),
     "export": ("export a run to ONNX or torch.export", _export_args, _not_yet("export")),
-    "inspect": ("gradient flow and activations of a run", _inspect_args, _not_yet("inspect")),
+    "inspect": ("gradient flow through time, activations and clipping of a run", _inspect_args, cmd_inspect),
     "demo": ("train a small character model on a built-in corpus and show what it learned", _demo_args, cmd_demo),
 }
 

@@ -1,0 +1,81 @@
+"""Plots: gradient flow through time, hidden activations, attention maps. PNG files, written atomically.
+
+What is here: small matplotlib functions that take numbers and a path. What is not: computing the
+numbers (diagnostics.py, the tasks) or training curves (train.py draws its own).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+from rnnkit.data.text import atomic_write
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def plot_gradient_flow(curves: dict[str, tuple[Sequence[int], Sequence[float]]], path: str | Path,
+                       title: str = "How far back the gradient reaches") -> Path:
+    """One line per model: gradient norm (log scale) against the distance back from the last step."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for name, (distance, norms) in curves.items():
+        pairs = sorted(zip(distance, norms, strict=True))
+        ax.plot([d for d, _ in pairs], [max(n, 1e-30) for _, n in pairs], label=name, lw=1.5)
+    ax.set_yscale("log")
+    ax.set_xlabel("steps back from the last step (t_last - t)")
+    ax.set_ylabel("||dL / dh_t||")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_activations(acts, labels: Sequence[str], path: str | Path, title: str = "hidden state",
+                     max_units: int = 64) -> Path:
+    """Heatmap of hidden units (rows) over time steps (columns), inputs as x tick labels."""
+    plt = _pyplot()
+    values = acts[:, :max_units].T.detach().cpu().numpy() if hasattr(acts, "detach") else acts
+    T = values.shape[1]
+    fig, ax = plt.subplots(figsize=(min(16, 2 + T * 0.13), 4.5), dpi=110)
+    im = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    step = max(1, T // 60)
+    ax.set_xticks(range(0, T, step))
+    ax.set_xticklabels([repr(labels[i])[1:-1] or " " for i in range(0, T, step)], fontsize=6, rotation=90)
+    ax.set_ylabel(f"unit (first {values.shape[0]})")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    return _save(fig, path)
+
+
+def plot_attention(weights, source: Sequence[str], target: Sequence[str], path: str | Path,
+                   title: str = "attention") -> Path:
+    """Heatmap of attention weights (target rows, source columns)."""
+    plt = _pyplot()
+    values = weights.detach().cpu().numpy() if hasattr(weights, "detach") else weights
+    fig, ax = plt.subplots(figsize=(1.5 + 0.4 * len(source), 1.2 + 0.4 * len(target)), dpi=110)
+    ax.imshow(values, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(source)))
+    ax.set_xticklabels(source, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(target)))
+    ax.set_yticklabels(target, fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)
