@@ -180,13 +180,6 @@ def cmd_complete(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_yet(what: str) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        raise UserError(f"'{what}' is not available in this version of rnnkit yet")
-
-    return handler
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from rnnkit.checkpoint import read_run_config
 
@@ -198,6 +191,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise UserError(f"serve needs FastAPI and uvicorn ({e}); pip install fastapi uvicorn") from None
     serve(args.run_dir, host=args.host, port=args.port, threads=args.threads)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rnnkit.export import export_run
+
+    _task_of(args.run_dir)
+    report = export_run(args.run_dir, args.format, args.out, check=not args.no_check)
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -315,8 +317,11 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--format", required=True, choices=["onnx", "pt2"])
-    p.add_argument("--out", metavar="PATH")
+    p.add_argument("--format", required=True, choices=["onnx", "pt2"],
+                   help="onnx (run with onnxruntime and others) or pt2 (a torch.export program)")
+    p.add_argument("--out", metavar="DIR", help="folder for the graphs (default: RUN_DIR/export)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip running the exported graphs against PyTorch on fresh input sizes")
 
 
 def _inspect_args(p: argparse.ArgumentParser) -> None:
@@ -343,7 +348,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "generate": ("write text with a language model", _generate_args, cmd_generate),
     "complete": ("complete the word being typed", _complete_args, cmd_complete),
     "serve": ("serve a run over HTTP: JSON API and a web page", _serve_args, cmd_serve),
-    "export": ("export a run to ONNX or torch.export", _export_args, _not_yet("export")),
+    "export": ("export a run to ONNX or torch.export, with a parity check", _export_args, cmd_export),
     "inspect": ("gradient flow through time, activations and clipping of a run", _inspect_args, cmd_inspect),
     "demo": ("train a small character model on a built-in corpus and show what it learned", _demo_args, cmd_demo),
 }

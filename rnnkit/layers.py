@@ -310,7 +310,9 @@ class Recurrent(nn.Module):
                 lengths = None  # all rows full: no masking needed
         parts = self._state_parts(state, B, input)
 
-        if self._use_fused():
+        if self.export_mode:
+            output, parts = self._forward_exportable(input, parts, lengths)
+        elif self._use_fused():
             output, parts = self._forward_fused(input, parts, lengths)
         else:
             output, parts = self._forward_loop(input, parts, lengths)
@@ -327,6 +329,52 @@ class Recurrent(nn.Module):
         if low < 1 or high > steps:
             raise ValueError(f"lengths: expected values in 1..T = 1..{steps}; got min {low}, max {high}")
         return lengths.to(torch.int64)
+
+    # Set by export.py while a graph is captured: the time loop becomes one scan operator, so that the
+    # exported graph takes any sequence length (a Python loop would be unrolled to the traced length).
+    export_mode: bool = False
+
+    def _forward_exportable(
+        self, x: Tensor, parts: tuple[Tensor, ...], lengths: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Evaluation-mode forward written with torch's scan operator (for torch.export and ONNX)."""
+        from torch._higher_order_ops.scan import scan
+
+        B, T, _ = x.shape
+        mask = None
+        if lengths is not None:
+            mask = torch.arange(T, device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1)  # (B, T)
+        D = self.num_directions
+        finals: list[list[Tensor]] = [[] for _ in range(self.num_states)]
+        layer_input = x
+        z = self.zoneout
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(D):
+                index = layer * D + direction
+                cell, params = self._cells[index], self._params(index)
+                inp = layer_input if direction == 0 else _reverse_padded(layer_input, lengths)
+                xp = cell.project(inp, params).transpose(0, 1)  # (T, B, G*H)
+                m = (mask if mask is not None else torch.ones(B, T, dtype=torch.bool, device=x.device))
+                m = m.transpose(0, 1).unsqueeze(-1)  # (T, B, 1)
+
+                def combine(carry, step, cell=cell, params=params):
+                    xt, mt = step
+                    new = cell.recurrence(xt, tuple(carry), params)
+                    if z > 0:
+                        new = tuple(z * o + (1 - z) * n for n, o in zip(new, carry, strict=True))
+                    kept = [torch.where(mt, n, o) for n, o in zip(new, carry, strict=True)]
+                    return kept, (new[0] * mt).clone()
+
+                final, out = scan(combine, [p[index] for p in parts], (xp, m))
+                out = out.transpose(0, 1)  # (B, T, H)
+                if direction == 1:
+                    out = _reverse_padded(out, lengths)
+                outputs.append(out)
+                for k, f in enumerate(final):
+                    finals[k].append(f)
+            layer_input = outputs[0] if D == 1 else torch.cat(outputs, dim=2)  # (B, T, D*H)
+        return layer_input, tuple(torch.stack(f, dim=0) for f in finals)
 
     def _use_fused(self) -> bool:
         if self._fused_mode is None:
