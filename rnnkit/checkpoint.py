@@ -127,6 +127,15 @@ def check_run_dir(run_dir: str | Path) -> Path:
     return run_dir
 
 
+def refuse_existing_run(out: str | Path) -> None:
+    """A new run must not overwrite one: refuse an --out that holds a run (checked on rank 0 only under
+    torchrun, since the other ranks may already see the files rank 0 has just written)."""
+    from rnnkit import distributed
+
+    if (Path(out) / CONFIG_FILE).exists() and distributed.is_main():
+        raise UserError(f"--out {out}: already holds a run; pass --resume to continue it or choose another folder")
+
+
 def read_run_config(run_dir: str | Path, task: str | None = None) -> dict[str, Any]:
     """Read config.json of a run and check its version and, when given, its task."""
     run_dir = check_run_dir(run_dir)

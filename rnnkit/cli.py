@@ -116,6 +116,9 @@ def _call_with_options(task: str, func: Callable[..., Any], fixed: tuple, option
 def cmd_train(args: argparse.Namespace) -> int:
     module = task_module(args.task)
     cfg = run_config_from_args(args.task, args)
+    from rnnkit import distributed
+
+    distributed.setup(cfg.train.device)  # under torchrun: join the group before any rank writes files
     result = module.train(cfg, args.train, args.out, valid_path=args.valid, test_path=args.test, resume=args.resume)
     print(json.dumps(result, indent=2))
     return 0

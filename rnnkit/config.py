@@ -171,6 +171,8 @@ class TrainConfig:
                                        "stopping the run")
     seed: int = _opt(0, "random seed: fixes initialisation, data order, dropout and sampling")
     device: str = _opt("cpu", "cpu, cuda, cuda:N or auto")
+    precision: str = _opt("fp32", "fp32, or bf16 for mixed precision (autocast; weights stay fp32)",
+                          choices=("fp32", "bf16"))
     threads: int | None = _opt(None, "CPU threads for PyTorch (default: PyTorch's choice)")
     log_every: int = _opt(50, "log a plain progress line every this many steps when not on a terminal")
 
@@ -196,6 +198,7 @@ class TrainConfig:
         _check(0 <= self.momentum < 1, "--momentum", self.momentum, "a number in [0, 1)")
         _check(self.threads is None or self.threads >= 1, "--threads", self.threads, "an integer >= 1")
         _check(self.log_every >= 1, "--log-every", self.log_every, "an integer >= 1")
+        _check(self.precision in ("fp32", "bf16"), "--precision", self.precision, "fp32 or bf16")
         dev = self.device
         _check(dev in ("cpu", "cuda", "auto", "mps") or dev.startswith("cuda:"), "--device", dev,
                "cpu, cuda, cuda:N, mps or auto")
@@ -227,6 +230,7 @@ class ClassifyConfig:
     skip_unreadable: bool = _opt(False, "audio: skip WAV files that cannot be read (counted) instead of stopping")
     init_from: str | None = _opt(None, "text: start from a language-model run's vocabulary, embeddings and "
                                        "recurrent weights (cell and sizes follow that run)", flag="--init-from")
+    freeze_embeddings: bool = _opt(False, "text: keep the token embeddings fixed (useful with --init-from)")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -303,6 +307,7 @@ class Seq2SeqConfig:
 
 FORECAST_MODES = ("direct", "autoregressive")
 FORECAST_LOSSES = ("mse", "mae", "gaussian", "quantile")
+FORECAST_LEVELS = ("mean", "last", "season", "none")
 
 
 @dataclass
@@ -322,13 +327,16 @@ class ForecastConfig:
                                          "lowest and highest bound the prediction interval")
     calendar: bool = _opt(True, "add calendar features (hour, day of week, ...) derived from the time column")
     impute: bool = _opt(True, "interpolate missing values (counted, with a warning); off: reject them")
-    instance_norm: bool = _opt(True, "subtract each window's mean from its targets and add it back to the forecast")
+    level: str = _opt("mean", "per-window level subtracted from the targets before the encoder and added back to "
+                              "the forecast: the window's mean, its last value, none; season: the mean, and the "
+                              "forecast adds to the value one season back", choices=FORECAST_LEVELS)
     anomaly_quantile: float = _opt(0.999, "anomalies: the threshold is this quantile of the validation scores")
 
     def __post_init__(self) -> None:
         _check_types(self)
         _check(self.mode in FORECAST_MODES, "--mode", self.mode, f"one of {', '.join(FORECAST_MODES)}")
         _check(self.loss in FORECAST_LOSSES, "--loss", self.loss, f"one of {', '.join(FORECAST_LOSSES)}")
+        _check(self.level in FORECAST_LEVELS, "--level", self.level, f"one of {', '.join(FORECAST_LEVELS)}")
         for name in ("lookback", "horizon"):
             value = getattr(self, name)
             _check(value >= 1, flag_of(ForecastConfig, name), value, "an integer >= 1")

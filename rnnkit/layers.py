@@ -267,6 +267,9 @@ class Recurrent(nn.Module):
                     f"got {type(state).__name__}"
                 )
             parts = tuple(state)
+        if torch.is_autocast_enabled(like.device.type):
+            # Under mixed precision the state carried from the last chunk may come back in bf16.
+            parts = tuple(p.to(like.dtype) if isinstance(p, Tensor) and p.is_floating_point() else p for p in parts)
         for i, s in enumerate(parts):
             if not isinstance(s, Tensor) or tuple(s.shape) != expected:
                 got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rnnkit import distributed
 from rnnkit.checkpoint import (
     CHECKPOINT_FILE,
     METRICS_FILE,
@@ -216,7 +218,18 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = resolve_device(cfg.device)
+        self.dist = distributed.setup(str(self.device))
+        if self.dist is not None and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.model.to(self.device)
+        self.forward: nn.Module = _LossModule(model)
+        if self.dist is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Same initial weights everywhere (DDP broadcasts rank 0's), gradients averaged every step.
+            self.forward = DistributedDataParallel(
+                self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
         self.optimizer = build_optimizer(self.model.parameters(), cfg)
         steps_per_epoch = len(train_data)
         total = steps_per_epoch * cfg.epochs
@@ -232,7 +245,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ helpers
 
+    @property
+    def main(self) -> bool:
+        """Whether this process writes files and logs (always, unless a non-zero distributed rank)."""
+        return self.dist is None or self.dist.main
+
     def log(self, line: str) -> None:
+        if not self.main:
+            return
         if self._log is not None:
             self._log(line)
         elif self.progress is not None:
@@ -261,12 +281,15 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         s = self.state
+        carried = s.carried if self.dist is None else self.dist.gather_rows(s.carried)  # every rank's rows
+        if not self.main:
+            return
         payload = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "train_state": {k: v for k, v in vars(s).items() if k != "carried"},
-            "carried": _to_cpu(s.carried),
+            "carried": _to_cpu(carried),
             "rng": self._rng_state(),
         }
         save_checkpoint(self.run_dir / CHECKPOINT_FILE, payload)
@@ -278,10 +301,12 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.schedule.load_state_dict(payload["schedule"])
         self.state = TrainState(**payload["train_state"])
-        self.state.carried = _to_device(payload["carried"], self.device)
+        carried = payload["carried"] if self.dist is None else self.dist.take_rows(payload["carried"])
+        self.state.carried = _to_device(carried, self.device)
         self.state.done = False
         self._set_rng_state(payload["rng"])
-        self._drop_metrics_after(self.state.step)
+        if self.main:
+            self._drop_metrics_after(self.state.step)
 
     def _drop_metrics_after(self, step: int) -> None:
         """Forget metric lines written after the checkpoint (a killed run repeats those evaluations)."""
@@ -303,7 +328,7 @@ class Trainer:
 
     def evaluate(self, source: BatchSource) -> dict[str, float]:
         """The model's metrics over every batch of `source` (state carried for streams)."""
-        return evaluate_model(self.model, source, self.device)
+        return evaluate_model(self.model, source, self.device, self.dist)
 
     def _validate(self, train_loss: float) -> bool:
         """Evaluate, record a metrics line, keep the best weights; returns True to stop early."""
@@ -325,7 +350,8 @@ class Trainer:
             if improved:
                 s.best = value
                 s.bad_evals = 0
-                save_weights(self.run_dir / MODEL_FILE, self.model)
+                if self.main:
+                    save_weights(self.run_dir / MODEL_FILE, self.model)
             else:
                 s.bad_evals += 1
                 if self.cfg.early_stopping and s.bad_evals >= self.cfg.early_stopping:
@@ -335,10 +361,12 @@ class Trainer:
             self.log(f"epoch {record['epoch']:.2f} step {s.step}: train loss {train_loss:.4f}, valid {shown}"
                      + ("" if improved else " (no improvement)"))
         else:
-            save_weights(self.run_dir / MODEL_FILE, self.model)
+            if self.main:
+                save_weights(self.run_dir / MODEL_FILE, self.model)
             self.log(f"epoch {record['epoch']:.2f} step {s.step}: train loss {train_loss:.4f}")
-        with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        if self.main:
+            with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
         return stop
 
     def _session_time(self) -> float:
@@ -353,7 +381,8 @@ class Trainer:
         self._start = time.monotonic()
         last_checkpoint = time.monotonic()
         steps_per_epoch = len(self.train_data)
-        self.progress = Progress(self.total_steps, cfg.log_every)
+        self.progress = Progress(self.total_steps, cfg.log_every,
+                                 stream=None if self.main else open(os.devnull, "w"))  # noqa: SIM115
         first_step = s.step
         self.model.train()
         window_loss, window_count, window_tokens, window_start = 0.0, 0, 0, time.monotonic()
@@ -362,12 +391,25 @@ class Trainer:
             while s.epoch < cfg.epochs and not s.done:
                 state = s.carried if self.train_data.stateful else None
                 for batch in self.train_data.batches(s.epoch, s.batch):
+                    if self.dist is not None:
+                        if distributed.batch_rows(batch) < self.dist.world:
+                            s.batch += 1  # too few rows to share out: every rank skips it alike
+                            continue
+                        batch = distributed.shard(batch, self.dist, self.train_data)
                     lr = self.schedule.apply(s.step)
-                    out = self.model.loss(self._to_device(batch), state)
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+                        out = self.forward(self._to_device(batch), state)
                     self.optimizer.zero_grad(set_to_none=True)
+                    loss = out.loss
                     finite = bool(torch.isfinite(out.loss))
+                    if self.dist is not None:
+                        # Weight each rank's mean by its share of the units, so that DDP's average of the
+                        # gradients is the gradient of the mean over the whole global batch.
+                        total, bad = self.dist.sum([out.count, 0.0 if finite else 1.0], self.device)
+                        finite = bad == 0
+                        loss = out.loss * (out.count * self.dist.world / max(total, 1.0))
                     if finite:
-                        out.loss.backward()
+                        loss.backward()
                         if cfg.clip > 0:
                             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
                             finite = bool(torch.isfinite(norm))
@@ -408,6 +450,10 @@ class Trainer:
 
                     limit_hit = (cfg.max_steps is not None and s.step >= cfg.max_steps) or (
                         cfg.max_minutes is not None and elapsed_total >= cfg.max_minutes * 60)
+                    checkpoint_due = now - last_checkpoint >= cfg.checkpoint_minutes * 60
+                    if self.dist is not None:  # clocks differ between processes: decide together
+                        limit_hit, checkpoint_due = (v > 0 for v in self.dist.sum(
+                            [float(limit_hit), float(checkpoint_due)], self.device))
                     if limit_hit:
                         interrupted = True
                         s.done = True
@@ -416,7 +462,7 @@ class Trainer:
                         if self._validate(self._recent_loss(window_loss, window_count)):
                             s.done = True
                             break
-                    if now - last_checkpoint >= cfg.checkpoint_minutes * 60:
+                    if checkpoint_due:
                         self._checkpoint_now()
                         last_checkpoint = now
                 if s.done:
@@ -458,6 +504,8 @@ class Trainer:
 
     def plot_curves(self) -> Path | None:
         """Write curves.png: training loss by step and the validation figures by step."""
+        if not self.main:
+            return None
         import matplotlib
 
         matplotlib.use("Agg")
@@ -489,21 +537,51 @@ class Trainer:
         return out
 
 
+class _LossModule(nn.Module):
+    """A task model's `loss` as `forward`, so that DistributedDataParallel sees (and syncs) each step."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, Any], state: Any = None) -> Any:
+        return self.model.loss(batch, state)
+
+
 @torch.no_grad()
-def evaluate_model(model: nn.Module, source: BatchSource, device: torch.device | str = "cpu") -> dict[str, float]:
-    """A task model's metrics over every batch of `source`, in eval mode (state carried for streams)."""
+def evaluate_model(model: nn.Module, source: BatchSource, device: torch.device | str = "cpu",
+                   dist: distributed.Context | None = None) -> dict[str, float]:
+    """A task model's metrics over every batch of `source`, in eval mode (state carried for streams).
+
+    In distributed training each rank scores its share of every batch and the sums are added up.
+    """
     was_training = model.training
     model.eval()
     stats: dict[str, float] = {}
     count = 0
     state = None
     for batch in source.batches(0):
+        if dist is not None:
+            if distributed.batch_rows(batch) < dist.world:
+                batch = batch if dist.main else None  # rank 0 scores a batch too small to share
+                if batch is None:
+                    continue
+            else:
+                batch = distributed.shard(batch, dist, source)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         out = model.loss(batch, state)
         state = out.state if source.stateful else None
         count += out.count
         for k, v in out.stats.items():
             stats[k] = stats.get(k, 0.0) + v
+    if dist is not None:
+        keys = sorted(stats)
+        totals = [torch.as_tensor(stats[k], dtype=torch.float64, device=device).clone() for k in keys]
+        counted = torch.tensor([float(count)], dtype=torch.float64, device=device)
+        for t in [*totals, counted]:
+            torch.distributed.all_reduce(t)
+        stats = {k: (float(t) if t.dim() == 0 else t.cpu()) for k, t in zip(keys, totals, strict=True)}
+        count = int(counted.item())
     model.train(was_training)
     return model.metrics(stats, count)
 

@@ -195,3 +195,11 @@ def test_skip_nonfinite_skips_and_counts_the_bad_batches(tmp_path):
     assert t.state.skipped == 2
     assert t.state.step == 80 - 2  # every other batch made an update
     assert all(torch.isfinite(p).all() for p in t.model.parameters())
+
+
+def test_bf16_mixed_precision_trains_with_fp32_weights(tmp_path):
+    t = _setup(tmp_path, "bf16", epochs=1, precision="bf16", max_steps=30)
+    t.fit()
+    assert t.state.step == 30
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in t.model.parameters())
+    assert math.isfinite(t.state.best)

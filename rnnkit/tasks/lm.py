@@ -23,6 +23,7 @@ from rnnkit.checkpoint import (
     MODEL_FILE,
     load_weights,
     read_run_config,
+    refuse_existing_run,
     versions,
     write_json,
 )
@@ -140,8 +141,8 @@ def train(
         saved.train.epochs, saved.train.max_minutes = cfg.train.epochs, cfg.train.max_minutes
         saved.train.max_steps = cfg.train.max_steps
         cfg = saved
-    elif (out / CONFIG_FILE).exists():
-        raise UserError(f"--out {out}: already holds a run; pass --resume to continue it or choose another folder")
+    else:
+        refuse_existing_run(out)
 
     # Check what can be checked before anything is written.
     resolve_device(cfg.train.device)
