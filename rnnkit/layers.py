@@ -22,7 +22,7 @@ from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.cells import CELLS, FUSED_MODES, Cell, make_cell
-from rnnkit.scan import linear_scan_log
+from rnnkit.scan import linear_recurrence, linear_scan_log
 
 LayerState = Tensor | tuple[Tensor, ...]
 
@@ -425,6 +425,8 @@ class Recurrent(nn.Module):
                 start = tuple(p[index] for p in parts)
                 if self._parallel(cell, x):
                     out, final = self._scan_parallel(cell, params, inp, start, mask)
+                elif getattr(cell, "parallel", False) and self.zoneout == 0:
+                    out, final = self._scan_linear(cell, params, inp, start, mask)
                 else:
                     out, final = self._scan(cell, params, inp, start, mask)
                 if direction == 1:
@@ -460,6 +462,20 @@ class Recurrent(nn.Module):
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         log_a, log_b = cell.log_coefficients(cell.project(x, params))  # (B, T, H) each
         h = linear_scan_log(log_a, log_b, state[0], mask)  # (B, T, H)
+        if mask is None:
+            return h, (h[:, -1],)
+        last = (mask.sum(dim=1) - 1).clamp(min=0)  # (B,)
+        final = h[torch.arange(h.shape[0], device=h.device), last]  # (B, H)
+        return h * mask.unsqueeze(-1), (final,)
+
+    @staticmethod
+    def _scan_linear(
+        cell: Cell, params: dict[str, Tensor], x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """A linear-recurrence cell step by step: coefficients for all steps at once, then one fused
+        multiply-add per step (scan.linear_recurrence), with its own backward pass."""
+        a, b = cell.coefficients(cell.project(x, params))  # (B, T, H) each
+        h = linear_recurrence(a, b, state[0], mask)  # (B, T, H)
         if mask is None:
             return h, (h[:, -1],)
         last = (mask.sum(dim=1) - 1).clamp(min=0)  # (B,)

@@ -2,8 +2,10 @@
 
 What is here: `linear_scan_log`, which computes every h_t at once from log a_t and log b_t (b_t > 0)
 with cumulative sums in log space (Heinsen 2023; used by minGRU and minLSTM), chunk by chunk so that
-float32 keeps its precision on long sequences, and `linear_scan_loop`, the same recurrence step by
-step. What is not: the cells (cells.py) or the choice between the two (layers.py).
+float32 keeps its precision on long sequences; `linear_recurrence`, the same recurrence step by step
+with a hand-written backward pass (one fused multiply-add per step each way, no autograd graph per
+step), which is the fast path on CPUs; and `linear_scan_loop`, the plain reference. What is not: the
+cells (cells.py) or the choice between them (layers.py).
 """
 
 from __future__ import annotations
@@ -57,3 +59,52 @@ def linear_scan_loop(a: Tensor, b: Tensor, h0: Tensor, mask: Tensor | None = Non
         h = new if mask is None else torch.where(mask[:, t].unsqueeze(1), new, h)
         outputs.append(h)
     return torch.stack(outputs, dim=1)  # (B, T, H)
+
+
+class _LinearRecurrence(torch.autograd.Function):
+    """h_t = a_t * h_{t-1} + b_t over time, with backpropagation through time written out.
+
+    Backward: the gradient reaching h_t is g_t = dL/dh_t (from the outputs) + a_{t+1} * g_{t+1};
+    then dL/db_t = g_t, dL/da_t = g_t * h_{t-1} and dL/dh_0 = a_1 * g_1. Only the g recurrence runs
+    step by step; the rest is one element-wise product over the whole sequence.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+        out = torch.empty_like(b)  # (B, T, H)
+        h = h0
+        for t in range(a.shape[1]):
+            h = torch.addcmul(b[:, t], a[:, t], h)
+            out[:, t] = h
+        ctx.save_for_backward(a, h0, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        a, h0, out = ctx.saved_tensors
+        T = a.shape[1]
+        g = torch.empty_like(grad_out)
+        running = grad_out[:, T - 1]
+        g[:, T - 1] = running
+        for t in range(T - 2, -1, -1):
+            running = torch.addcmul(grad_out[:, t], a[:, t + 1], running)
+            g[:, t] = running
+        h_prev = torch.cat([h0.unsqueeze(1), out[:, :-1]], dim=1)  # (B, T, H)
+        return g * h_prev, g, a[:, 0] * g[:, 0]
+
+
+def linear_recurrence(a: Tensor, b: Tensor, h0: Tensor, mask: Tensor | None = None) -> Tensor:
+    """All states of h_t = a_t h_{t-1} + b_t, sequentially, with a hand-written backward pass.
+
+    Args:
+        a, b: (B, T, H).
+        h0: (B, H).
+        mask: (B, T) bool, False at padding: there the state is carried unchanged.
+    Returns:
+        (B, T, H).
+    """
+    if mask is not None:
+        m = mask.unsqueeze(-1)  # (B, T, 1)
+        a = torch.where(m, a, torch.ones_like(a))
+        b = torch.where(m, b, torch.zeros_like(b))
+    return _LinearRecurrence.apply(a.contiguous(), b.contiguous(), h0.contiguous())

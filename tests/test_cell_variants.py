@@ -320,3 +320,15 @@ def test_indrnn_recurrent_weight_is_a_vector():
     assert layer.weight_hh_l0.shape == (H,)
     assert not hasattr(layer, "bias_hh_l0") or layer.bias_hh_l0 is None
     assert float(layer.weight_hh_l0.detach().min()) >= 0.0
+
+
+def test_linear_recurrence_backward_passes_gradcheck():
+    from rnnkit.scan import linear_recurrence
+
+    torch.manual_seed(8)
+    a = torch.rand(2, 6, 3, dtype=DT, requires_grad=True)
+    b = torch.randn(2, 6, 3, dtype=DT, requires_grad=True)
+    h0 = torch.randn(2, 3, dtype=DT, requires_grad=True)
+    mask = torch.arange(6)[None] < torch.tensor([6, 4])[:, None]
+    assert torch.autograd.gradcheck(lambda a, b, h0: linear_recurrence(a, b, h0, mask), (a, b, h0))
+    assert_close(linear_recurrence(a, b, h0, mask), linear_scan_loop(a, b, h0, mask))
