@@ -408,8 +408,12 @@ class IndRNNCell(Cell):
 
 
 def _g(v: Tensor) -> Tensor:
-    """The positive activation of the minimal cells: v + 0.5 for v >= 0, sigmoid(v) below."""
-    return torch.where(v >= 0, v + 0.5, torch.sigmoid(v))
+    """The positive activation of the minimal cells: v + 0.5 for v >= 0, sigmoid(v) below.
+
+    Written as max(v + 0.5, sigmoid(v)), which is the same function (the line lies above the sigmoid
+    for v > 0 and below it for v < 0, touching at 0) and cheaper than a select.
+    """
+    return torch.maximum(v + 0.5, torch.sigmoid(v))
 
 
 def _log_g(v: Tensor) -> Tensor:

@@ -474,8 +474,9 @@ class Recurrent(nn.Module):
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """A linear-recurrence cell step by step: coefficients for all steps at once, then one fused
         multiply-add per step (scan.linear_recurrence), with its own backward pass."""
-        a, b = cell.coefficients(cell.project(x, params))  # (B, T, H) each
-        h = linear_recurrence(a, b, state[0], mask)  # (B, T, H)
+        # Time-major from the projection on: the coefficients come out laid out as the loop reads them.
+        a, b = cell.coefficients(cell.project(x.transpose(0, 1), params))  # (T, B, H) each
+        h = linear_recurrence(a, b, state[0], mask, time_major=True).transpose(0, 1)  # (B, T, H)
         if mask is None:
             return h, (h[:, -1],)
         last = (mask.sum(dim=1) - 1).clamp(min=0)  # (B,)

@@ -71,40 +71,45 @@ class _LinearRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
-        out = torch.empty_like(b)  # (B, T, H)
+        # a, b: (T, B, H) contiguous, time-major, so each step reads and writes one contiguous block.
+        out = torch.empty_like(b)
         h = h0
-        for t in range(a.shape[1]):
-            h = torch.addcmul(b[:, t], a[:, t], h)
-            out[:, t] = h
+        for t in range(a.shape[0]):
+            h = torch.addcmul(b[t], a[t], h, out=out[t])
         ctx.save_for_backward(a, h0, out)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        a, h0, out = ctx.saved_tensors
-        T = a.shape[1]
+        a, h0, out = ctx.saved_tensors  # (T, B, H), (B, H), (T, B, H)
+        grad_out = grad_out.contiguous()
+        T = a.shape[0]
         g = torch.empty_like(grad_out)
-        running = grad_out[:, T - 1]
-        g[:, T - 1] = running
+        running = g[T - 1].copy_(grad_out[T - 1])
         for t in range(T - 2, -1, -1):
-            running = torch.addcmul(grad_out[:, t], a[:, t + 1], running)
-            g[:, t] = running
-        h_prev = torch.cat([h0.unsqueeze(1), out[:, :-1]], dim=1)  # (B, T, H)
-        return g * h_prev, g, a[:, 0] * g[:, 0]
+            running = torch.addcmul(grad_out[t], a[t + 1], running, out=g[t])
+        grad_a = torch.empty_like(g)
+        torch.mul(g[1:], out[:-1], out=grad_a[1:])
+        torch.mul(g[0], h0, out=grad_a[0])
+        return grad_a, g, a[0] * g[0]
 
 
-def linear_recurrence(a: Tensor, b: Tensor, h0: Tensor, mask: Tensor | None = None) -> Tensor:
+def linear_recurrence(a: Tensor, b: Tensor, h0: Tensor, mask: Tensor | None = None,
+                      time_major: bool = False) -> Tensor:
     """All states of h_t = a_t h_{t-1} + b_t, sequentially, with a hand-written backward pass.
 
     Args:
-        a, b: (B, T, H).
+        a, b: (B, T, H), or (T, B, H) with `time_major` (no copy is needed then).
         h0: (B, H).
         mask: (B, T) bool, False at padding: there the state is carried unchanged.
     Returns:
-        (B, T, H).
+        (B, T, H) (a view of a time-major tensor), or (T, B, H) with `time_major`.
     """
+    if not time_major:
+        a, b = a.transpose(0, 1), b.transpose(0, 1)  # (T, B, H)
     if mask is not None:
-        m = mask.unsqueeze(-1)  # (B, T, 1)
+        m = mask.transpose(0, 1).unsqueeze(-1)  # (T, B, 1)
         a = torch.where(m, a, torch.ones_like(a))
         b = torch.where(m, b, torch.zeros_like(b))
-    return _LinearRecurrence.apply(a.contiguous(), b.contiguous(), h0.contiguous())
+    out = _LinearRecurrence.apply(a.contiguous(), b.contiguous(), h0.contiguous())  # (T, B, H)
+    return out if time_major else out.transpose(0, 1)
