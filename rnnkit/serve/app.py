@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rnnkit.checkpoint import read_run_config
 from rnnkit.config import UserError
+from rnnkit.serve.predictors import PREDICTORS
 from rnnkit.serve.sessions import SessionStore, UnknownSession
 
 MAX_TEXT = 20_000  # characters of a prefix or prompt
@@ -72,6 +73,24 @@ def _page() -> str:
     return resources.files("rnnkit.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
+def _describe(task: str, loaded: Any) -> dict[str, Any]:
+    """What the page shows about a run of a task other than language modelling."""
+    if task == "classify":
+        return {"labels": list(loaded.labels), "audio": bool(loaded.audio)}
+    if task == "tag":
+        return {"tags": list(loaded.vocab.tags), "scheme": loaded.vocab.scheme}
+    if task == "seq2seq":
+        return {"source_vocab_size": loaded.source_tokenizer.vocab_size,
+                "target_vocab_size": loaded.target_tokenizer.vocab_size,
+                "attention": loaded.config.options.attention}
+    if task == "forecast":
+        o = loaded.config.options
+        return {"target": list(loaded.meta["target"]), "lookback": o.lookback, "horizon": o.horizon,
+                "columns": [c for c in [loaded.meta.get("time_column"), *loaded.meta["target"],
+                                        *(loaded.meta.get("covariates") or [])] if c]}
+    return {}
+
+
 def create_app(run_dir: str | Path, device: str = "cpu", max_sessions: int = 1000, idle_seconds: float = 900.0,
                session_tokens: int = 4096) -> FastAPI:
     """The service for one run directory (any task)."""
@@ -96,8 +115,8 @@ def create_app(run_dir: str | Path, device: str = "cpu", max_sessions: int = 100
     }
     if task == "lm":
         info.update({"vocab_size": loaded.tokenizer.vocab_size, "tokenizer": loaded.tokenizer.kind})
-    elif hasattr(module, "describe"):
-        info.update(module.describe(loaded))
+    else:
+        info.update(_describe(task, loaded))
     sessions = SessionStore(loaded.model, max_sessions, idle_seconds, session_tokens) if task == "lm" else None
     app.state.sessions = sessions
     app.state.loaded = loaded
@@ -209,7 +228,7 @@ def create_app(run_dir: str | Path, device: str = "cpu", max_sessions: int = 100
         @app.post("/predict")
         def predict(req: PredictRequest) -> dict[str, Any]:
             with torch.no_grad():
-                return {"predictions": module.predict_inputs(loaded, req.inputs)}
+                return {"predictions": PREDICTORS[task](loaded, req.inputs)}
 
     return app
 
