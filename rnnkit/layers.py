@@ -303,11 +303,13 @@ class Recurrent(nn.Module):
         B, T, I = input.shape
         if I != self.input_size:
             raise ValueError(f"input: expected shape (B, T, I={self.input_size}); got {tuple(input.shape)}")
-        if T == 0 or B == 0:
+        if not self.export_mode and (T == 0 or B == 0):  # (a graph's sizes may be unknown until run)
             raise ValueError(f"input: expected at least one row and one step; got shape {tuple(input.shape)}")
         if not input.is_floating_point():
             raise ValueError(f"input: expected a floating-point tensor; got {input.dtype}")
-        if lengths is not None:
+        if lengths is not None and self.export_mode:
+            lengths = lengths.to(torch.int64)  # a graph being captured cannot branch on the values
+        elif lengths is not None:
             lengths = self._check_lengths(lengths, B, T)
             if bool((lengths == T).all()):
                 lengths = None  # all rows full: no masking needed

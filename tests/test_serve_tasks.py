@@ -1,72 +1,24 @@
 """`POST /predict` for classify, tag, seq2seq and forecast runs: answers equal the task's own, bad inputs
 are refused by name, and the page offers its form.
 
-Each run is trained for one short epoch on data made here; what is checked is the service, against the
-same run's answers through the task module.
+The runs (`task_runs`, conftest.py) are trained for one short epoch on data made there; what is checked
+is the service, against the same run's answers through the task module.
 """
 
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from rnnkit.cli import main  # noqa: E402
 from rnnkit.serve import create_app  # noqa: E402
 
-TINY = ["--embed", "8", "--hidden", "12", "--layers", "1", "--epochs", "1", "--batch-size", "8", "--threads", "1"]
 
-
-def _train(tmp, task, data, *extra):
-    out = tmp / f"{task}-run"
-    assert main(["train", task, "--train", str(data), "--out", str(out), *TINY, *extra]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tasks")
-    rng = random.Random(0)
-    good, bad = ["great", "fine", "lovely", "superb"], ["awful", "dull", "poor", "bad"]
-    rows = ["text,label"]
-    for _ in range(120):
-        label = rng.choice(["pos", "neg"])
-        words = rng.sample(good if label == "pos" else bad, 2)
-        rows.append(f"a {words[0]} and {words[1]} film,{label}")
-    (tmp / "c.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-
-    names, others = ["Anna", "Paul", "Marie"], ["met", "saw", "the", "cat", "in", "Paris"]
-    sentences = []
-    for _ in range(80):
-        tokens = [rng.choice(names), rng.choice(others), rng.choice(others), rng.choice(names)]
-        tags = ["B-PER", "O", "O", "B-PER"]
-        sentences.append("\n".join(f"{t}\t{g}" for t, g in zip(tokens, tags, strict=True)))
-    (tmp / "t.conll").write_text("\n\n".join(sentences) + "\n", encoding="utf-8")
-
-    words = ["one", "two", "three", "four", "five"]
-    pairs = []
-    for _ in range(150):
-        src = rng.sample(words, 3)
-        pairs.append(" ".join(src) + "\t" + " ".join(reversed(src)))
-    (tmp / "p.tsv").write_text("\n".join(pairs) + "\n", encoding="utf-8")
-
-    lines = ["time,value"] + [f"{t},{math.sin(t / 4) + 0.1 * rng.random():.4f}" for t in range(300)]
-    (tmp / "s.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return {
-        "classify": _train(tmp, "classify", tmp / "c.csv"),
-        "tag": _train(tmp, "tag", tmp / "t.conll", "--char-embed", "4", "--char-hidden", "8"),
-        "seq2seq": _train(tmp, "seq2seq", tmp / "p.tsv"),
-        "forecast": _train(tmp, "forecast", tmp / "s.csv", "--target", "value", "--time-column", "time",
-                           "--lookback", "12", "--horizon", "4"),
-        "series": "\n".join(lines[:101]) + "\n",
-    }
-
-
-def test_classify(runs):
+def test_classify(task_runs):
+    runs = task_runs
     from rnnkit.tasks import classify
 
     with TestClient(create_app(runs["classify"])) as c:
@@ -81,7 +33,8 @@ def test_classify(runs):
         assert 'id="predict"' in c.get("/").text
 
 
-def test_tag(runs):
+def test_tag(task_runs):
+    runs = task_runs
     from rnnkit.tasks import tag
 
     with TestClient(create_app(runs["tag"])) as c:
@@ -93,7 +46,8 @@ def test_tag(runs):
             assert "Anna met Paul in Paris"[e["start"]:e["end"]] == e["text"]
 
 
-def test_seq2seq_with_attention(runs):
+def test_seq2seq_with_attention(task_runs):
+    runs = task_runs
     from rnnkit.tasks import seq2seq
 
     with TestClient(create_app(runs["seq2seq"])) as c:
@@ -105,7 +59,8 @@ def test_seq2seq_with_attention(runs):
         assert all(abs(sum(row) - 1) < 1e-2 for row in got["attention"])
 
 
-def test_forecast(runs):
+def test_forecast(task_runs):
+    runs = task_runs
     with TestClient(create_app(runs["forecast"])) as c:
         info = c.get("/info").json()
         assert info["horizon"] == 4 and info["target"] == ["value"]
