@@ -68,8 +68,8 @@ def main() -> None:
                          "relative_norm_at": {str(d): norms[d] for d in (10, 25, 50, args.steps - 1) if d < len(norms)}}
         print(cell, json.dumps(figures[cell]))
     Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-    viz.plot_gradient_flow(curves, args.plot, title=f"Gradient reaching the state k steps back "
-                                                    f"(relative to k = 0), char models 1x{args.hidden}")
+    viz.plot_gradient_flow(curves, args.plot, title=f"Gradient at the state k steps back / at k = 0 "
+                                                    f"(char models, 1x{args.hidden})")
     Path(args.result).write_text(json.dumps({"benchmark": "gradient_flow", "minutes_each": args.minutes,
                                              "hidden": args.hidden, "steps": args.steps, **figures}, indent=2) + "\n",
                                  encoding="utf-8")
