@@ -215,11 +215,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if args.steps < 2:
             raise UserError(f"--steps: expected an integer >= 2; got {args.steps}")
         figures = inspect_lm(args.run_dir, args.data, out, steps=args.steps, rows=args.rows)
+    elif task == "seq2seq":
+        from rnnkit.diagnostics import inspect_seq2seq
+
+        figures = inspect_seq2seq(args.run_dir, args.data, out, count=args.rows)
     else:
-        module = task_module(task)
-        if not hasattr(module, "inspect"):
-            raise UserError(f"{args.run_dir}: inspect does not support {task} runs yet")
-        figures = module.inspect(args.run_dir, args.data, out)
+        raise UserError(f"{args.run_dir}: inspect covers lm and seq2seq runs; this is a {task} run")
     print(json.dumps(figures, indent=2))
     print(f"plots in {out}", file=sys.stderr)
     return 0
@@ -334,7 +335,7 @@ def _inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=100, metavar="T",
                    help="language models: steps to backpropagate through (default: 100)")
     p.add_argument("--rows", type=int, default=16, metavar="N",
-                   help="language models: sequences averaged over (default: 16)")
+                   help="language models: sequences averaged over; seq2seq: attention maps drawn (default: 16)")
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:

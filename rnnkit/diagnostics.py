@@ -134,3 +134,25 @@ def _decay_rate(norms: Tensor) -> float | None:
     y = n.log()
     slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
     return math.exp(slope)
+
+
+def inspect_seq2seq(run_dir: str | Path, data_path: str | Path, out: str | Path, count: int = 5) -> dict[str, Any]:
+    """Attention maps of an encoder-decoder run for the first `count` sources of a pairs file."""
+    from rnnkit.data.pairs import read_pairs
+    from rnnkit.tasks import seq2seq
+
+    loaded = seq2seq.load(run_dir)
+    if loaded.model.attention is None:
+        raise UserError(f"{run_dir}: this run has no attention (--attention none); nothing to map")
+    pairs = read_pairs(data_path)[:count]
+    found = seq2seq.translate(loaded, [p.source for p in pairs], attention=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    maps = []
+    for i, (pair, t) in enumerate(zip(pairs, found, strict=True)):
+        name = f"attention-{i + 1}.png"
+        seq2seq.plot_attention(t, out / name, title=f"{pair.source} -> {t.text}")
+        maps.append({"source": pair.source, "output": t.text, "reference": pair.target, "file": name})
+    figures = {"task": "seq2seq", "attention_maps": maps, "clip_fraction": clip_fraction(run_dir)}
+    (out / "inspect.json").write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return figures

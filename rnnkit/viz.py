@@ -1,7 +1,7 @@
-"""Plots: gradient flow through time, hidden activations, attention maps. PNG files, written atomically.
+"""Plots: gradient flow through time and hidden activations. PNG files, written atomically.
 
 What is here: small matplotlib functions that take numbers and a path. What is not: computing the
-numbers (diagnostics.py, the tasks) or training curves (train.py draws its own).
+numbers (diagnostics.py), training curves (train.py) or attention maps (tasks/seq2seq.py).
 """
 
 from __future__ import annotations
@@ -63,19 +63,4 @@ def plot_activations(acts, labels: Sequence[str], path: str | Path, title: str =
     ax.set_ylabel(f"unit (first {values.shape[0]})")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.03)
-    return _save(fig, path)
-
-
-def plot_attention(weights, source: Sequence[str], target: Sequence[str], path: str | Path,
-                   title: str = "attention") -> Path:
-    """Heatmap of attention weights (target rows, source columns)."""
-    plt = _pyplot()
-    values = weights.detach().cpu().numpy() if hasattr(weights, "detach") else weights
-    fig, ax = plt.subplots(figsize=(1.5 + 0.4 * len(source), 1.2 + 0.4 * len(target)), dpi=110)
-    ax.imshow(values, cmap="Blues", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(source)))
-    ax.set_xticklabels(source, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(target)))
-    ax.set_yticklabels(target, fontsize=8)
-    ax.set_title(title)
     return _save(fig, path)

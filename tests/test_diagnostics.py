@@ -65,3 +65,14 @@ def test_inspect_command_writes_plots_and_figures(tmp_path, capsys):
         assert (tmp_path / "ins" / name).read_bytes()[:4] in (b"\x89PNG", b"{\n  ")
     code = main(["inspect", str(tmp_path / "run"), "--data", str(tmp_path / "t.txt"), "--steps", "100000"])
     assert code == 2
+
+
+def test_inspect_draws_seq2seq_attention_maps(task_runs, tmp_path, capsys):
+    data = task_runs["seq2seq"].parent / "p.tsv"
+    assert main(["inspect", str(task_runs["seq2seq"]), "--data", str(data), "--out", str(tmp_path),
+                 "--rows", "2"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert len(figures["attention_maps"]) == 2
+    for m in figures["attention_maps"]:
+        assert (tmp_path / m["file"]).read_bytes()[:4] == b"\x89PNG"
+    assert main(["inspect", str(task_runs["classify"]), "--data", str(data)]) == 2
