@@ -1,0 +1,394 @@
+"""Time series from CSV files: reading with checks, imputation, scaling, calendar features and windows.
+
+What is here: `read_series` (a CSV with a header read by pandas into a checked `Series`: numeric
+cells, sorted unique timestamps, missing values interpolated with a counted warning or refused),
+`calendar_features` derived from timestamps, `infer_step` / `infer_season` / `future_times`,
+`Scaler` (per-column standardisation fitted on training rows only, saved as JSON), `window_origins`
+(where forecasts may start: a whole history before, a whole horizon after),
+and the forecast metrics with the naive and seasonal-naive baselines (`forecast_errors`, `naive_forecast`,
+`seasonal_naive_forecast`, `mase_scale`). What is not: models, training, or anything that touches the
+command line.
+
+Rows are counted as in the file: the header is line 1, so the first data row is line 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+
+from rnnkit.config import UserError
+from rnnkit.data.text import atomic_write_text
+
+DAY = pd.Timedelta(days=1)
+
+
+@dataclass
+class Series:
+    """A checked multivariate time series.
+
+    Attributes:
+        path: the file it came from (for messages).
+        times: (N,) timestamps: a DatetimeIndex, or an integer index (the time column's values or row order).
+        targets: (N, C) float64 values of the target columns.
+        covariates: (N, K) float64 values of the covariate columns (K may be 0).
+        target_names, covariate_names: the column names, in order.
+        imputed: how many cells were filled by interpolation.
+    """
+
+    path: str
+    times: pd.Index
+    targets: np.ndarray
+    covariates: np.ndarray
+    target_names: list[str]
+    covariate_names: list[str]
+    imputed: int = 0
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    @property
+    def is_datetime(self) -> bool:
+        return isinstance(self.times, pd.DatetimeIndex)
+
+    def values(self) -> np.ndarray:
+        """(N, C + K): targets then covariates."""
+        return np.concatenate([self.targets, self.covariates], axis=1)
+
+
+def _line(row: int) -> int:
+    """File line of a 0-based data row (the header is line 1)."""
+    return row + 2
+
+
+def read_series(
+    path: str | Path | IO[str],
+    target: list[str],
+    time_column: str | None = None,
+    covariates: list[str] | None = None,
+    impute: bool = True,
+) -> Series:
+    """Read a CSV with a header into a checked `Series`.
+
+    Args:
+        path: the CSV file, or an open text stream (standard input).
+        target: the column(s) to forecast.
+        time_column: the timestamps (parsed as dates, or integers used as an index); None: row order.
+        covariates: other numeric columns read as inputs; ["all"]: every other numeric column; None: none.
+        impute: fill missing cells by linear interpolation (edges by the nearest value) with a warning;
+            False: refuse them.
+    Raises:
+        UserError naming the file, line and column for unreadable files, unknown columns, non-numeric
+        cells, missing cells (with impute off), unparseable, unsorted or duplicate timestamps.
+    """
+    source = path
+    path = Path(path) if isinstance(path, str | Path) else Path(getattr(path, "name", "<stdin>"))
+    if not target:
+        raise UserError("--target: name the column(s) to forecast, e.g. --target OT")
+    try:
+        frame = pd.read_csv(source, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a readable CSV file: {e}") from None
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: the file is empty; expected a CSV with a header") from None
+    if frame.empty:
+        raise UserError(f"{path}: no data rows after the header")
+    columns = list(frame.columns)
+    for name, flag in [(c, "--target") for c in target] + (
+            [(time_column, "--time-column")] if time_column else []):
+        if name not in columns:
+            raise UserError(f"{path}: {flag} {name}: no such column; the header has: {', '.join(columns)}")
+    if len(set(target)) != len(target):
+        raise UserError(f"--target: a column is named twice: {' '.join(target)}")
+    if time_column in target:
+        raise UserError(f"--target {time_column}: this is the --time-column; choose the value column(s)")
+
+    if covariates == ["all"]:
+        rest = [c for c in columns if c not in target and c != time_column]
+        covariates = [c for c in rest if _mostly_numeric(frame[c])]
+    covariates = list(covariates or [])
+    for c in covariates:
+        if c not in columns:
+            raise UserError(f"{path}: --covariates {c}: no such column; the header has: {', '.join(columns)}")
+        if c in target or c == time_column:
+            raise UserError(f"--covariates {c}: this column is already the target or the time column")
+
+    times = _parse_times(frame, time_column, path)
+    values, missing = _parse_numbers(frame, list(target) + covariates, path)
+    imputed = int(missing.sum())
+    if imputed:
+        rows, cols = np.nonzero(missing)
+        first = f"line {_line(int(rows[0]))}, column {(list(target) + covariates)[int(cols[0])]}"
+        if not impute:
+            raise UserError(f"{path}: {imputed} missing value(s), the first at {first}; fill them or drop "
+                            "--no-impute to interpolate")
+        for j in range(values.shape[1]):
+            if missing[:, j].all():
+                name = (list(target) + covariates)[j]
+                raise UserError(f"{path}: column {name} has no values at all")
+        filled = pd.DataFrame(values).interpolate(method="linear", limit_area="inside").ffill().bfill()
+        values = filled.to_numpy(dtype=np.float64)
+        warnings.warn(f"{path}: {imputed} missing value(s) filled by linear interpolation (the first at {first})",
+                      stacklevel=2)
+    C = len(target)
+    return Series(str(path), times, values[:, :C], values[:, C:], list(target), covariates, imputed)
+
+
+def _mostly_numeric(column: pd.Series) -> bool:
+    cells = column.str.strip()
+    cells = cells[cells != ""]
+    return len(cells) > 0 and bool(pd.to_numeric(cells, errors="coerce").notna().all())
+
+
+def _parse_numbers(frame: pd.DataFrame, names: list[str], path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(N, len(names)) float64 values and a mask of the missing (empty or NaN) cells."""
+    values = np.empty((len(frame), len(names)))
+    missing = np.zeros((len(frame), len(names)), dtype=bool)
+    for j, name in enumerate(names):
+        cells = frame[name].str.strip()
+        empty = cells.isin(["", "NA", "NaN", "nan", "N/A", "null", "NULL", "None"])
+        numbers = pd.to_numeric(cells.where(~empty), errors="coerce")
+        bad = numbers.isna() & ~empty
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise UserError(f"{path}: line {_line(row)}, column {name}: expected a number; got {cells.iloc[row]!r}"
+                            + (f" ({int(bad.sum())} such cells)" if bad.sum() > 1 else ""))
+        inf = np.isinf(numbers.to_numpy(dtype=np.float64))
+        if inf.any():
+            row = int(np.flatnonzero(inf)[0])
+            raise UserError(f"{path}: line {_line(row)}, column {name}: expected a finite number; got "
+                            f"{cells.iloc[row]!r}")
+        values[:, j] = numbers.to_numpy(dtype=np.float64)
+        missing[:, j] = np.isnan(values[:, j])
+    return values, missing
+
+
+def _parse_times(frame: pd.DataFrame, time_column: str | None, path: Path) -> pd.Index:
+    """The time column as a DatetimeIndex or an integer index, checked sorted and unique."""
+    if time_column is None:
+        return pd.RangeIndex(len(frame))
+    cells = frame[time_column].str.strip()
+    empty = np.flatnonzero((cells == "").to_numpy())
+    if len(empty):
+        raise UserError(f"{path}: line {_line(int(empty[0]))}, column {time_column}: missing timestamp")
+    numbers = pd.to_numeric(cells, errors="coerce")
+    times: pd.Index
+    if numbers.notna().all():
+        if not (numbers == numbers.round()).all():
+            row = int(np.flatnonzero((numbers != numbers.round()).to_numpy())[0])
+            raise UserError(f"{path}: line {_line(row)}, column {time_column}: an index must be an integer; "
+                            f"got {cells.iloc[row]!r}")
+        times = pd.Index(numbers.astype(np.int64).to_numpy())
+    else:
+        parsed = pd.to_datetime(cells, errors="coerce", format="mixed")
+        if parsed.isna().any():
+            row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+            raise UserError(f"{path}: line {_line(row)}, column {time_column}: expected a date/time or an integer "
+                            f"index; got {cells.iloc[row]!r}")
+        if getattr(parsed.dt, "tz", None) is not None:
+            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+        times = pd.DatetimeIndex(parsed)
+    step = np.diff(_ticks(times))
+    if (step <= 0).any():
+        i = int(np.flatnonzero(step <= 0)[0]) + 1
+        what = "duplicate timestamp" if step[i - 1] == 0 else "timestamps not sorted"
+        raise UserError(f"{path}: line {_line(i)}, column {time_column}: {what}: {cells.iloc[i]!r} after "
+                        f"{cells.iloc[i - 1]!r} on line {_line(i - 1)}; expected strictly increasing times")
+    return times
+
+
+# ----------------------------------------------------------------------------- time and calendar
+
+
+def _ticks(times: pd.Index) -> np.ndarray:
+    """Timestamps as int64 nanoseconds (whatever resolution pandas chose), or the index itself."""
+    if isinstance(times, pd.DatetimeIndex):
+        return times.to_numpy().astype("datetime64[ns]").astype(np.int64)
+    return times.to_numpy().astype(np.int64)
+
+
+def infer_step(times: pd.Index) -> pd.Timedelta | int:
+    """The usual distance between neighbouring timestamps (the median), a Timedelta or an integer."""
+    if len(times) < 2:
+        return pd.Timedelta(hours=1) if isinstance(times, pd.DatetimeIndex) else 1
+    diffs = np.diff(_ticks(times))
+    median = int(np.median(diffs))
+    return pd.Timedelta(median, unit="ns") if isinstance(times, pd.DatetimeIndex) else max(median, 1)
+
+
+def infer_season(step: pd.Timedelta | int) -> int:
+    """Season length in steps from the time step: a day of sub-daily steps, a week of days, a year of
+    weeks, months or quarters; 1 (no season) for an index."""
+    if not isinstance(step, pd.Timedelta):
+        return 1
+    if step < DAY and DAY % step == pd.Timedelta(0):
+        return int(DAY / step)
+    days = step / DAY
+    if days == 1:
+        return 7
+    if days == 7:
+        return 52
+    if 28 <= days <= 31:
+        return 12
+    if 89 <= days <= 92:
+        return 4
+    return 1
+
+
+def future_times(times: pd.Index, horizon: int, step: pd.Timedelta | int) -> pd.Index:
+    """The `horizon` timestamps after the last one, `step` apart."""
+    last = times[-1]
+    if isinstance(times, pd.DatetimeIndex):
+        return pd.DatetimeIndex([last + step * (k + 1) for k in range(horizon)])
+    return pd.Index([int(last) + int(step) * (k + 1) for k in range(horizon)])
+
+
+def calendar_names(step: pd.Timedelta | int | None) -> list[str]:
+    """The calendar features for a time step: hour of day below daily steps, day of week below weekly
+    steps, day of year always; each as a sine/cosine pair. None for integer indexes."""
+    if not isinstance(step, pd.Timedelta):
+        return []
+    names = []
+    if step < DAY:
+        names.append("hour")
+    if step < 7 * DAY:
+        names.append("weekday")
+    names.append("yearday")
+    return [f"{n}_{f}" for n in names for f in ("sin", "cos")]
+
+
+def calendar_features(times: pd.Index, names: list[str]) -> np.ndarray:
+    """(N, len(names)) float32 calendar features of `times` (see `calendar_names`)."""
+    if not names:
+        return np.zeros((len(times), 0), dtype=np.float32)
+    t = pd.DatetimeIndex(times)
+    phase = {
+        "hour": (t.hour + t.minute / 60 + t.second / 3600) / 24,
+        "weekday": (t.day_of_week + t.hour / 24) / 7,
+        "yearday": (t.day_of_year - 1) / 365.25,
+    }
+    out = []
+    for name in names:
+        base, fn = name.rsplit("_", 1)
+        angle = 2 * math.pi * np.asarray(phase[base], dtype=np.float64)
+        out.append(np.sin(angle) if fn == "sin" else np.cos(angle))
+    return np.stack(out, axis=1).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------- scaling
+
+
+@dataclass
+class Scaler:
+    """Per-column standardisation: (x - mean) / std, fitted on training rows only."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    names: list[str]
+
+    @classmethod
+    def fit(cls, values: np.ndarray, names: list[str]) -> Scaler:
+        mean = values.mean(axis=0)
+        std = values.std(axis=0)
+        std = np.where(std > 1e-12, std, 1.0)  # a constant column is shifted, not divided by zero
+        return cls(mean, std, list(names))
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return (values - self.mean) / self.std
+
+    def inverse(self, values: np.ndarray, columns: slice | None = None) -> np.ndarray:
+        """Undo the scaling on values whose last axis holds `columns` of the fitted columns."""
+        cols = columns or slice(None)
+        return values * self.std[cols] + self.mean[cols]
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps({"columns": self.names, "mean": self.mean.tolist(),
+                                            "std": self.std.tolist()}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Scaler:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], dtype=np.float64),
+                       list(d["columns"]))
+        except FileNotFoundError:
+            raise UserError(f"{path}: not found (is this a forecast run directory?)") from None
+        except (json.JSONDecodeError, KeyError) as e:
+            raise UserError(f"{path}: not a valid scaler file ({e})") from None
+
+
+# ------------------------------------------------------------------------------------- windows
+
+
+def window_origins(n: int, lookback: int, horizon: int, first: int = 0, stride: int = 1) -> np.ndarray:
+    """Origins o (index of the first forecast step) with o >= max(first, lookback) and o + horizon <= n."""
+    start = max(first, lookback)
+    return np.arange(start, n - horizon + 1, stride, dtype=np.int64)
+
+
+# -------------------------------------------------------------------------- metrics and baselines
+
+
+def naive_forecast(y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+    """(B, H, C): the last value before each origin, repeated."""
+    return np.repeat(y[origins - 1][:, None, :], horizon, axis=1)
+
+
+def seasonal_naive_forecast(y: np.ndarray, origins: np.ndarray, horizon: int, season: int) -> np.ndarray:
+    """(B, H, C): y[o + h - m * ceil((h + 1) / m)], the value one (or more) seasons back from each step.
+
+    Origins with fewer than `season` values before them fall back to the naive forecast.
+    """
+    h = np.arange(horizon)
+    back = season * np.ceil((h + 1) / season).astype(np.int64)  # (H,) always >= h + 1: strictly in the past
+    idx = origins[:, None] + h[None, :] - back[None, :]  # (B, H)
+    short = (origins < season)[:, None]
+    idx = np.where(short, origins[:, None] - 1, idx)
+    return y[idx]
+
+
+def mase_scale(y: np.ndarray, season: int) -> np.ndarray:
+    """(C,) the in-sample mean absolute error of the seasonal-naive forecast (Hyndman & Koehler 2006).
+
+    Falls back to the lag-1 error when the series is shorter than a season and a half; columns whose
+    scale is zero get 1 so that MASE stays finite.
+    """
+    m = season if len(y) > season + 1 else 1
+    scale = np.abs(y[m:] - y[:-m]).mean(axis=0) if len(y) > m else np.ones(y.shape[1])
+    return np.where(scale > 0, scale, 1.0)
+
+
+def forecast_errors(truth: np.ndarray, forecast: np.ndarray, scale: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE, MASE (per-column MAE over `scale`, averaged) and sMAPE of (B, H, C) forecasts.
+
+    sMAPE is a fraction in [0, 2]: the mean of 2|y - f| / (|y| + |f|), terms with y = f = 0 count 0.
+    """
+    err = forecast - truth
+    denom = np.abs(truth) + np.abs(forecast)
+    smape_terms = np.where(denom > 0, 2 * np.abs(err) / np.where(denom > 0, denom, 1.0), 0.0)
+    mae_per_column = np.abs(err).reshape(-1, truth.shape[-1]).mean(axis=0)
+    return {
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err ** 2).mean())),
+        "mase": float((mae_per_column / scale).mean()),
+        "smape": float(smape_terms.mean()),
+    }
+
+
+def to_jsonable(x: Any) -> Any:
+    """numpy scalars and arrays to plain Python for json."""
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    return x

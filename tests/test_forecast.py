@@ -1,0 +1,264 @@
+"""The forecaster and its task: losses against references, causality, no leak from the future, anomalies, CLI."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.testing import assert_close
+
+from rnnkit.cli import main
+from rnnkit.config import DataConfig, ForecastConfig, ModelConfig, RunConfig, TrainConfig, UserError
+from rnnkit.data.series import Series, naive_forecast, seasonal_naive_forecast
+from rnnkit.models.forecaster import Forecaster
+from rnnkit.tasks import forecast
+
+# ----------------------------------------------------------------------------------------- the model
+
+
+@pytest.mark.parametrize("mode", ["direct", "autoregressive"])
+@pytest.mark.parametrize("loss, P", [("mse", 1), ("mae", 1), ("gaussian", 2), ("quantile", 3)])
+def test_shapes_and_intervals(mode, loss, P):
+    model = Forecaster(5, 2, horizon=4, hidden_size=8, mode=mode, loss=loss, calendar_size=2).eval()
+    params = model(torch.randn(3, 7, 5), torch.randn(3, 4, 2))
+    assert params.shape == (3, 4, 2, P)
+    bounds = model.interval(params)
+    if P == 1:
+        assert bounds is None
+    else:
+        point = model.point(params)
+        assert bool((bounds[0] <= point).all()) and bool((point <= bounds[1]).all())
+
+
+def test_gaussian_loss_is_the_normal_negative_log_likelihood():
+    model = Forecaster(3, 1, horizon=5, hidden_size=8, loss="gaussian")
+    batch = {"history": torch.randn(4, 6, 3), "targets": torch.randn(4, 5, 1)}
+    params = model(batch["history"])
+    expected = -torch.distributions.Normal(params[..., 0], params[..., 1]).log_prob(batch["targets"]).mean()
+    assert_close(model.loss(batch).loss, expected)
+
+
+def test_quantile_loss_is_the_pinball_loss():
+    model = Forecaster(3, 2, horizon=2, hidden_size=8, loss="quantile", quantiles=(0.2, 0.5, 0.7))
+    batch = {"history": torch.randn(3, 6, 3), "targets": torch.randn(3, 2, 2)}
+    params = model(batch["history"]).detach()
+    total = 0.0
+    for b in range(3):
+        for h in range(2):
+            for c in range(2):
+                for k, q in enumerate((0.2, 0.5, 0.7)):
+                    d = float(batch["targets"][b, h, c] - params[b, h, c, k])
+                    total += q * d if d >= 0 else (q - 1) * d
+    assert math.isclose(float(model.loss(batch).loss.detach()), total / 12, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["direct", "autoregressive"])
+@pytest.mark.parametrize("level", ["mean", "last", "season"])
+def test_the_forecast_follows_the_level(mode, level):
+    model = Forecaster(2, 2, horizon=3, hidden_size=8, mode=mode, level=level, season=4).eval()
+    x = torch.randn(2, 6, 2)
+    with torch.no_grad():
+        assert_close(model(x + 5.0), model(x) + 5.0, atol=1e-5, rtol=1e-5)
+        plain = Forecaster(2, 2, horizon=3, hidden_size=8, mode=mode, level="none").eval()
+        assert not torch.allclose(plain(x + 5.0), plain(x) + 5.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["direct", "autoregressive"])
+def test_season_level_adds_to_the_seasonal_naive_forecast(mode):
+    model = Forecaster(3, 2, horizon=7, hidden_size=8, mode=mode, level="season", season=3).eval()
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.zeros_(model.head.bias)  # the network adds nothing: the forecast is seasonal naive
+    history = torch.randn(4, 9, 3, dtype=torch.float64)
+    with torch.no_grad():
+        got = model.double()(history)[..., 0]  # (B, H, C)
+    y = history[..., :2].numpy()
+    for b in range(4):
+        expected = seasonal_naive_forecast(y[b], np.array([9]), 7, 3)[0]  # (H, C)
+        np.testing.assert_allclose(got[b].numpy(), expected)
+
+
+def test_autoregressive_steps_read_no_later_calendar():
+    model = Forecaster(4, 1, horizon=6, hidden_size=8, mode="autoregressive", calendar_size=3).eval()
+    history, future = torch.randn(2, 5, 4), torch.randn(2, 6, 3)
+    changed = future.clone()
+    changed[:, 3:] = torch.randn(2, 3, 3)
+    with torch.no_grad():
+        a, b = model(history, future), model(history, changed)
+    assert_close(a[:, :3], b[:, :3])
+    assert not torch.allclose(a[:, 3:], b[:, 3:])
+
+
+@pytest.mark.parametrize("mode, loss", [("direct", "gaussian"), ("autoregressive", "quantile")])
+def test_gradients_match_finite_differences(mode, loss):
+    torch.manual_seed(0)
+    model = Forecaster(3, 2, horizon=3, hidden_size=4, mode=mode, loss=loss, calendar_size=1, fused=False).double()
+    history = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    future = torch.randn(2, 3, 1, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda h: model(h, future), (history,))
+
+
+# ------------------------------------------------------------------------------------- the task
+
+
+def make_series(n=700, seed=0, spikes=()):
+    """An hourly series with a daily cycle, noise and a covariate; `spikes` are (row, size) pairs."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    load = 10 + 3 * np.sin(2 * np.pi * t / 24) + rng.normal(0, 0.2, n)
+    for row, size in spikes:
+        load[row] += size
+    temp = np.cos(2 * np.pi * t / 24) + rng.normal(0, 0.1, n)
+    times = pd.date_range("2022-05-01", periods=n, freq="h")
+    return pd.DataFrame({"time": times.strftime("%Y-%m-%d %H:%M:%S"), "load": load, "temp": temp})
+
+
+def config(**options):
+    base = {"target": ["load"], "time_column": "time", "covariates": ["temp"], "lookback": 24, "horizon": 6}
+    return RunConfig("forecast", model=ModelConfig(hidden_size=16, num_layers=1), data=DataConfig(valid_fraction=0.2),
+                     train=TrainConfig(epochs=3, batch_size=32, lr=1e-2, seed=0, log_every=1000),
+                     options=ForecastConfig(**{**base, **options}))
+
+
+def train_run(tmp_path, name="run", frame=None, **options):
+    data = tmp_path / f"{name}.csv"
+    (make_series() if frame is None else frame).to_csv(data, index=False)
+    out = tmp_path / name
+    forecast.train(config(**options), data, out, log=lambda _line: None)
+    return out, data
+
+
+@pytest.fixture(scope="module")
+def direct_run(tmp_path_factory):
+    return train_run(tmp_path_factory.mktemp("direct"))
+
+
+def perturbed(series: Series, start: int, seed: int) -> Series:
+    rng = np.random.default_rng(seed)
+    targets, covariates = series.targets.copy(), series.covariates.copy()
+    targets[start:] = rng.normal(50, 10, targets[start:].shape)
+    covariates[start:] = rng.normal(-5, 3, covariates[start:].shape)
+    return Series(series.path, series.times, targets, covariates, series.target_names, series.covariate_names)
+
+
+@pytest.mark.parametrize("mode", ["direct", "autoregressive"])
+def test_no_future_value_leaks_into_a_forecast(tmp_path, direct_run, mode):
+    run_dir = direct_run[0] if mode == "direct" else train_run(tmp_path, mode="autoregressive")[0]
+    run = forecast.load(run_dir)
+    series = forecast.read_for_run(run, direct_run[1])
+    for o in (30, 200, 500):
+        # one origin per call, so that both forecasts take the same arithmetic path (bitwise equal)
+        before = forecast.forecast(run, series, np.array([o]))["point"]
+        after = forecast.forecast(run, perturbed(series, o, seed=o), np.array([o]))["point"]
+        np.testing.assert_array_equal(after, before)
+        # and the check can fail: a change from one row before the origin does move the forecast
+        moved = forecast.forecast(run, perturbed(series, o - 1, seed=o), np.array([o]))["point"]
+        assert not np.allclose(moved, before)
+
+
+def test_anomaly_scores_read_nothing_after_their_point(direct_run):
+    run = forecast.load(direct_run[0])
+    series = forecast.read_for_run(run, direct_run[1])
+    cut = 400
+    short = Series(series.path, series.times[:cut + 1], series.targets[:cut + 1], series.covariates[:cut + 1],
+                   series.target_names, series.covariate_names)
+    full, head = forecast.anomaly_scores(run, series), forecast.anomaly_scores(run, short)
+    assert head["rows"][-1] == cut
+    np.testing.assert_allclose(full["scores"][:len(head["scores"])], head["scores"], rtol=1e-5, atol=1e-6)
+
+
+def test_scaler_is_fitted_on_the_training_part_only(tmp_path):
+    frame = make_series()
+    first, _ = train_run(tmp_path, "a", frame)
+    changed = frame.copy()
+    changed.loc[len(frame) - 30:, "load"] += 100.0  # inside the held-out validation part
+    second, _ = train_run(tmp_path, "b", changed)
+    assert json.loads((first / "scaler.json").read_text()) == json.loads((second / "scaler.json").read_text())
+    meta = json.loads((first / "series.json").read_text())
+    assert meta["train_rows"] == 700 - 140 and meta["season"] == 24  # 20% held out (valid_fraction 0.2)
+
+
+def test_a_valid_file_is_forecast_only_after_the_training_file(tmp_path):
+    frame = make_series(n=600)
+    frame.iloc[:500].to_csv(tmp_path / "train.csv", index=False)
+    frame.iloc[500 - 24:].to_csv(tmp_path / "valid.csv", index=False)  # a lookback of history, then 100 new rows
+    cfg = config()
+    cfg.train.epochs = 1
+    forecast.train(cfg, tmp_path / "train.csv", tmp_path / "run", valid_path=tmp_path / "valid.csv",
+                   log=lambda _line: None)
+    meta = json.loads((tmp_path / "run" / "series.json").read_text())
+    assert meta["train_rows"] == 500 and meta["train_windows"] == 500 - 24 - 6 + 1
+    assert meta["valid_windows"] == 100 - 6 + 1 and meta["last_seen"] == frame["time"].iloc[-1]
+    assert json.loads((tmp_path / "run" / "anomaly.json").read_text())["validation_points"] == 100
+
+
+def test_planted_spikes_are_flagged(tmp_path, direct_run):
+    spikes = [(330, 3.0), (410, -3.5), (520, 2.5), (610, 4.0)]
+    data = tmp_path / "spiky.csv"
+    make_series(seed=3, spikes=spikes).to_csv(data, index=False)
+    out = tmp_path / "flags.csv"
+    frame = forecast.predict(direct_run[0], data, out, anomalies=True)
+    flagged = set((frame["line"] - 2).tolist())
+    assert {row for row, _ in spikes} <= flagged
+    assert len(flagged) <= len(spikes) + 6  # a few false alarms at most among ~680 points
+    top = frame.nlargest(len(spikes), "score")
+    assert set((top["line"] - 2).tolist()) == {row for row, _ in spikes}
+    assert pd.read_csv(out).shape[0] == len(frame)
+
+
+def test_evaluate_scores_after_training_and_baselines(tmp_path, direct_run):
+    run_dir, train_csv = direct_run
+    full = make_series(n=800)
+    data = tmp_path / "full.csv"
+    full.to_csv(data, index=False)  # the same first 700 rows, then 100 unseen
+    figures = forecast.evaluate(run_dir, data)
+    assert figures["origins"] == len(range(700, 800 - 6 + 1, 6))  # whole horizons after the last seen row
+    y = full[["load"]].to_numpy()
+    origins = np.arange(700, 795, 6)
+    truth = np.stack([y[o:o + 6] for o in origins])
+    naive_mae = float(np.abs(naive_forecast(y, origins, 6) - truth).mean())
+    seasonal_mae = float(np.abs(seasonal_naive_forecast(y, origins, 6, 24) - truth).mean())
+    assert math.isclose(figures["baselines"]["naive"]["mae"], naive_mae)
+    assert math.isclose(figures["baselines"]["seasonal_naive"]["mae"], seasonal_mae)
+    assert figures["mae"] < figures["baselines"]["naive"]["mae"]
+    assert set(figures) >= {"mae", "rmse", "mase", "smape", "mse_scaled", "mae_scaled", "baselines"}
+    with pytest.raises(UserError, match="no forecast origin"):
+        forecast.evaluate(run_dir, train_csv)  # every row was seen in training
+
+
+def test_cli_train_evaluate_predict_with_intervals(tmp_path, capsys):
+    data = tmp_path / "series.csv"
+    make_series().to_csv(data, index=False)
+    run = tmp_path / "run"
+    code = main(["train", "forecast", "--train", str(data), "--out", str(run), "--target", "load",
+                 "--time-column", "time", "--covariates", "temp", "--lookback", "24", "--horizon", "6",
+                 "--loss", "gaussian", "--epochs", "2", "--hidden", "16", "--lr", "0.01", "--threads", "1"])
+    assert code == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(data.with_name("later.csv"))]) == 2
+    make_series(n=760).to_csv(tmp_path / "later.csv", index=False)
+    assert main(["evaluate", str(run), "--data", str(tmp_path / "later.csv"), "--json", "--stride", "1"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["origins"] == 760 - 700 - 6 + 1 and 0 <= figures["interval_coverage"] <= 1
+    out = tmp_path / "next.csv"
+    assert main(["predict", str(run), "--input", str(data), "--output", str(out), "--plot",
+                 str(tmp_path / "p.png")]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["time", "load", "load_q0.1", "load_q0.9"] and len(table) == 6
+    assert table["time"].iloc[0] == "2022-05-30 04:00:00"  # the hour after the last row
+    assert (table["load_q0.1"] <= table["load"]).all() and (table["load"] <= table["load_q0.9"]).all()
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_refuses_missing_values_without_impute_and_short_series(tmp_path, capsys):
+    frame = make_series(n=100)
+    frame.loc[40, "load"] = np.nan
+    data = tmp_path / "gappy.csv"
+    frame.to_csv(data, index=False)
+    args = ["train", "forecast", "--train", str(data), "--target", "load", "--time-column", "time",
+            "--lookback", "24", "--horizon", "6", "--epochs", "1", "--hidden", "8"]
+    assert main([*args, "--out", str(tmp_path / "r1"), "--no-impute"]) == 2
+    assert "1 missing value(s), the first at line 42, column load" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "r2"), "--lookback", "90"]) == 2
+    assert "100 rows is too short: --lookback 90 + --horizon 6" in capsys.readouterr().err

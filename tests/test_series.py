@@ -1,0 +1,148 @@
+"""Time-series reading and helpers: checks with line and column, imputation, calendar, scaling, metrics."""
+
+import io
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rnnkit.config import UserError
+from rnnkit.data.series import (
+    Scaler,
+    calendar_features,
+    calendar_names,
+    forecast_errors,
+    future_times,
+    infer_season,
+    infer_step,
+    mase_scale,
+    naive_forecast,
+    read_series,
+    seasonal_naive_forecast,
+    window_origins,
+)
+
+
+def write(tmp_path, text, name="s.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_reads_targets_covariates_and_dates(tmp_path):
+    path = write(tmp_path, "t,a,b,c\n2020-01-01 00:00,1,2,x\n2020-01-01 01:00,2,4,y\n2020-01-01 02:00,3,6,z\n")
+    s = read_series(path, ["a"], "t", ["all"])
+    assert s.is_datetime and s.covariate_names == ["b"]  # c is not numeric: not a covariate
+    np.testing.assert_array_equal(s.values(), [[1, 2], [2, 4], [3, 6]])
+    assert infer_step(s.times) == pd.Timedelta(hours=1)
+    s = read_series(path, ["a", "b"], None)
+    assert list(s.times) == [0, 1, 2] and s.targets.shape == (3, 2) and s.covariates.shape == (3, 0)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("t,a\n1,1\n2,oops\n3,3\n", r"s\.csv: line 3, column a: expected a number; got 'oops'"),
+    ("t,a\n1,1\n1,2\n", r"line 3, column t: duplicate timestamp: '1' after '1' on line 2"),
+    ("t,a\n2,1\n1,2\n", r"line 3, column t: timestamps not sorted"),
+    ("t,a\n2020-01-01,1\nnever,2\n", r"line 3, column t: expected a date/time or an integer index; got 'never'"),
+    ("t,a\n1,1\n2,inf\n", r"line 3, column a: expected a finite number"),
+    ("t,b\n1,1\n", r"--target a: no such column; the header has: t, b"),
+])
+def test_bad_files_name_line_and_column(tmp_path, text, expected):
+    with pytest.raises(UserError, match=expected):
+        read_series(write(tmp_path, text), ["a"], "t")
+
+
+def test_missing_values_interpolated_with_a_count_or_refused(tmp_path):
+    path = write(tmp_path, "t,a,b\n1,1,10\n2,,20\n3,,\n4,4,40\n5,5,\n")
+    with pytest.warns(UserWarning, match=r"4 missing value\(s\) filled by linear interpolation \(the first at line 3, "
+                                         r"column a\)"):
+        s = read_series(path, ["a"], "t", ["b"])
+    np.testing.assert_allclose(s.targets[:, 0], [1, 2, 3, 4, 5])
+    np.testing.assert_allclose(s.covariates[:, 0], [10, 20, 30, 40, 40])  # a trailing gap takes the last value
+    assert s.imputed == 4
+    with pytest.raises(UserError, match=r"4 missing value\(s\), the first at line 3, column a.*--no-impute"):
+        read_series(path, ["a"], "t", ["b"], impute=False)
+
+
+def test_step_season_and_future_times():
+    hours = pd.date_range("2021-03-01", periods=5, freq="h")
+    assert infer_season(infer_step(hours)) == 24
+    assert infer_season(infer_step(pd.date_range("2021-03-01", periods=5, freq="15min"))) == 96
+    assert infer_season(infer_step(pd.date_range("2021-03-01", periods=5, freq="D"))) == 7
+    assert infer_season(infer_step(pd.date_range("2021-01-01", periods=5, freq="MS"))) == 12
+    assert infer_season(infer_step(pd.Index([3, 5, 7]))) == 1
+    assert list(future_times(hours, 2, pd.Timedelta(hours=1))) == [pd.Timestamp("2021-03-01 05:00"),
+                                                                  pd.Timestamp("2021-03-01 06:00")]
+    assert list(future_times(pd.Index([3, 5, 7]), 2, 2)) == [9, 11]
+
+
+def test_calendar_features_are_periodic_phases():
+    names = calendar_names(pd.Timedelta(hours=1))
+    assert names == ["hour_sin", "hour_cos", "weekday_sin", "weekday_cos", "yearday_sin", "yearday_cos"]
+    assert calendar_names(pd.Timedelta(days=1)) == names[2:] and calendar_names(1) == []
+    t = pd.DatetimeIndex(["2021-03-01 06:00", "2021-03-02 06:00", "2021-03-08 06:00"])  # Monday, Tuesday, Monday
+    f = calendar_features(t, names)
+    np.testing.assert_allclose(f[:, 0], 1.0, atol=1e-6)  # 06:00 is a quarter of the day: sin = 1
+    np.testing.assert_allclose(f[0, 2:4], f[2, 2:4], atol=1e-6)  # a week apart: the same weekday phase
+    assert not np.allclose(f[0, 2:4], f[1, 2:4])
+
+
+def test_scaler_fits_and_round_trips(tmp_path):
+    x = np.array([[1.0, 5.0], [3.0, 5.0], [5.0, 5.0]])
+    s = Scaler.fit(x, ["a", "b"])
+    np.testing.assert_allclose(s.transform(x)[:, 0], (x[:, 0] - 3) / np.std(x[:, 0]))
+    np.testing.assert_allclose(s.transform(x)[:, 1], 0.0)  # a constant column is shifted, not divided by 0
+    s.save(tmp_path / "scaler.json")
+    back = Scaler.load(tmp_path / "scaler.json")
+    np.testing.assert_allclose(back.inverse(back.transform(x)), x)
+
+
+def test_window_origins_keep_history_and_horizon_inside():
+    assert list(window_origins(10, 3, 2)) == [3, 4, 5, 6, 7, 8]
+    assert list(window_origins(10, 3, 2, first=6)) == [6, 7, 8]
+    assert list(window_origins(10, 3, 2, stride=2)) == [3, 5, 7]
+    assert len(window_origins(4, 3, 2)) == 0
+
+
+def test_baselines_and_metrics_against_brute_force():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(40, 2)) + 5
+    origins, H, m = np.array([12, 20, 31]), 5, 4
+    naive = naive_forecast(y, origins, H)
+    seasonal = seasonal_naive_forecast(y, origins, H, m)
+    for i, o in enumerate(origins):
+        for h in range(H):
+            assert np.array_equal(naive[i, h], y[o - 1])
+            k = 1
+            while o + h - k * m >= o:
+                k += 1
+            assert np.array_equal(seasonal[i, h], y[o + h - k * m])  # the latest value one season back
+    truth = np.stack([y[o:o + H] for o in origins])
+    f = truth + rng.normal(size=truth.shape)
+    scale = mase_scale(y[:30], m)
+    got = forecast_errors(truth, f, scale)
+    errors = [(f[i, h, c] - truth[i, h, c], truth[i, h, c], f[i, h, c], c)
+              for i in range(3) for h in range(H) for c in range(2)]
+    assert math.isclose(got["mae"], sum(abs(e) for e, *_ in errors) / len(errors))
+    assert math.isclose(got["rmse"], math.sqrt(sum(e * e for e, *_ in errors) / len(errors)))
+    assert math.isclose(got["smape"], sum(2 * abs(e) / (abs(t) + abs(p)) for e, t, p, _ in errors) / len(errors))
+    insample = [sum(abs(y[t, c] - y[t - m, c]) for t in range(m, 30)) / (30 - m) for c in range(2)]
+    per_col = [sum(abs(e) for e, *_, cc in errors if cc == c) / (len(errors) / 2) / insample[c] for c in range(2)]
+    assert math.isclose(got["mase"], sum(per_col) / 2)
+
+
+def test_reading_warns_nothing_on_clean_files(tmp_path):
+    path = write(tmp_path, "t,a\n1,1\n2,2\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_series(path, ["a"], "t")
+
+
+def test_reads_an_open_stream_and_names_it_in_messages():
+    stream = io.StringIO("t,a\n1,1\n2,x\n")
+    stream.name = "inputs.0"
+    with pytest.raises(UserError, match=r"^inputs\.0: line 3, column a: expected a number"):
+        read_series(stream, ["a"], "t")
+    assert read_series(io.StringIO("a\n1\n2\n"), ["a"]).targets.shape == (2, 1)
