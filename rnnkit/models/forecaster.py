@@ -72,6 +72,7 @@ class Forecaster(nn.Module):
         level: str = "mean",
         season: int = 1,
         fused: bool | None = None,
+        recurrent_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -93,13 +94,15 @@ class Forecaster(nn.Module):
             raise ValueError(f"season: level 'season' needs a season length >= 2; got {season}")
         self.level, self.season = level, season
         self.num_params = {"mse": 1, "mae": 1, "gaussian": 2, "quantile": len(qs)}[loss]
-        self.encoder = Recurrent(cell, input_size, hidden_size, num_layers=num_layers, dropout=dropout, fused=fused)
+        extra = recurrent_options or {}  # recurrent_dropout, zoneout, weight_drop
+        self.encoder = Recurrent(cell, input_size, hidden_size, num_layers=num_layers, dropout=dropout, fused=fused,
+                                 **extra)
         C, P = target_size, self.num_params
         if mode == "direct":
             self.head = nn.Linear(hidden_size, horizon * C * P)
             self.decoder = None
         else:
-            self.decoder = Recurrent(cell, C + calendar_size, hidden_size, num_layers=num_layers, fused=fused)
+            self.decoder = Recurrent(cell, C + calendar_size, hidden_size, num_layers=num_layers, fused=fused, **extra)
             self.head = nn.Linear(hidden_size, C * P)
         self.register_buffer("_quantiles", torch.tensor(qs if loss == "quantile" else (0.5,)), persistent=False)
         self.monitor = ("loss", "min")

@@ -28,7 +28,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rnnkit.checkpoint import CONFIG_FILE, MODEL_FILE, load_weights, read_json, read_run_config, versions, write_json
+from rnnkit.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    load_weights,
+    read_json,
+    read_run_config,
+    refuse_existing_run,
+    versions,
+    write_json,
+)
 from rnnkit.config import RunConfig, UserError
 from rnnkit.data.series import (
     Scaler,
@@ -143,7 +152,7 @@ def build_model(cfg: RunConfig, input_size: int, target_size: int, calendar_size
                         f"season of 2 to --lookback {o.lookback} steps (a time column of dates, a longer --lookback, "
                         "or another --level)")
     return Forecaster(input_size, target_size, o.horizon, m.hidden_size, m.num_layers, m.cell, m.dropout, o.mode,
-                      o.loss, o.quantile_values(), calendar_size, o.level, season, m.fused)
+                      o.loss, o.quantile_values(), calendar_size, o.level, season, m.fused, m.recurrent_options())
 
 
 def train(
@@ -164,8 +173,8 @@ def train(
         saved.train.epochs, saved.train.max_minutes = cfg.train.epochs, cfg.train.max_minutes
         saved.train.max_steps = cfg.train.max_steps
         cfg = saved
-    elif (out / CONFIG_FILE).exists():
-        raise UserError(f"--out {out}: already holds a run; pass --resume to continue it or choose another folder")
+    else:
+        refuse_existing_run(out)
     o, tc = cfg.options, cfg.train
     if not o.target:
         raise UserError("--target: name the column(s) to forecast, e.g. --target OT")
