@@ -1,0 +1,270 @@
+"""Speed of every cell against PyTorch's fused kernels and other libraries, measured in one run.
+
+Measures, for each case, the median and min-max over --repeats runs after a warm-up:
+
+- training step (forward and backward through a stack of layers, summed outputs as the loss): rnnkit's cells on
+  their default path, PyTorch's fused `nn.RNN/LSTM/GRU`, an `nn.LSTMCell` loop, Keras 3 on the torch backend and
+  Flax (`nnx.RNN` over `OptimizedLSTMCell`/`GRUCell`, jit-compiled), when installed;
+- inference throughput (forward only, tokens per second);
+- streaming latency at B=1 (one step per call): rnnkit's `Recurrent.step`, `nn.LSTM` called with T=1,
+  `nn.LSTMCell`, and the bare matrix-vector products of a step as the floor;
+- the machine's sgemm peak (a 2048-square matrix product), and each LSTM training step as a fraction of it
+  (floating-point work counted as 3x the forward's matrix products).
+
+First-call times (compilation included, for Flax) are reported separately. Peers that are not installed are
+skipped with a note. Figures go to stdout and to --out as JSON.
+
+    python benchmarks/speed.py --threads 2 --repeats 5 --out benchmarks/results/speed.json
+    python benchmarks/speed.py --grid full ...   # every H in {128,256,512,1024}, T in {50,200,1000}, B in {1,32,128}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rnnkit import Recurrent
+
+CELLS = ["rnn", "lstm", "gru", "layernorm-lstm", "layernorm-gru", "peephole-lstm", "indrnn", "mingru", "minlstm"]
+TORCH_PEER = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, float]:
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times), "max_ms": 1000 * max(times),
+            "first_call_ms": 1000 * first}
+
+
+def sgemm_peak(repeats: int) -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    r = timed(lambda: a @ b, repeats, warmup=2)
+    return 2 * 2048**3 / (r["median_ms"] / 1000) / 1e9
+
+
+def lstm_flops(B: int, T: int, I: int, H: int, L: int) -> float:
+    """Matrix-product work of an LSTM training step: forward 2*B*(I+H)*4H per step and layer, backward twice that."""
+    per_step = sum(2 * B * ((I if layer == 0 else H) + H) * 4 * H for layer in range(L))
+    return 3 * per_step * T
+
+
+# ------------------------------------------------------------------------------------ the peers
+
+
+def torch_case(kind: str, I: int, H: int, L: int):
+    if kind == "lstmcell-loop":
+        cells = nn.ModuleList([nn.LSTMCell(I if k == 0 else H, H) for k in range(L)])
+
+        def run(x):
+            B, T, _ = x.shape
+            seq = x
+            for cell in cells:
+                h = c = x.new_zeros(B, H)
+                outs = []
+                for t in range(T):
+                    h, c = cell(seq[:, t], (h, c))
+                    outs.append(h)
+                seq = torch.stack(outs, 1)
+            return seq
+
+        return cells, run
+    module = TORCH_PEER[kind](I, H, num_layers=L, batch_first=True)
+    return module, lambda x: module(x)[0]
+
+
+def keras_case(kind: str, I: int, H: int, L: int):
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    if keras.backend.backend() != "torch":
+        raise ImportError("Keras runs on another backend here")
+    layer = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "rnn": keras.layers.SimpleRNN}[kind]
+    model = keras.Sequential([keras.Input((None, I))] + [layer(H, return_sequences=True) for _ in range(L)])
+    return model, lambda x: model(x)
+
+
+def flax_train_step(kind: str, B: int, T: int, I: int, H: int, L: int, repeats: int, train: bool) -> dict[str, float]:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    cell = {"lstm": nnx.OptimizedLSTMCell, "gru": nnx.GRUCell}[kind]
+    rngs = nnx.Rngs(0)
+    layers = [nnx.RNN(cell(I if k == 0 else H, H, rngs=rngs)) for k in range(L)]
+
+    class Stack(nnx.Module):
+        def __init__(self):
+            self.layers = nnx.List(layers) if hasattr(nnx, "List") else layers
+
+        def __call__(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    model = Stack()
+    x = jnp.asarray(torch.randn(B, T, I).numpy())
+
+    @nnx.jit
+    def step(model, x):
+        return nnx.grad(lambda m: m(x).sum())(model)
+
+    @nnx.jit
+    def forward(model, x):
+        return model(x)
+
+    fn = (lambda: jax.block_until_ready(step(model, x))) if train else (lambda: forward(model, x).block_until_ready())
+    return timed(fn, repeats, warmup=2)
+
+
+# ------------------------------------------------------------------------------------- measures
+
+
+def training_step(module: nn.Module, run: Callable, x: torch.Tensor, repeats: int) -> dict[str, float]:
+    def step():
+        module.zero_grad(set_to_none=True)
+        run(x).sum().backward()
+
+    return timed(step, repeats, warmup=2)
+
+
+def inference(run: Callable, x: torch.Tensor, repeats: int) -> dict[str, float]:
+    def fwd():
+        with torch.no_grad():
+            run(x)
+
+    r = timed(fwd, repeats, warmup=2)
+    r["tokens_per_s"] = x.shape[0] * x.shape[1] / (r["median_ms"] / 1000)
+    return r
+
+
+def streaming(H: int, L: int, repeats: int, steps: int = 200) -> dict[str, dict[str, float]]:
+    """Per-step latency (us) at B=1 of H-unit LSTM stacks fed one token vector at a time."""
+    x = torch.randn(1, H)
+    out: dict[str, dict[str, float]] = {}
+    ours = Recurrent("lstm", H, H, num_layers=L).eval()
+    ref = nn.LSTM(H, H, num_layers=L, batch_first=True).eval()
+    cells = [nn.LSTMCell(H, H).eval() for _ in range(L)]
+    weights = [(torch.randn(4 * H, H), torch.randn(4 * H, H)) for _ in range(L)]
+
+    def loop(step_fn):
+        def run():
+            state = None
+            with torch.no_grad():
+                for _ in range(steps):
+                    state = step_fn(state)
+
+        return run
+
+    cases = {
+        "rnnkit Recurrent.step": lambda s: ours.step(x, s)[1],
+        "nn.LSTM with T=1": lambda s: ref(x.unsqueeze(1), s)[1],
+        "nn.LSTMCell stack": lambda s: [c(x, None if s is None else s[k]) for k, c in enumerate(cells)],
+        "bare matrix-vector products": lambda s: [(x @ wi.T) + (x @ wh.T) for wi, wh in weights],
+    }
+    for name, fn in cases.items():
+        r = timed(loop(fn), repeats, warmup=2)
+        out[name] = {k: v * 1000 / steps for k, v in r.items() if k.endswith("_ms")}  # us per step
+    return out
+
+
+def grid(kind: str) -> list[dict[str, int]]:
+    if kind == "full":
+        return [{"B": B, "T": T, "H": H} for H in (128, 256, 512, 1024) for T in (50, 200, 1000) for B in (1, 32, 128)]
+    return [{"B": 32, "T": 100, "H": 256}, {"B": 32, "T": 100, "H": 512}]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--input-size", type=int, default=128)
+    ap.add_argument("--grid", choices=["quick", "full"], default="quick")
+    ap.add_argument("--size", nargs=3, type=int, action="append", metavar=("B", "T", "H"),
+                    help="measure this size instead of the grid (repeatable)")
+    ap.add_argument("--cells", nargs="+", default=CELLS)
+    ap.add_argument("--long", type=int, default=4096, help="sequence length of the minGRU-against-GRU case")
+    ap.add_argument("--out", default="benchmarks/results/speed.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    L, I = args.layers, args.input_size
+    peak = sgemm_peak(args.repeats)
+    print(f"sgemm peak: {peak:.1f} GFLOP/s ({args.threads} threads)", flush=True)
+    results: dict[str, object] = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                                              "torch": torch.__version__, "threads": args.threads,
+                                              "sgemm_gflops": peak}, "cases": []}
+    sizes = [{"B": b, "T": t, "H": h} for b, t, h in args.size] if args.size else grid(args.grid)
+    for size in sizes:
+        B, T, H = size["B"], size["T"], size["H"]
+        x = torch.randn(B, T, I)
+        rows = {}
+        for cell in args.cells:
+            layer = Recurrent(cell, I, H, num_layers=L)
+            rows[f"rnnkit {cell}"] = (layer, lambda x, layer=layer: layer(x)[0])
+        for kind in ("rnn", "lstm", "gru", "lstmcell-loop"):
+            rows[f"torch {kind}"] = torch_case(kind, I, H, L)
+        for kind in ("lstm", "gru"):
+            try:
+                rows[f"keras {kind}"] = keras_case(kind, I, H, L)
+            except ImportError as e:
+                print(f"keras {kind}: skipped ({e})")
+        for name, (module, run) in rows.items():
+            train = training_step(module, run, x, args.repeats)
+            infer = inference(run, x, args.repeats)
+            entry = {"case": name, **size, "L": L, "I": I, "train": train, "inference": infer}
+            if name.endswith(" lstm"):
+                gflops = lstm_flops(B, T, I, H, L) / (train["median_ms"] / 1000) / 1e9
+                entry["train"]["fraction_of_peak"] = gflops / peak
+            results["cases"].append(entry)
+            print(json.dumps({"case": name, **size, "train_ms": round(train["median_ms"], 1),
+                              "train_min_max": [round(train["min_ms"], 1), round(train["max_ms"], 1)],
+                              "tokens_per_s": round(infer["tokens_per_s"])}), flush=True)
+        for kind in ("lstm", "gru"):
+            try:
+                train = flax_train_step(kind, B, T, I, H, L, args.repeats, True)
+                infer = flax_train_step(kind, B, T, I, H, L, args.repeats, False)
+                infer["tokens_per_s"] = B * T / (infer["median_ms"] / 1000)
+                results["cases"].append({"case": f"flax {kind}", **size, "L": L, "I": I, "train": train,
+                                         "inference": infer})
+                print(json.dumps({"case": f"flax {kind}", **size, "train_ms": round(train["median_ms"], 1),
+                                  "first_call_ms": round(train["first_call_ms"]),
+                                  "tokens_per_s": round(infer["tokens_per_s"])}), flush=True)
+            except ImportError as e:
+                print(f"flax {kind}: skipped ({e})")
+    # minGRU against nn.GRU on a long sequence, one layer.
+    B, T, H = 8, args.long, 256
+    x = torch.randn(B, T, I)
+    long_cases = {"rnnkit mingru": Recurrent("mingru", I, H), "torch gru": nn.GRU(I, H, batch_first=True)}
+    results["long"] = {}
+    for name, module in long_cases.items():
+        r = training_step(module, lambda x, m=module: m(x)[0], x, max(3, args.repeats // 2))
+        results["long"][name] = r
+        print(json.dumps({"long": name, "B": B, "T": T, "H": H, "train_ms": round(r["median_ms"], 1)}), flush=True)
+    results["streaming_us"] = streaming(512, L, args.repeats)
+    print(json.dumps({"streaming_us_per_step": {k: round(v["median_ms"], 1)
+                                                for k, v in results["streaming_us"].items()}}), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
