@@ -227,6 +227,8 @@ class ClassifyConfig:
     sample_rate: int = _opt(8000, "audio: resample every recording to this rate (Hz)")
     n_mels: int = _opt(40, "audio: mel bands")
     n_mfcc: int = _opt(13, "audio: MFCC coefficients (with --features mfcc)")
+    recording_mean: bool = _opt(False, "audio: subtract each recording's mean per feature (cepstral mean "
+                                        "normalisation; helps with unseen speakers and microphones)")
     skip_unreadable: bool = _opt(False, "audio: skip WAV files that cannot be read (counted) instead of stopping")
     init_from: str | None = _opt(None, "text: start from a language-model run's vocabulary, embeddings and "
                                        "recurrent weights (cell and sizes follow that run)", flag="--init-from")
@@ -317,7 +319,7 @@ class ForecastConfig:
     target: list[str] | None = _opt(None, "the column(s) to forecast (required)")
     time_column: str | None = _opt(None, "the column of timestamps (dates or an index); default: row order")
     covariates: list[str] | None = _opt(None, "other numeric columns read as inputs (their past only); 'all': every "
-                                              "other numeric column; default: none")
+                                              "other numeric column")
     lookback: int = _opt(96, "steps of history the model reads")
     horizon: int = _opt(24, "steps ahead to forecast")
     mode: str = _opt("direct", "direct: all steps at once from the encoder's state; autoregressive: a decoder "

@@ -1,0 +1,114 @@
+"""Stanford Sentiment Treebank, sentences only: test accuracy of a recurrent sentence classifier.
+
+SST-2 (`stsa.binary.*`, 6,920 / 872 / 1,821 sentences) and SST-5 (`stsa.fine.*`, 8,544 / 1,101 / 2,210),
+the standard train/dev/test split, one `label sentence` per line. The best epoch on dev accuracy is
+kept and scored once on test. Reference figures (Tai et al. 2015, trained with phrase labels as well):
+LSTM 84.9 / 46.4, BiLSTM 87.5 / 49.1; a CNN with random embeddings reaches 83.5 on SST-2.
+
+`--init-from` starts the embeddings and the forward recurrent layers from an rnnkit language-model run
+(e.g. the WikiText-2 run of benchmarks/wikitext2.py); its cell and sizes then replace --hidden and --embed.
+
+    python benchmarks/sst.py --data ../shared/data --task binary --out runs/bench-sst2 --threads 1
+    python benchmarks/sst.py --data ../shared/data --task fine --out runs/bench-sst5 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from rnnkit.config import RunConfig
+from rnnkit.tasks import classify
+
+TARGETS = {"binary": 0.85, "fine": 0.45}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data", help="folder holding sst/stsa.*")
+    ap.add_argument("--task", choices=["binary", "fine"], default="binary", help="SST-2 (binary) or SST-5 (fine)")
+    ap.add_argument("--out", default=None, help="output folder (default: runs/bench-sst2 or runs/bench-sst5)")
+    ap.add_argument("--results", default=None, help="JSON of results (default: benchmarks/results/sst2.json, ...)")
+    ap.add_argument("--init-from", default=None, help="an rnnkit language-model run to start from")
+    ap.add_argument("--freeze-embeddings", action="store_true", help="keep the (pretrained) embeddings fixed")
+    ap.add_argument("--cell", default="lstm")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--embed", type=int, default=300)
+    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--pooling", default="max")
+    ap.add_argument("--dropout", type=float, default=0.5, help="on the embeddings and on the pooled vector")
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--early-stopping", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--min-freq", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--force", action="store_true", help="replace an existing --out")
+    args = ap.parse_args()
+
+    name = "sst2" if args.task == "binary" else "sst5"
+    out = Path(args.out or f"runs/bench-{name}")
+    if out.exists():
+        if not args.force:
+            raise SystemExit(f"{out} exists: choose another --out or pass --force")
+        shutil.rmtree(out)
+    folder = Path(args.data) / "sst"
+    paths = {split: folder / f"stsa.{args.task}.{split}" for split in ("train", "dev", "test")}
+
+    cfg = RunConfig.create(
+        "classify",
+        model={"cell": args.cell, "embedding_size": args.embed, "hidden_size": args.hidden,
+               "num_layers": args.layers, "bidirectional": True, "embedding_dropout": args.dropout,
+               "output_dropout": args.dropout, "dropout": args.dropout if args.layers > 1 else 0.0},
+        data={"tokenizer": "space", "min_freq": args.min_freq},
+        train={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "clip": 5.0,
+               "weight_decay": args.weight_decay, "scheduler": "plateau", "lr_patience": 1,
+               "early_stopping": args.early_stopping, "seed": args.seed, "threads": args.threads, "log_every": 100},
+        classify={"pooling": args.pooling, "init_from": args.init_from,
+                  "freeze_embeddings": args.freeze_embeddings},
+    )
+    start = time.monotonic()
+    result = classify.train(cfg, paths["train"], out / "run", valid_path=paths["dev"])
+    wall = time.monotonic() - start
+    report = classify.evaluate(out / "run", paths["test"], plot=str(out / "confusion.png"))
+    records = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    saved = json.loads((out / "run" / "config.json").read_text())
+    m = saved["model"]
+    summary = {
+        "benchmark": f"{name} ({args.task}, sentences only)",
+        "test_accuracy": round(report["accuracy"], 4),
+        "test_macro_f1": round(report["macro_f1"], 4),
+        "best_dev_accuracy": round(max(r["valid_accuracy"] for r in records), 4),
+        "target_accuracy": TARGETS[args.task],
+        "target_met": report["accuracy"] >= TARGETS[args.task],
+        "epochs_run": len(records),
+        "steps": result["steps"],
+        "wall_seconds": round(wall, 1),
+        "model": f"bi{m['cell']} {m['num_layers']}x{m['hidden_size']}, embed {m['embedding_size']}, "
+                 f"{args.pooling} pooling, dropout {args.dropout}",
+        "init_from": args.init_from,
+        "freeze_embeddings": args.freeze_embeddings,
+        "command": "python benchmarks/sst.py " + " ".join(
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
+            if v not in (None, False) and k != "results"),
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__,
+    }
+    results = Path(args.results or f"benchmarks/results/{name}.json")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
