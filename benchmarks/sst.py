@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--results", default=None, help="JSON of results (default: benchmarks/results/sst2.json, ...)")
     ap.add_argument("--init-from", default=None, help="an rnnkit language-model run to start from")
     ap.add_argument("--freeze-embeddings", action="store_true", help="keep the (pretrained) embeddings fixed")
+    ap.add_argument("--embeddings", default=None,
+                    help="pre-trained word vectors (text format; see benchmarks/word_vectors.py)")
     ap.add_argument("--cell", default="lstm")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--embed", type=int, default=300)
@@ -67,7 +69,8 @@ def main() -> None:
         "classify",
         model={"cell": args.cell, "embedding_size": args.embed, "hidden_size": args.hidden,
                "num_layers": args.layers, "bidirectional": True, "embedding_dropout": args.dropout,
-               "output_dropout": args.dropout, "dropout": args.dropout if args.layers > 1 else 0.0},
+               "output_dropout": args.dropout, "dropout": args.dropout if args.layers > 1 else 0.0,
+               "embeddings": args.embeddings},
         data={"tokenizer": "space", "min_freq": args.min_freq},
         train={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "clip": 5.0,
                "weight_decay": args.weight_decay, "scheduler": "plateau", "lr_patience": 1,
@@ -95,6 +98,7 @@ def main() -> None:
         "model": f"bi{m['cell']} {m['num_layers']}x{m['hidden_size']}, embed {m['embedding_size']}, "
                  f"{args.pooling} pooling, dropout {args.dropout}",
         "init_from": args.init_from,
+        "embeddings": args.embeddings,
         "freeze_embeddings": args.freeze_embeddings,
         "command": "python benchmarks/sst.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()

@@ -90,6 +90,8 @@ class ModelConfig:
     recurrent_dropout: float = _opt(0.0, "variational dropout on the state inside the recurrence (needs the loop)")
     zoneout: float = _opt(0.0, "probability that a unit keeps its previous value at a step (needs the loop)")
     weight_drop: float = _opt(0.0, "DropConnect on the recurrent weight matrices (AWD-LSTM's weight drop)")
+    embeddings: str | None = _opt(None, "pre-trained word vectors (GloVe, word2vec or fastText text format) to "
+                                        "start the word embeddings from; --embed must equal their size")
     adaptive_softmax: str | None = _opt(None, "language models: adaptive softmax cutoffs for large vocabularies, "
                                               "e.g. 2000,10000")
 

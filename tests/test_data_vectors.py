@@ -53,3 +53,23 @@ def test_size_mismatch_names_the_option(tmp_path):
     vectors, dim = read_vectors(path)
     with pytest.raises(UserError, match="--embed 2"):
         embedding_matrix(["cat"], vectors, dim, base=np.zeros((1, 5), dtype=np.float32))
+
+
+def test_classifier_starts_from_the_vectors(tmp_path):
+    import torch
+
+    from rnnkit.cli import main
+    from rnnkit.tasks import classify
+
+    (tmp_path / "v.txt").write_text("good " + " ".join(["0.5"] * 8) + "\nbad " + " ".join(["-0.5"] * 8) + "\n",
+                                    encoding="utf-8")
+    rows = ["text,label"] + [f"a {w} film,{w}" for w in ["good", "bad"] * 20]
+    (tmp_path / "c.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    base = ["train", "classify", "--train", str(tmp_path / "c.csv"), "--hidden", "8", "--layers", "1",
+            "--epochs", "1", "--lr", "1e-9", "--embeddings", str(tmp_path / "v.txt"), "--threads", "1"]
+    assert main([*base, "--embed", "8", "--out", str(tmp_path / "run")]) == 0
+    run = classify.load(tmp_path / "run")
+    good = run.tokenizer.encode("good")[0]
+    torch.testing.assert_close(run.model.embedding.weight[good], torch.full((8,), 0.5), atol=1e-4, rtol=0)
+    assert main([*base, "--embed", "5", "--out", str(tmp_path / "run2")]) == 2
+    assert not (tmp_path / "run2").exists()

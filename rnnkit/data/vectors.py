@@ -91,3 +91,12 @@ def embedding_matrix(vocab: list[str], vectors: dict[str, np.ndarray], dim: int,
             out[i] = v
             found += 1
     return out, found
+
+
+def pretrained_rows(path: str | Path, words: list[str], weight: np.ndarray, skip: int) -> tuple[np.ndarray, int]:
+    """An embedding matrix starting from `weight` (V, D) with the rows of `words` found in the vectors file.
+
+    Returns the new matrix and how many words got a pre-trained vector.
+    """
+    vectors, dim = read_vectors(path, words[skip:])
+    return embedding_matrix(words, vectors, dim, base=weight.astype(np.float32), skip=skip)

@@ -43,6 +43,7 @@ from rnnkit.data import (
 )
 from rnnkit.data.audio import AudioItem, FeatureScaler, FeatureSpec, load_features, read_manifest
 from rnnkit.data.tabular import LabelledText, check_labels, read_labelled, read_texts, texts_from_lines
+from rnnkit.data.vectors import pretrained_rows
 from rnnkit.metrics import classification_report, write_confusion_plot
 from rnnkit.models.classifier import SequenceClassifier
 from rnnkit.train import Trainer, resolve_device, seed_everything
@@ -300,6 +301,16 @@ def train(
     model = build_model(cfg, len(labels), vocab_size, input_size, weights)
     if lm_model is not None:
         _initialise_from_lm(model, lm_model, lm_tokenizer, tokenizer, say)
+    if cfg.model.embeddings and not resume:
+        if model.embedding is None:
+            raise UserError("--embeddings: audio runs read features, not words; drop the option")
+        words = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
+        matrix, found = pretrained_rows(cfg.model.embeddings, words, model.embedding.weight.detach().numpy(),
+                                        skip=len(SPECIAL_TOKENS))
+        with torch.no_grad():
+            model.embedding.weight.copy_(torch.from_numpy(matrix))
+        say(f"--embeddings {cfg.model.embeddings}: {found:,} of {len(words) - len(SPECIAL_TOKENS):,} words "
+            "start from a pre-trained vector")
     if opts.freeze_embeddings and model.embedding is not None:
         model.embedding.weight.requires_grad_(False)
 
