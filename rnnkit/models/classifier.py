@@ -118,6 +118,7 @@ class SequenceClassifier(nn.Module):
         pooling: str = "max",
         class_weights: Tensor | None = None,
         fused: bool | None = None,
+        recurrent_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -139,7 +140,7 @@ class SequenceClassifier(nn.Module):
             rnn_input = int(input_size)
         self.input_dropout = SequenceDropout(embedding_dropout)
         self.rnn = Recurrent(cell, rnn_input, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
-                             dropout=dropout, fused=fused)
+                             dropout=dropout, fused=fused, **(recurrent_options or {}))
         self.num_directions = 2 if bidirectional else 1
         features = self.num_directions * hidden_size
         self.attention = AttentionPooling(features) if pooling == "attention" else None

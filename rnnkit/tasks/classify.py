@@ -28,7 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnnkit.checkpoint import CONFIG_FILE, MODEL_FILE, load_weights, read_json, read_run_config, versions, write_json
+from rnnkit.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    load_weights,
+    read_json,
+    read_run_config,
+    refuse_existing_run,
+    versions,
+    write_json,
+)
 from rnnkit.config import RunConfig, UserError
 from rnnkit.data import (
     PAD_ID,
@@ -190,7 +199,8 @@ def build_model(cfg: RunConfig, num_classes: int, vocab_size: int | None, input_
                               embedding_size=m.embedding_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
                               cell=m.cell, bidirectional=m.bidirectional, dropout=m.dropout,
                               embedding_dropout=m.embedding_dropout, output_dropout=m.output_dropout,
-                              pooling=cfg.options.pooling, class_weights=class_weights, fused=m.fused)
+                              pooling=cfg.options.pooling, class_weights=class_weights, fused=m.fused,
+                              recurrent_options=m.recurrent_options())
 
 
 def train(
@@ -211,8 +221,8 @@ def train(
         saved.train.epochs, saved.train.max_minutes = cfg.train.epochs, cfg.train.max_minutes
         saved.train.max_steps = cfg.train.max_steps
         cfg = saved
-    elif (out / CONFIG_FILE).exists():
-        raise UserError(f"--out {out}: already holds a run; pass --resume to continue it or choose another folder")
+    else:
+        refuse_existing_run(out)
     opts, tc = cfg.options, cfg.train
     resolve_device(tc.device)
     if opts.audio and opts.init_from:
