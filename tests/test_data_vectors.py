@@ -61,8 +61,8 @@ def test_classifier_starts_from_the_vectors(tmp_path):
     from rnnkit.cli import main
     from rnnkit.tasks import classify
 
-    (tmp_path / "v.txt").write_text("good " + " ".join(["0.5"] * 8) + "\nbad " + " ".join(["-0.5"] * 8) + "\n",
-                                    encoding="utf-8")
+    (tmp_path / "v.txt").write_text("good " + " ".join(["0.5"] * 8) + "\nbad " + " ".join(["-0.5"] * 8)
+                                    + "\ngreat " + " ".join(["0.25"] * 8) + "\n", encoding="utf-8")
     rows = ["text,label"] + [f"a {w} film,{w}" for w in ["good", "bad"] * 20]
     (tmp_path / "c.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     base = ["train", "classify", "--train", str(tmp_path / "c.csv"), "--hidden", "8", "--layers", "1",
@@ -71,5 +71,9 @@ def test_classifier_starts_from_the_vectors(tmp_path):
     run = classify.load(tmp_path / "run")
     good = run.tokenizer.encode("good")[0]
     torch.testing.assert_close(run.model.embedding.weight[good], torch.full((8,), 0.5), atol=1e-4, rtol=0)
+    # A word only the vectors file knows joins the vocabulary with its vector.
+    great = run.tokenizer.encode("great")[0]
+    assert great >= 4
+    torch.testing.assert_close(run.model.embedding.weight[great], torch.full((8,), 0.25), atol=1e-4, rtol=0)
     assert main([*base, "--embed", "5", "--out", str(tmp_path / "run2")]) == 2
     assert not (tmp_path / "run2").exists()

@@ -52,7 +52,7 @@ from rnnkit.data import (
 )
 from rnnkit.data.audio import AudioItem, FeatureScaler, FeatureSpec, load_features, read_manifest
 from rnnkit.data.tabular import LabelledText, check_labels, read_labelled, read_texts, texts_from_lines
-from rnnkit.data.vectors import pretrained_rows
+from rnnkit.data.vectors import pretrained_rows, vector_words
 from rnnkit.metrics import classification_report, write_confusion_plot
 from rnnkit.models.classifier import SequenceClassifier
 from rnnkit.train import Trainer, resolve_device, seed_everything
@@ -134,6 +134,14 @@ def _extend_tokenizer(base: Tokenizer, texts: list[str], min_freq: int) -> Token
     known = set(tokens)
     counts = Counter(t for text in texts for t in type(base).split(text) if t not in known and t != "<unk>")
     new = sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
+    return type(base)(list(SPECIAL_TOKENS) + tokens[len(SPECIAL_TOKENS):] + new)
+
+
+def _add_words(base: Tokenizer, words: list[str]) -> Tokenizer:
+    """A word/space tokenizer holding `base`'s tokens (same ids) and then `words` it lacks."""
+    tokens = [base.token_text(i) for i in range(base.vocab_size)]
+    known = set(tokens)
+    new = [w for w in dict.fromkeys(words) if w not in known]
     return type(base)(list(SPECIAL_TOKENS) + tokens[len(SPECIAL_TOKENS):] + new)
 
 
@@ -300,6 +308,13 @@ def train(
                 "training words")
         else:
             tokenizer = _fit_tokenizer(cfg, texts)
+            if cfg.model.embeddings and tokenizer.kind in ("word", "space"):
+                # Words with a pre-trained vector join the vocabulary even when training never shows them,
+                # so that a test sentence's unseen words still carry meaning (most of all with frozen vectors).
+                before = tokenizer.vocab_size
+                tokenizer = _add_words(tokenizer, vector_words(cfg.model.embeddings))
+                say(f"--embeddings: {tokenizer.vocab_size - before:,} words of the vectors file added to the "
+                    f"{before:,} of the training data")
         train_in = [_token_tensor(tokenizer, t) for t in texts]
         valid_in = [_token_tensor(tokenizer, r.text) for r in valid_records]
         vocab_size, input_size = tokenizer.vocab_size, None
