@@ -1,0 +1,440 @@
+"""Sequence tagging end to end: CoNLL files to a trained run, and a run to tags, entities and scores.
+
+What is here: `TagVocab` (words, characters, word shapes and tags, saved in the run directory), the
+batch source of padded sentences, `score` (entity precision, recall and F1 overall and per type with
+CoNLL-eval semantics through seqeval, token accuracy; per-tag figures for plain tags such as UPOS),
+and `train`, `load`, `evaluate`, `predict`. What is not: the network (models/tagger.py), the CRF
+(crf.py), the readers and tag schemes (data/conll.py), the loop (train.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from seqeval.metrics import classification_report
+
+from rnnkit.checkpoint import CONFIG_FILE, MODEL_FILE, load_weights, read_json, read_run_config, versions, write_json
+from rnnkit.config import RunConfig, UserError
+from rnnkit.crf import allowed_transitions
+from rnnkit.data import atomic_write_text, bucket_batches, read_text
+from rnnkit.data.conll import (
+    Sentence,
+    convert,
+    entity_spans,
+    looks_like_conll,
+    parse_conll,
+    prepare_tags,
+    read_conll,
+    tokenize,
+)
+from rnnkit.models.tagger import IGNORE_INDEX, PAD, UNK, Tagger
+from rnnkit.train import Trainer, evaluate_model, resolve_device, seed_everything
+
+VOCAB_FILE = "tag_vocab.json"
+MAX_WORD_CHARS = 30  # longer tokens (URLs, mostly) are read by their first characters only
+SPECIALS = ["<pad>", "<unk>"]
+SHAPES = ["<pad>", "lower", "upper", "title", "mixed", "number", "has-digit", "punct", "mention", "hashtag", "url",
+          "other"]
+
+
+def word_shape(token: str) -> int:
+    """A small word-shape class that keeps what lower-casing the word loses (and Twitter's marks)."""
+    if token.startswith(("http://", "https://", "www.")):
+        name = "url"
+    elif len(token) > 1 and token[0] == "@":
+        name = "mention"
+    elif len(token) > 1 and token[0] == "#":
+        name = "hashtag"
+    elif token.isdigit():
+        name = "number"
+    elif any(c.isdigit() for c in token):
+        name = "has-digit"
+    elif not any(c.isalnum() for c in token):
+        name = "punct"
+    elif token.islower():
+        name = "lower"
+    elif token.isupper():
+        name = "upper"
+    elif token[0].isupper() and (len(token) == 1 or token[1:].islower()):
+        name = "title"
+    elif any(c.isupper() for c in token):
+        name = "mixed"
+    else:
+        name = "other"
+    return SHAPES.index(name)
+
+
+@dataclass
+class TagVocab:
+    """The ids a tagger reads and writes: words, characters, tags; and how tags are schemed."""
+
+    words: list[str]
+    chars: list[str]
+    tags: list[str]
+    scheme: str  # bio, bioes or none
+    lowercase: bool
+
+    def __post_init__(self) -> None:
+        self._word_ids = {w: i for i, w in enumerate(self.words)}
+        self._char_ids = {c: i for i, c in enumerate(self.chars)}
+        self._tag_ids = {t: i for i, t in enumerate(self.tags)}
+
+    @classmethod
+    def build(cls, sentences: list[Sentence], extra_tags: list[list[str]], scheme: str, lowercase: bool,
+              min_freq: int = 1, max_vocab: int | None = None) -> TagVocab:
+        """From training sentences; `extra_tags` (the validation tags) join the tag set only."""
+        counts = Counter(_key(t, lowercase) for s in sentences for t in s.tokens)
+        words = [w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_freq]
+        if max_vocab is not None:
+            words = words[:max_vocab]
+        chars = sorted({c for s in sentences for t in s.tokens for c in t[:MAX_WORD_CHARS]})
+        seen = {t for s in sentences for t in s.tags or []} | {t for tags in extra_tags for t in tags}
+        tags = sorted(seen, key=lambda t: (t != "O", t))
+        return cls(SPECIALS + words, SPECIALS + chars, tags, scheme, lowercase)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scheme": self.scheme, "lowercase": self.lowercase, "tags": self.tags, "chars": self.chars,
+                "words": self.words}
+
+    def save(self, run_dir: Path) -> None:
+        write_json(run_dir / VOCAB_FILE, self.to_dict())
+
+    @classmethod
+    def load(cls, run_dir: Path) -> TagVocab:
+        d = read_json(run_dir / VOCAB_FILE)
+        try:
+            return cls(d["words"], d["chars"], d["tags"], d["scheme"], d["lowercase"])
+        except KeyError as e:
+            raise UserError(f"{run_dir / VOCAB_FILE}: missing key {e}") from None
+
+    def encode(self, tokens: list[str], tags: list[str] | None = None) -> dict[str, list]:
+        """One sentence as id lists: words, shapes, chars (a list per word) and, when given, tags."""
+        out: dict[str, list] = {
+            "words": [self._word_ids.get(_key(t, self.lowercase), UNK) for t in tokens],
+            "shapes": [word_shape(t) for t in tokens],
+            "chars": [[self._char_ids.get(c, UNK) for c in t[:MAX_WORD_CHARS]] for t in tokens],
+        }
+        if tags is not None:
+            out["tags"] = [self._tag_ids.get(t, IGNORE_INDEX) for t in tags]
+        return out
+
+    def span_finder(self) -> Callable[[list[int]], list[tuple[str, int, int]]] | None:
+        """Entity spans of a tag-id sequence (None for plain tags, which have no entities)."""
+        if self.scheme == "none":
+            return None
+        names = self.tags
+
+        def find(ids: list[int]) -> list[tuple[str, int, int]]:
+            return entity_spans([names[i] if 0 <= i < len(names) else "O" for i in ids])
+
+        return find
+
+
+def _key(token: str, lowercase: bool) -> str:
+    return token.lower() if lowercase else token
+
+
+def collate(items: list[dict[str, list]]) -> dict[str, torch.Tensor]:
+    """Pad encoded sentences into a batch: words, shapes (B, T), chars (B, T, C), lengths (B,), tags (B, T)."""
+    B = len(items)
+    T = max(len(it["words"]) for it in items)
+    C = max(len(c) for it in items for c in it["chars"])
+    words = torch.full((B, T), PAD, dtype=torch.long)
+    shapes = torch.full((B, T), PAD, dtype=torch.long)
+    chars = torch.full((B, T, C), PAD, dtype=torch.long)
+    lengths = torch.tensor([len(it["words"]) for it in items], dtype=torch.long)
+    for b, it in enumerate(items):
+        n = len(it["words"])
+        words[b, :n] = torch.tensor(it["words"])
+        shapes[b, :n] = torch.tensor(it["shapes"])
+        for t, cs in enumerate(it["chars"]):
+            chars[b, t, :len(cs)] = torch.tensor(cs)
+    batch = {"words": words, "shapes": shapes, "chars": chars, "lengths": lengths}
+    if "tags" in items[0]:
+        tags = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+        for b, it in enumerate(items):
+            tags[b, :len(it["tags"])] = torch.tensor(it["tags"])
+        batch["tags"] = tags
+    return batch
+
+
+class SentenceSource:
+    """Encoded sentences in padded batches of similar length; every batch starts from a zero state."""
+
+    stateful = False
+
+    def __init__(self, items: list[dict[str, list]], batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        self.items = items
+        self.lengths = [len(it["words"]) for it in items]
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+
+    def __len__(self) -> int:
+        return -(-len(self.items) // self.batch_size)
+
+    def order(self, epoch: int) -> list[list[int]]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return bucket_batches(self.lengths, self.batch_size, self.shuffle, gen)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        for index in self.order(epoch)[start:]:
+            yield collate([self.items[i] for i in index])
+
+
+# ------------------------------------------------------------------------------------------ scores
+
+
+def score(gold: list[list[str]], predicted: list[list[str]], scheme: str) -> dict[str, Any]:
+    """Tagging figures, fractions in [0, 1].
+
+    For entity tags (BIO, BIOES): entity-level `precision`, `recall`, `f1` (an entity counts when its
+    type and both ends match, read with CoNLL-eval semantics by seqeval) overall (micro) and
+    `per_type`, plus `token_accuracy`. For plain tags (`none`, e.g. UPOS) every token is one
+    decision: `f1` is the micro-average over tags, which equals `token_accuracy`; `macro_f1` and
+    `per_type` (per tag) are given as well.
+    """
+    tokens = sum(len(g) for g in gold)
+    correct = sum(a == b for g, p in zip(gold, predicted, strict=True) for a, b in zip(g, p, strict=True))
+    accuracy = correct / max(tokens, 1)
+    if scheme == "none":
+        tp: Counter[str] = Counter()
+        gold_count: Counter[str] = Counter()
+        pred_count: Counter[str] = Counter()
+        for g, p in zip(gold, predicted, strict=True):
+            for a, b in zip(g, p, strict=True):
+                gold_count[a] += 1
+                pred_count[b] += 1
+                tp[a] += a == b
+        per_type = {}
+        for tag in sorted(gold_count):
+            prec = tp[tag] / pred_count[tag] if pred_count[tag] else 0.0
+            rec = tp[tag] / gold_count[tag]
+            f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+            per_type[tag] = {"precision": prec, "recall": rec, "f1": f1, "support": gold_count[tag]}
+        macro = sum(v["f1"] for v in per_type.values()) / max(len(per_type), 1)
+        return {"f1": accuracy, "precision": accuracy, "recall": accuracy, "token_accuracy": accuracy,
+                "macro_f1": macro, "f1_kind": "micro-averaged over tags (equals token accuracy)",
+                "per_type": per_type, "sentences": len(gold), "tokens": tokens}
+    # seqeval reads B/I/E/S prefixes as conlleval does; BIO is the common ground of both schemes.
+    g = [convert(x, "bio") for x in gold]
+    p = [convert(x, "bio") for x in predicted]
+    report = classification_report(g, p, output_dict=True, zero_division=0)
+    micro = report["micro avg"]
+    per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
+                    "support": int(v["support"])}
+                for k, v in sorted(report.items()) if not k.endswith(" avg")}
+    return {"f1": float(micro["f1-score"]), "precision": float(micro["precision"]), "recall": float(micro["recall"]),
+            "token_accuracy": accuracy, "f1_kind": "entity level, micro-averaged (CoNLL-eval)",
+            "per_type": per_type, "entities": int(micro["support"]), "sentences": len(gold), "tokens": tokens}
+
+
+# ------------------------------------------------------------------------------------------ train
+
+
+def _read_labelled(path: str | Path, cfg: RunConfig, scheme: str) -> tuple[list[Sentence], str]:
+    """Read a tagged file and check its tags under `scheme` (auto/bio/bioes/none), repairing if allowed."""
+    o = cfg.options
+    sentences = read_conll(path, column=o.column)
+    sentences, used, repaired = prepare_tags(sentences, scheme, o.repair, str(path))
+    if repaired:
+        print(f"rnnkit: warning: {path}: {repaired} sentence(s) with tags invalid under {used.upper()} were "
+              "repaired (--repair)", file=sys.stderr)
+    return sentences, used
+
+
+def build_model(cfg: RunConfig, vocab: TagVocab) -> Tagger:
+    m, o = cfg.model, cfg.options
+    allowed = allowed_transitions(vocab.tags, vocab.scheme) if o.crf and vocab.scheme != "none" else None
+    return Tagger(len(vocab.words), len(vocab.chars), len(SHAPES), len(vocab.tags), m.embedding_size, m.hidden_size,
+                  m.num_layers, m.cell, m.bidirectional, o.char_encoder, o.char_embed, o.char_hidden,
+                  dropout=m.dropout, embedding_dropout=m.embedding_dropout, output_dropout=m.output_dropout,
+                  word_dropout=o.word_dropout, crf=o.crf, allowed=allowed, span_finder=vocab.span_finder(),
+                  fused=m.fused)
+
+
+def train(
+    cfg: RunConfig,
+    train_path: str | Path,
+    out: str | Path,
+    valid_path: str | Path | None = None,
+    test_path: str | Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train a tagger on a CoNLL/CoNLL-U file and write its run directory; returns the final figures."""
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    out = Path(out)
+    if resume:
+        meta = read_run_config(out, task="tag")
+        saved = RunConfig.from_dict(meta, str(out / CONFIG_FILE))
+        saved.train.epochs, saved.train.max_minutes = cfg.train.epochs, cfg.train.max_minutes
+        saved.train.max_steps = cfg.train.max_steps
+        cfg = saved
+    elif (out / CONFIG_FILE).exists():
+        raise UserError(f"--out {out}: already holds a run; pass --resume to continue it or choose another folder")
+    resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+
+    vocab = TagVocab.load(out) if resume else None
+    sentences, scheme = _read_labelled(train_path, cfg, vocab.scheme if vocab else cfg.options.scheme)
+    if valid_path is not None:
+        valid, _ = _read_labelled(valid_path, cfg, scheme)
+    else:
+        n = max(1, round(len(sentences) * cfg.data.valid_fraction))
+        if len(sentences) < 2:
+            raise UserError(f"{train_path}: one sentence only; give --valid or more sentences to hold some out")
+        sentences, valid = sentences[:-n], sentences[-n:]
+        say(f"no --valid given: holding out the last {n} sentences of {train_path} for validation")
+    if vocab is None:
+        vocab = TagVocab.build(sentences, [s.tags or [] for s in valid], scheme, cfg.options.lowercase,
+                               cfg.data.min_freq, cfg.data.max_vocab)
+
+    tc = cfg.train
+    train_src = SentenceSource([vocab.encode(s.tokens, s.tags) for s in sentences], tc.batch_size, True, tc.seed)
+    valid_src = SentenceSource([vocab.encode(s.tokens, s.tags) for s in valid], max(tc.batch_size, 64), False)
+    model = build_model(cfg, vocab)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        vocab.save(out)
+        write_json(out / CONFIG_FILE, {**cfg.to_dict(), "num_tags": len(vocab.tags), "scheme": vocab.scheme,
+                                       "versions": versions()})
+    n_params = sum(p.numel() for p in model.parameters())
+    output = "CRF" if cfg.options.crf else "softmax"
+    say(f"tagger: {cfg.model.cell} {cfg.model.num_layers}x{cfg.model.hidden_size}"
+        f"{' bidirectional' if cfg.model.bidirectional else ''}, {output} over {len(vocab.tags)} tags "
+        f"(scheme {scheme}), {len(vocab.words):,} words, {len(vocab.chars)} characters, {n_params:,} parameters; "
+        f"{len(sentences)} training sentences, {len(train_src)} batches per epoch")
+
+    trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
+    if resume:
+        trainer.resume()
+        say(f"resuming at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
+    state = trainer.fit()
+    metric = model.monitor[0]
+    result: dict[str, Any] = {"steps": state.step, f"best_valid_{metric}": state.best, "scheme": scheme}
+    if test_path is not None:
+        result["test"] = evaluate(out, test_path)
+        t = result["test"]
+        say(f"test: f1 {t['f1']:.4f} precision {t['precision']:.4f} recall {t['recall']:.4f} "
+            f"token_accuracy {t['token_accuracy']:.4f}")
+    return result
+
+
+# ------------------------------------------------------------------------------------- use a run
+
+
+@dataclass
+class LoadedTagger:
+    """A trained tagger with its vocabularies, ready to tag."""
+
+    model: Tagger
+    vocab: TagVocab
+    config: RunConfig
+    device: torch.device
+
+    @torch.no_grad()
+    def tag(self, sentences: list[list[str]], batch_size: int = 64) -> list[list[str]]:
+        """Tags for tokenised sentences, in order."""
+        items = [self.vocab.encode(tokens) for tokens in sentences]
+        source = SentenceSource(items, batch_size, shuffle=False)
+        out: list[list[str]] = [[] for _ in sentences]
+        for index, batch in zip(source.order(0), source.batches(0), strict=True):
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            predicted = self.model.decode(batch).tolist()
+            for row, i in enumerate(index):
+                out[i] = [self.vocab.tags[t] for t in predicted[row][:len(sentences[i])]]
+        return out
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> LoadedTagger:
+    """Load a tagging run (config, vocabularies, best weights) after checking it."""
+    run_dir = Path(run_dir)
+    meta = read_run_config(run_dir, task="tag")
+    cfg = RunConfig.from_dict(meta, str(run_dir / CONFIG_FILE))
+    vocab = TagVocab.load(run_dir)
+    if meta.get("num_tags") not in (None, len(vocab.tags)):
+        raise UserError(f"{run_dir}: {VOCAB_FILE} has {len(vocab.tags)} tags, config says {meta['num_tags']}")
+    model = build_model(cfg, vocab)
+    load_weights(run_dir / MODEL_FILE, model)
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    return LoadedTagger(model, vocab, cfg, dev)
+
+
+def evaluate(run_dir: str | Path, data_path: str | Path) -> dict[str, Any]:
+    """Score a run on a tagged file: f1, precision, recall, token_accuracy, per_type (see `score`), loss."""
+    tagger = load(run_dir)
+    scheme = tagger.vocab.scheme
+    sentences, _ = _read_labelled(data_path, tagger.config, scheme)
+    predicted = tagger.tag([s.tokens for s in sentences])
+    figures = score([s.tags or [] for s in sentences], predicted, scheme)
+    items = [tagger.vocab.encode(s.tokens, s.tags) for s in sentences]
+    if all(t != IGNORE_INDEX for it in items for t in it["tags"]):  # the loss needs every tag to be known
+        figures["loss"] = evaluate_model(tagger.model, SentenceSource(items, 64, False), tagger.device)["loss"]
+    return figures
+
+
+def _entities(tokens: list[str], offsets: list[tuple[int, int]], tags: list[str], text: str) -> list[dict[str, Any]]:
+    out = []
+    for kind, start, end in entity_spans(tags):
+        a, b = offsets[start][0], offsets[end - 1][1]
+        out.append({"type": kind, "text": text[a:b], "start": a, "end": b, "token_start": start, "token_end": end})
+    return out
+
+
+def predict(
+    run_dir: str | Path, input_path: str | Path, output_path: str | Path, format: str | None = None
+) -> None:
+    """Tag raw text (one sentence per line) or a CoNLL/CoNLL-U file.
+
+    `format` is `conll` (token TAB tag, a blank line between sentences) or `jsonl` (one object per
+    sentence: text, tokens, tags, token offsets and, for entity tags, entities with types and
+    character offsets into the text); by default `jsonl` when the output ends in .jsonl, else `conll`.
+    Raw lines are split by `data.conll.tokenize`; for CoNLL input the text is the tokens joined by
+    single spaces.
+    """
+    tagger = load(run_dir)
+    name = "stdin" if str(input_path) == "-" else str(input_path)
+    text = sys.stdin.read() if str(input_path) == "-" else read_text(input_path)
+    fmt = format or ("jsonl" if str(output_path).endswith(".jsonl") else "conll")
+    if fmt not in ("conll", "jsonl"):
+        raise UserError(f"--format {fmt}: expected conll or jsonl")
+    records: list[tuple[str, list[str], list[tuple[int, int]]]] = []
+    if looks_like_conll(text, name):
+        for s in parse_conll(text, name, tagger.config.options.column, require_tags=False):
+            offsets, pos = [], 0
+            for t in s.tokens:
+                offsets.append((pos, pos + len(t)))
+                pos += len(t) + 1
+            records.append((" ".join(s.tokens), s.tokens, offsets))
+    else:
+        for line in text.split("\n"):
+            pieces = tokenize(line)
+            if pieces:
+                records.append((line, [p[0] for p in pieces], [(p[1], p[2]) for p in pieces]))
+    if not records:
+        raise UserError(f"{name}: no tokens found; expected one sentence per line or a CoNLL file")
+    tags = tagger.tag([r[1] for r in records])
+    lines = []
+    for (line, tokens, offsets), t in zip(records, tags, strict=True):
+        if fmt == "conll":
+            lines.extend(f"{tok}\t{tag}" for tok, tag in zip(tokens, t, strict=True))
+            lines.append("")
+        else:
+            record: dict[str, Any] = {"text": line, "tokens": tokens, "tags": t, "offsets": offsets}
+            if tagger.vocab.scheme != "none":
+                record["entities"] = _entities(tokens, offsets, t, line)
+            lines.append(json.dumps(record, ensure_ascii=False))
+    result = "\n".join(lines) + "\n"
+    if str(output_path) == "-":
+        sys.stdout.write(result)
+    else:
+        atomic_write_text(output_path, result)

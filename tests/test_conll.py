@@ -1,0 +1,172 @@
+"""CoNLL and CoNLL-U reading, tag schemes (detect, validate, convert, repair) and the raw-text tokenizer."""
+
+import random
+
+import pytest
+from seqeval.metrics.sequence_labeling import get_entities
+
+from rnnkit.config import UserError
+from rnnkit.data.conll import (
+    convert,
+    detect_scheme,
+    entity_spans,
+    find_invalid,
+    looks_like_conll,
+    prepare_tags,
+    read_conll,
+    tokenize,
+)
+
+CONLL = """-DOCSTART- -X- O O
+
+EU NNP B-NP B-ORG
+rejects VBZ B-VP O
+German JJ B-NP B-MISC
+-DOCSTART- -X- O O
+call NN I-NP O
+\t
+Peter NNP B-NP B-PER
+Blackburn NNP I-NP I-PER
+\x20\x20\x20
+
+"""
+
+CONLLU = """# sent_id = 1
+# text = I can't go.
+1\tI\tI\tPRON\tPRP\t_\t3\tnsubj\t_\t_
+2-3\tcan't\t_\t_\t_\t_\t_\t_\t_\t_
+2\tca\tcan\tAUX\tMD\t_\t4\taux\t_\t_
+3\tn't\tnot\tPART\tRB\t_\t4\tadvmod\t_\t_
+3.1\tgo\tgo\tVERB\tVB\t_\t_\t_\t_\t_
+4\tgo\tgo\tVERB\tVB\t_\t0\troot\t_\t_
+
+# sent_id = 2
+1\tHi\thi\tINTJ\tUH\t_\t0\troot\t_\t_
+"""
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_conll_columns_docstart_anywhere_and_whitespace_separators(tmp_path):
+    sentences = read_conll(write(tmp_path, "a.txt", CONLL))
+    assert [s.tokens for s in sentences] == [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"]]
+    assert [s.tags for s in sentences] == [["B-ORG", "O", "B-MISC", "O"], ["B-PER", "I-PER"]]
+    assert sentences[0].lines == [3, 4, 5, 7] and sentences[1].lines == [9, 10]
+
+
+def test_tab_separated_tokens_keep_inner_spaces(tmp_path):
+    sentences = read_conll(write(tmp_path, "a.conll", "New York\tB-LOC\nis\tO\n"))
+    assert sentences[0].tokens == ["New York", "is"]
+
+
+@pytest.mark.parametrize("column, tags", [("upos", ["PRON", "AUX", "PART", "VERB"]),
+                                          ("xpos", ["PRP", "MD", "RB", "VB"]),
+                                          ("deprel", ["nsubj", "aux", "advmod", "root"])])
+def test_conllu_columns_skip_comments_ranges_and_empty_nodes(tmp_path, column, tags):
+    sentences = read_conll(write(tmp_path, "a.conllu", CONLLU), column=column)
+    assert sentences[0].tokens == ["I", "ca", "n't", "go"]
+    assert sentences[0].tags == tags
+    assert sentences[1].tokens == ["Hi"]
+
+
+def test_conllu_is_recognised_without_its_suffix(tmp_path):
+    assert read_conll(write(tmp_path, "a.txt", CONLLU))[1].tags == ["INTJ"]
+
+
+def test_one_column_names_file_and_line(tmp_path):
+    path = write(tmp_path, "bad.conll", "EU\tB-ORG\nrejects\n")
+    with pytest.raises(UserError, match=r"bad\.conll: line 2: found 1 column \('rejects'\)"):
+        read_conll(path)
+    assert read_conll(path, require_tags=False)[0].tags is None
+
+
+@pytest.mark.parametrize("text, message", [("", "empty"), ("  \n\n", "empty"), ("-DOCSTART- O\n\n", "no sentences"),
+                                           ("1\tI\tI\tPRON\n", None)])
+def test_empty_and_malformed_files(tmp_path, text, message):
+    path = write(tmp_path, "x.conllu" if message is None else "x.conll", text)
+    with pytest.raises(UserError, match=message or r"line 1: found 4 tab-separated column\(s\)"):
+        read_conll(path)
+
+
+def test_conllu_without_the_chosen_column(tmp_path):
+    path = write(tmp_path, "a.conllu", "1\tI\tI\tPRON\t_\t_\t0\troot\t_\t_\n")
+    with pytest.raises(UserError, match=r"line 1: column XPOS is empty"):
+        read_conll(path, column="xpos")
+
+
+def test_detect_scheme():
+    assert detect_scheme([["O", "B-PER", "I-PER"]]) == "bio"
+    assert detect_scheme([["O", "B-PER", "E-PER", "S-LOC"]]) == "bioes"
+    assert detect_scheme([["NOUN", "VERB"], ["O"]]) == "none"
+    assert detect_scheme([["O", "-LRB-"]]) == "none"
+
+
+def test_find_invalid():
+    assert find_invalid(["B-PER", "I-PER", "O", "B-LOC"], "bio") is None
+    assert find_invalid(["O", "I-PER"], "bio")[0] == 1
+    assert find_invalid(["B-LOC", "I-PER"], "bio")[0] == 1
+    assert find_invalid(["I-PER"], "bio")[1].startswith("tag 'I-PER' starts the sentence")
+    assert find_invalid(["B-PER", "E-PER", "S-LOC", "O"], "bioes") is None
+    assert find_invalid(["B-PER", "O"], "bioes")[0] == 1
+    assert find_invalid(["O", "B-PER"], "bioes")[0] == 1
+    assert find_invalid(["S-PER", "E-PER"], "bioes")[0] == 1
+    assert find_invalid(["B-PER", "E-PER"], "bio")[1].startswith("tag 'E-PER' has a prefix")
+
+
+def random_tags(rng, n, prefixes="BIO"):
+    return [t if t == "O" else f"{t}-{rng.choice(['PER', 'LOC'])}" for t in rng.choices(prefixes, k=n)]
+
+
+def test_entity_spans_match_seqeval_on_random_sequences():
+    # seqeval's default mode reproduces conlleval; invalid sequences included.
+    rng = random.Random(0)
+    for _ in range(500):
+        tags = random_tags(rng, rng.randint(1, 9), "BIESO")
+        ours = sorted(entity_spans(tags))
+        ref = sorted((k, s, e + 1) for k, s, e in get_entities(tags))
+        assert ours == ref, tags
+
+
+def test_conversion_round_trips_and_keeps_entities():
+    rng = random.Random(1)
+    for _ in range(300):
+        tags = convert(random_tags(rng, rng.randint(1, 8)), "bio")  # a valid BIO sequence
+        bioes = convert(tags, "bioes")
+        assert find_invalid(tags, "bio") is None and find_invalid(bioes, "bioes") is None
+        assert convert(bioes, "bio") == tags
+        assert entity_spans(bioes) == entity_spans(tags)
+    assert convert(["B-PER", "I-PER", "O", "B-LOC"], "bioes") == ["B-PER", "E-PER", "O", "S-LOC"]
+
+
+def test_prepare_tags_rejects_or_repairs_invalid_sequences(tmp_path):
+    path = write(tmp_path, "a.conll", "a O\nb I-PER\nc I-PER\n\nd B-LOC\n")
+    sentences = read_conll(path)
+    with pytest.raises(UserError, match=r"a\.conll: line 2: tag 'I-PER' follows 'O'.*--repair"):
+        prepare_tags(sentences, "auto", False, str(path))
+    fixed, scheme, repaired = prepare_tags(sentences, "auto", True, str(path))
+    assert scheme == "bio" and repaired == 1 and fixed[0].tags == ["O", "B-PER", "I-PER"]
+    converted, scheme, _ = prepare_tags(fixed, "bioes", False, str(path))
+    assert scheme == "bioes" and converted[0].tags == ["O", "B-PER", "E-PER"] and converted[1].tags == ["S-LOC"]
+    with pytest.raises(UserError, match="not entity tags"):
+        prepare_tags(read_conll(write(tmp_path, "p.conll", "a NOUN\n")), "bio", False, "p.conll")
+    plain, scheme, _ = prepare_tags(read_conll(tmp_path / "p.conll"), "auto", False, "p.conll")
+    assert scheme == "none" and plain[0].tags == ["NOUN"]
+
+
+def test_tokenize_keeps_offsets():
+    text = "@bob: don't miss #rnn at https://x.io/a?b=1, U.S. 3.5 km!"
+    pieces = tokenize(text)
+    assert [p[0] for p in pieces] == ["@bob", ":", "don't", "miss", "#rnn", "at", "https://x.io/a?b=1,", "U.S", ".",
+                                      "3.5", "km", "!"]
+    assert all(text[a:b] == tok for tok, a, b in pieces)
+
+
+def test_looks_like_conll():
+    assert looks_like_conll("a\tO\n", "x.txt")
+    assert looks_like_conll("-DOCSTART- O\n\nEU B-ORG\n", "x.txt")
+    assert looks_like_conll("Hello\n", "x.conll")
+    assert not looks_like_conll("Hello world.\nSecond line\n", "x.txt")
