@@ -45,6 +45,8 @@ def main() -> None:
                                                              "the shape carry them (as they must for new entities)")
     ap.add_argument("--scheme", default="bioes", choices=["bio", "bioes"])
     ap.add_argument("--softmax", action="store_true", help="a softmax per token instead of the CRF")
+    ap.add_argument("--embeddings", default=None,
+                    help="pre-trained word vectors (text format; see benchmarks/word_vectors.py); --embed must match")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=None)
@@ -61,7 +63,7 @@ def main() -> None:
         task="tag",
         model=ModelConfig(cell=args.cell, embedding_size=args.embed, hidden_size=args.hidden, num_layers=args.layers,
                           bidirectional=True, dropout=args.dropout, embedding_dropout=args.dropout,
-                          output_dropout=args.dropout),
+                          output_dropout=args.dropout, embeddings=args.embeddings),
         data=DataConfig(tokenizer="space", min_freq=args.min_freq),
         train=TrainConfig(epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
                           clip=5.0, scheduler="plateau", lr_patience=2, early_stopping=args.early_stopping,

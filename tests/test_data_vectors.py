@@ -77,3 +77,23 @@ def test_classifier_starts_from_the_vectors(tmp_path):
     torch.testing.assert_close(run.model.embedding.weight[great], torch.full((8,), 0.25), atol=1e-4, rtol=0)
     assert main([*base, "--embed", "5", "--out", str(tmp_path / "run2")]) == 2
     assert not (tmp_path / "run2").exists()
+
+
+def test_tagger_starts_from_the_vectors(tmp_path):
+    import torch
+
+    from rnnkit.cli import main
+    from rnnkit.tasks import tag
+
+    (tmp_path / "v.txt").write_text("paris " + " ".join(["0.5"] * 6) + "\nlondon " + " ".join(["-0.5"] * 6) + "\n",
+                                    encoding="utf-8")
+    sentence = "Anna\tB-PER\nmet\tO\nPaul\tB-PER\nin\tO\nParis\tB-LOC\n"
+    (tmp_path / "t.conll").write_text("\n".join([sentence] * 20), encoding="utf-8")
+    assert main(["train", "tag", "--train", str(tmp_path / "t.conll"), "--out", str(tmp_path / "run"), "--embed", "6",
+                 "--hidden", "8", "--char-hidden", "4", "--epochs", "1", "--lr", "1e-9", "--threads", "1",
+                 "--embeddings", str(tmp_path / "v.txt")]) == 0
+    run = tag.load(tmp_path / "run")
+    words = run.vocab.words
+    assert "london" in words  # only the vectors file knows it
+    torch.testing.assert_close(run.model.embedding.weight[words.index("paris")], torch.full((6,), 0.5),
+                               atol=1e-4, rtol=0)

@@ -20,7 +20,16 @@ from typing import Any
 import torch
 from seqeval.metrics import classification_report
 
-from rnnkit.checkpoint import CONFIG_FILE, MODEL_FILE, load_weights, read_json, read_run_config, versions, write_json
+from rnnkit.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    load_weights,
+    read_json,
+    read_run_config,
+    refuse_existing_run,
+    versions,
+    write_json,
+)
 from rnnkit.config import RunConfig, UserError
 from rnnkit.crf import allowed_transitions
 from rnnkit.data import atomic_write_text, bucket_batches, read_text
@@ -34,6 +43,7 @@ from rnnkit.data.conll import (
     read_conll,
     tokenize,
 )
+from rnnkit.data.vectors import pretrained_rows, vector_words
 from rnnkit.models.tagger import IGNORE_INDEX, PAD, UNK, Tagger
 from rnnkit.train import Trainer, evaluate_model, resolve_device, seed_everything
 
@@ -276,8 +286,8 @@ def train(
         saved.train.epochs, saved.train.max_minutes = cfg.train.epochs, cfg.train.max_minutes
         saved.train.max_steps = cfg.train.max_steps
         cfg = saved
-    elif (out / CONFIG_FILE).exists():
-        raise UserError(f"--out {out}: already holds a run; pass --resume to continue it or choose another folder")
+    else:
+        refuse_existing_run(out)
     resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -296,11 +306,28 @@ def train(
     if vocab is None:
         vocab = TagVocab.build(sentences, [s.tags or [] for s in valid], scheme, cfg.options.lowercase,
                                cfg.data.min_freq, cfg.data.max_vocab)
+        if cfg.model.embeddings:
+            # Words with a pre-trained vector join the vocabulary even when training never shows them: the
+            # new names and products of a test set then still get a meaningful vector.
+            before = len(vocab.words)
+            extra = [_key(w, vocab.lowercase) for w in vector_words(cfg.model.embeddings)]
+            known = set(vocab.words)
+            vocab = TagVocab(vocab.words + [w for w in dict.fromkeys(extra) if w not in known], vocab.chars,
+                             vocab.tags, vocab.scheme, vocab.lowercase)
+            say(f"--embeddings: {len(vocab.words) - before:,} words of the vectors file added to the "
+                f"{before:,} of the training data")
 
     tc = cfg.train
     train_src = SentenceSource([vocab.encode(s.tokens, s.tags) for s in sentences], tc.batch_size, True, tc.seed)
     valid_src = SentenceSource([vocab.encode(s.tokens, s.tags) for s in valid], max(tc.batch_size, 64), False)
     model = build_model(cfg, vocab)
+    if cfg.model.embeddings and not resume:
+        matrix, found = pretrained_rows(cfg.model.embeddings, vocab.words,
+                                        model.embedding.weight.detach().numpy(), skip=len(SPECIALS))
+        with torch.no_grad():
+            model.embedding.weight.copy_(torch.from_numpy(matrix))
+        say(f"--embeddings {cfg.model.embeddings}: {found:,} of {len(vocab.words) - len(SPECIALS):,} words start "
+            "from a pre-trained vector")
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         vocab.save(out)
