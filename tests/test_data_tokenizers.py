@@ -123,7 +123,19 @@ def test_word_decode_is_readable():
     tok = WordTokenizer.fit(CORPUS)
     text = 'The dog\'s owner said: "it\'s fine" (mostly).\nDon\'t panic!'
     decoded = tok.decode(tok.encode(text))
-    assert decoded == 'The dog\'s owner said: " it\'s fine " (mostly).\nDon\'t panic!'
+    assert decoded == text  # quotes, brackets, clitics and closing punctuation placed as written
+
+
+@pytest.mark.parametrize("text", [
+    "Er sagte: „Hallo, wie geht es?“ und ging.",
+    "Schick mir eine E-Mail und/oder ruf an.",
+    "Das kostet 1.000 Euro um 10:30 Uhr.",
+    "¿Qué? “Quoted” text, 3,5% and $5.",
+    "A dash – spaced – stays spaced, and so do \"two\" \"quotes\".",
+])
+def test_word_decode_restores_common_spacing(text):
+    tok = WordTokenizer.fit(text)
+    assert tok.decode(tok.encode(text)) == text
     split_corpus = WordTokenizer.fit("the dog 's bone did n't move .\n")
     assert split_corpus.decode(split_corpus.encode("the dog 's bone did n't move .\n")) == (
         "the dog's bone didn't move.\n"

@@ -210,6 +210,19 @@ class CharTokenizer(_ListTokenizer):
 _WORD_RE = re.compile(r"<unk>|\w+(?:['’]\w+)*|['’](?:s|re|ve|ll|d|m|t)\b|\n|[^\w\s]", re.IGNORECASE)
 _NO_SPACE_BEFORE = frozenset(".,;:!?)]}%…")
 _NO_SPACE_AFTER = frozenset("([{")
+_OPENING = frozenset("„«‹¿¡‘$")  # written against the word after them
+_CLOSING = frozenset("»›”’")  # written against the word before them
+_JOINERS = frozenset("-/")  # inside a word when words stand on both sides
+_NUMBER_SEPARATORS = frozenset(".,:")  # inside a number when digits stand on both sides
+
+
+def _opened(tokens: list[str], i: int) -> bool:
+    """Whether the quote at tokens[i] ('"' or '“') opens a quotation (counting the quotes before it)."""
+    token = tokens[i]
+    if token == '"':
+        return tokens[:i].count('"') % 2 == 0
+    # “ opens in English and closes a German „
+    return tokens[:i].count("„") <= tokens[:i].count("“")
 
 
 def _is_clitic(token: str) -> bool:
@@ -273,21 +286,50 @@ class WordTokenizer(_ListTokenizer):
         return [index.get(t, UNK_ID) for t in self.split(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
+        tokens = [t for t in map(self._surface, ids) if t is not None]
         parts: list[str] = []
-        prev: str | None = None
-        for token in map(self._surface, ids):
-            if token is None:
-                continue
-            if prev is not None and prev != "\n" and token != "\n" and self._spaced(prev, token):
+        open_quote = False  # inside a pair of straight double quotes
+        german = False  # a „ is waiting for its closing “
+        for i, token in enumerate(tokens):
+            prev = tokens[i - 1] if i > 0 else None
+            if token == '"':
+                opening = not open_quote
+                open_quote = not open_quote
+            else:
+                opening = token in _OPENING or (token == "“" and not german)
+            if token == "„":
+                german = True
+            elif token == "“" and german:
+                german = False
+            if prev is not None and prev != "\n" and token != "\n" and self._spaced(tokens, i, opening):
                 parts.append(" ")
             parts.append(token)
-            prev = token
         return "".join(parts)
 
     @staticmethod
-    def _spaced(prev: str, token: str) -> bool:
-        """Whether a space goes between two tokens on the same line."""
-        return prev not in _NO_SPACE_AFTER and not _attaches_left(token)
+    def _spaced(tokens: list[str], i: int, opening: bool) -> bool:
+        """Whether a space goes before tokens[i] (same line): the usual rules of written text.
+
+        None after an opening bracket or quote, before closing punctuation, a closing quote or a clitic,
+        around a hyphen or slash inside a word ("E-Mail", "and/or") and around the separators of a number
+        ("1.000", "10:30").
+        """
+        prev, token = tokens[i - 1], tokens[i]
+        before = tokens[i - 2] if i > 1 else ""
+        after = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if prev in _NO_SPACE_AFTER or prev in _OPENING or prev == "“" and _opened(tokens, i - 1):
+            return False
+        if prev == '"' and _opened(tokens, i - 1):
+            return False
+        if _attaches_left(token) or token in _CLOSING or (token in ('"', "“") and not opening):
+            return False
+        if token in _JOINERS and prev[-1:].isalnum() and after[:1].isalnum():
+            return False
+        if prev in _JOINERS and before[-1:].isalnum() and token[:1].isalnum():
+            return False
+        if prev in _NUMBER_SEPARATORS and before.isdigit() and token.isdigit():
+            return False
+        return True
 
     def unknown_symbols(self, text: str) -> list[str]:
         return list(dict.fromkeys(t for t in self.split(text) if t != "<unk>" and t not in self._index))
@@ -324,7 +366,7 @@ class SpaceTokenizer(WordTokenizer):
         return _SPACE_RE.findall(text)
 
     @staticmethod
-    def _spaced(prev: str, token: str) -> bool:
+    def _spaced(tokens: list[str], i: int, opening: bool) -> bool:
         return True
 
     def is_boundary(self, token_id: int) -> bool:
