@@ -68,12 +68,23 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--score-only", action="store_true",
+                    help="score the run already in --out again (after a change to decoding), without training")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     out = Path(args.out)
     run = out / "run"
+    if args.score_only:
+        previous = json.loads((out / "result.json").read_text(encoding="utf-8"))
+        figures, examples = score(seq2seq.load(run), out, args.beam)
+        summary = {**previous, "test": figures, "examples": examples}
+        text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+        (out / "result.json").write_text(text, encoding="utf-8")
+        Path(args.results).write_text(text, encoding="utf-8")
+        print(text)
+        return
     if run.exists():
         raise SystemExit(f"{run} exists: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -99,19 +110,7 @@ def main() -> None:
     result = seq2seq.train(cfg, out / "train.tsv", run, valid_path=out / "valid.tsv")
     train_wall = time.monotonic() - start
 
-    loaded = seq2seq.load(run)
-    figures = {}
-    for name, beam in (("greedy", 1), (f"beam{args.beam}", args.beam)):
-        t0 = time.monotonic()
-        f = seq2seq.evaluate(loaded, out / "test.tsv", beam=beam)
-        figures[name] = {k: round(v, 4) for k, v in f.items()} | {"decode_seconds": round(time.monotonic() - t0, 1)}
-        print(name, figures[name], flush=True)
-    examples = {}
-    for beam in (1, args.beam):
-        for src, t in zip(EXAMPLES, seq2seq.translate(loaded, EXAMPLES, beam=beam), strict=True):
-            examples.setdefault(src, {})["greedy" if beam == 1 else f"beam{args.beam}"] = t.text
-    pick = seq2seq.translate(loaded, [EXAMPLES[0]], beam=args.beam, attention=True)[0]
-    seq2seq.plot_attention(pick, out / "attention-my-name-is-john.png", title=f"{EXAMPLES[0]} -> {pick.text}")
+    figures, examples = score(seq2seq.load(run), out, args.beam)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     meta = json.loads((run / "config.json").read_text())
     summary = {
@@ -140,6 +139,23 @@ def main() -> None:
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(text, encoding="utf-8")
     print(text)
+
+
+def score(loaded: seq2seq.LoadedSeq2Seq, out: Path, beam_size: int) -> tuple[dict, dict]:
+    """Test figures (greedy and beam), the example translations, and the attention plot of the first one."""
+    figures = {}
+    for name, beam in (("greedy", 1), (f"beam{beam_size}", beam_size)):
+        t0 = time.monotonic()
+        f = seq2seq.evaluate(loaded, out / "test.tsv", beam=beam)
+        figures[name] = {k: round(v, 4) for k, v in f.items()} | {"decode_seconds": round(time.monotonic() - t0, 1)}
+        print(name, figures[name], flush=True)
+    examples: dict[str, dict[str, str]] = {}
+    for beam in (1, beam_size):
+        for src, t in zip(EXAMPLES, seq2seq.translate(loaded, EXAMPLES, beam=beam), strict=True):
+            examples.setdefault(src, {})["greedy" if beam == 1 else f"beam{beam_size}"] = t.text
+    pick = seq2seq.translate(loaded, [EXAMPLES[0]], beam=beam_size, attention=True)[0]
+    seq2seq.plot_attention(pick, out / "attention-my-name-is-john.png", title=f"{EXAMPLES[0]} -> {pick.text}")
+    return figures, examples
 
 
 if __name__ == "__main__":
