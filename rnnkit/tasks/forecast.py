@@ -147,6 +147,8 @@ def build_model(cfg: RunConfig, input_size: int, target_size: int, calendar_size
     m, o = cfg.model, cfg.options
     if m.bidirectional:
         raise UserError("--bidirectional: a forecaster reads the past left to right; drop the option")
+    if m.embeddings:
+        raise UserError("--embeddings: a forecaster reads numbers, not words; drop the option")
     if o.level == "season" and not 1 < season <= o.lookback:
         raise UserError(f"--level season: the season inferred from the time step is {season} steps; it needs a "
                         f"season of 2 to --lookback {o.lookback} steps (a time column of dates, a longer --lookback, "

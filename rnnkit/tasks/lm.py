@@ -180,6 +180,16 @@ def train(
         say(f"no --valid given: holding out the last {cfg.data.valid_fraction:.0%} of {train_path} for validation")
 
     model = build_model(cfg, tokenizer.vocab_size)
+    if cfg.model.embeddings and not resume:
+        from rnnkit.data.vectors import pretrained_rows
+
+        words = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
+        matrix, found = pretrained_rows(cfg.model.embeddings, words, model.embedding.weight.detach().numpy(),
+                                        skip=len(SPECIAL_TOKENS))
+        with torch.no_grad():
+            model.embedding.weight.copy_(torch.from_numpy(matrix))
+        say(f"--embeddings {cfg.model.embeddings}: {found:,} of {len(words) - len(SPECIAL_TOKENS):,} tokens start "
+            "from a pre-trained vector")
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         tokenizer.save(out)

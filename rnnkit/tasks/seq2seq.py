@@ -22,7 +22,15 @@ from typing import Any
 import torch
 
 from rnnkit import decoding
-from rnnkit.checkpoint import CONFIG_FILE, MODEL_FILE, load_weights, read_run_config, versions, write_json
+from rnnkit.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    load_weights,
+    read_run_config,
+    refuse_existing_run,
+    versions,
+    write_json,
+)
 from rnnkit.config import RunConfig, UserError
 from rnnkit.data import (
     BOS_ID,
@@ -95,6 +103,8 @@ def build_model(cfg: RunConfig, source_vocab_size: int, target_vocab_size: int) 
     m, o = cfg.model, cfg.options
     if m.tie_weights:
         raise UserError("--tie-weights: a language-model option; drop it for seq2seq")
+    if m.embeddings:
+        raise UserError("--embeddings: seq2seq runs do not read pre-trained vectors yet; drop the option")
     cutoffs = m.cutoffs()
     if cutoffs and cutoffs[-1] >= target_vocab_size:
         raise UserError(f"--adaptive-softmax {m.adaptive_softmax}: every cutoff must be below the target "
@@ -126,8 +136,8 @@ def train(
         saved.train.epochs, saved.train.max_minutes = cfg.train.epochs, cfg.train.max_minutes
         saved.train.max_steps = cfg.train.max_steps
         cfg = saved
-    elif (out / CONFIG_FILE).exists():
-        raise UserError(f"--out {out}: already holds a run; pass --resume to continue it or choose another folder")
+    else:
+        refuse_existing_run(out)
     o, tc = cfg.options, cfg.train
     resolve_device(tc.device)
     if o.shared_vocab and o.source_tokenizer != o.target_tokenizer:
