@@ -136,6 +136,21 @@ def refuse_existing_run(out: str | Path) -> None:
         raise UserError(f"--out {out}: already holds a run; pass --resume to continue it or choose another folder")
 
 
+def start_or_resume(cfg: Any, out: str | Path, resume: bool) -> Any:
+    """The configuration a `train` call runs with: the given one for a new run (after refusing an --out that
+    holds a run), or the saved one for --resume, with the new call's epochs, time and step limits."""
+    from rnnkit.config import RunConfig
+
+    if not resume:
+        refuse_existing_run(out)
+        return cfg
+    out = Path(out)
+    saved = RunConfig.from_dict(read_run_config(out, task=cfg.task), str(out / CONFIG_FILE))
+    saved.train.epochs, saved.train.max_minutes = cfg.train.epochs, cfg.train.max_minutes
+    saved.train.max_steps = cfg.train.max_steps
+    return saved
+
+
 def read_run_config(run_dir: str | Path, task: str | None = None) -> dict[str, Any]:
     """Read config.json of a run and check its version and, when given, its task."""
     run_dir = check_run_dir(run_dir)

@@ -34,7 +34,7 @@ from rnnkit.checkpoint import (
     load_weights,
     read_json,
     read_run_config,
-    refuse_existing_run,
+    start_or_resume,
     versions,
     write_json,
 )
@@ -223,14 +223,7 @@ def train(
     """Train a sequence classifier and write its run directory; returns the final figures."""
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(out)
-    if resume:
-        meta = read_run_config(out, task="classify")
-        saved = RunConfig.from_dict(meta, str(out / CONFIG_FILE))
-        saved.train.epochs, saved.train.max_minutes = cfg.train.epochs, cfg.train.max_minutes
-        saved.train.max_steps = cfg.train.max_steps
-        cfg = saved
-    else:
-        refuse_existing_run(out)
+    cfg = start_or_resume(cfg, out, resume)
     opts, tc = cfg.options, cfg.train
     resolve_device(tc.device)
     if opts.audio and opts.init_from:

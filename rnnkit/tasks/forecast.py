@@ -34,7 +34,7 @@ from rnnkit.checkpoint import (
     load_weights,
     read_json,
     read_run_config,
-    refuse_existing_run,
+    start_or_resume,
     versions,
     write_json,
 )
@@ -169,14 +169,7 @@ def train(
     """Train a forecaster and write its run directory; returns the final figures."""
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(out)
-    if resume:
-        meta = read_run_config(out, task="forecast")
-        saved = RunConfig.from_dict(meta, str(out / CONFIG_FILE))
-        saved.train.epochs, saved.train.max_minutes = cfg.train.epochs, cfg.train.max_minutes
-        saved.train.max_steps = cfg.train.max_steps
-        cfg = saved
-    else:
-        refuse_existing_run(out)
+    cfg = start_or_resume(cfg, out, resume)
     o, tc = cfg.options, cfg.train
     if not o.target:
         raise UserError("--target: name the column(s) to forecast, e.g. --target OT")

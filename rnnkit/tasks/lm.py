@@ -23,7 +23,7 @@ from rnnkit.checkpoint import (
     MODEL_FILE,
     load_weights,
     read_run_config,
-    refuse_existing_run,
+    start_or_resume,
     versions,
     write_json,
 )
@@ -135,14 +135,7 @@ def train(
     """Train a language model and write its run directory; returns the final figures."""
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(out)
-    if resume:
-        meta = read_run_config(out, task="lm")
-        saved = RunConfig.from_dict(meta, str(out / CONFIG_FILE))
-        saved.train.epochs, saved.train.max_minutes = cfg.train.epochs, cfg.train.max_minutes
-        saved.train.max_steps = cfg.train.max_steps
-        cfg = saved
-    else:
-        refuse_existing_run(out)
+    cfg = start_or_resume(cfg, out, resume)
 
     # Check what can be checked before anything is written.
     resolve_device(cfg.train.device)

@@ -26,7 +26,7 @@ from rnnkit.checkpoint import (
     load_weights,
     read_json,
     read_run_config,
-    refuse_existing_run,
+    start_or_resume,
     versions,
     write_json,
 )
@@ -280,14 +280,7 @@ def train(
     """Train a tagger on a CoNLL/CoNLL-U file and write its run directory; returns the final figures."""
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(out)
-    if resume:
-        meta = read_run_config(out, task="tag")
-        saved = RunConfig.from_dict(meta, str(out / CONFIG_FILE))
-        saved.train.epochs, saved.train.max_minutes = cfg.train.epochs, cfg.train.max_minutes
-        saved.train.max_steps = cfg.train.max_steps
-        cfg = saved
-    else:
-        refuse_existing_run(out)
+    cfg = start_or_resume(cfg, out, resume)
     resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
