@@ -76,5 +76,6 @@ def run_demo(out: str | None = None, minutes: float = 2.0, seed: int = 0) -> Pat
     print(f"training curves: {model_dir / 'curves.png'}")
     print(f"try: rnnkit generate {model_dir} --prompt 'When the fog' --temperature 0.5 --seed 1")
     print(f"     rnnkit complete {model_dir} --prefix 'the lightho'")
+    print(f"     rnnkit serve {model_dir}    # then open http://127.0.0.1:8000/ and type")
     sys.stdout.flush()
     return model_dir
