@@ -125,6 +125,15 @@ class Cell(nn.Module):
         return f"{self.input_size}, {self.hidden_size}, bias={self.bias}"
 
 
+def _init_forget_bias(cell: Cell) -> None:
+    """LSTM-type cells: start the forget gate's input bias at `forget_bias` and its recurrent bias at 0."""
+    if getattr(cell, "forget_bias", None) is not None and cell.bias:
+        H = cell.hidden_size
+        with torch.no_grad():
+            cell.bias_ih[H : 2 * H].fill_(cell.forget_bias)
+            cell.bias_hh[H : 2 * H].zero_()
+
+
 class RNNCell(Cell):
     """Elman cell: h_t = f(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), f = tanh or relu.
 
@@ -182,11 +191,7 @@ class LSTMCell(Cell):
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        if self.forget_bias is not None and self.bias:
-            H = self.hidden_size
-            with torch.no_grad():
-                self.bias_ih[H : 2 * H].fill_(self.forget_bias)
-                self.bias_hh[H : 2 * H].zero_()
+        _init_forget_bias(self)
 
     def recurrence(self, xp: Tensor, state: State, params: Mapping[str, Tensor]) -> State:
         h, c = state
@@ -271,10 +276,7 @@ class LayerNormLSTMCell(Cell):
             self.ln_hh_weight.fill_(1.0)
             self.ln_c_weight.fill_(1.0)
             self.ln_c_bias.zero_()
-            if self.forget_bias is not None and self.bias:
-                H = self.hidden_size
-                self.bias_ih[H : 2 * H].fill_(self.forget_bias)
-                self.bias_hh[H : 2 * H].zero_()
+        _init_forget_bias(self)
 
     def project(self, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
         xp = _layer_norm(F.linear(x, params["weight_ih"]), params["ln_ih_weight"])
@@ -352,11 +354,7 @@ class PeepholeLSTMCell(Cell):
 
     def reset_parameters(self) -> None:
         Cell.reset_parameters(self)
-        if self.forget_bias is not None and self.bias:
-            H = self.hidden_size
-            with torch.no_grad():
-                self.bias_ih[H : 2 * H].fill_(self.forget_bias)
-                self.bias_hh[H : 2 * H].zero_()
+        _init_forget_bias(self)
 
     def recurrence(self, xp: Tensor, state: State, params: Mapping[str, Tensor]) -> State:
         h, c = state

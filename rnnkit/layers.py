@@ -73,6 +73,15 @@ def select_state(state: Any, index: Tensor) -> Any:
     return type(state)(select_state(s, index) for s in state)
 
 
+def _outputs_and_final(h: Tensor, mask: Tensor | None) -> tuple[Tensor, tuple[Tensor]]:
+    """Outputs (B, T, H) zeroed past each row's length, and each row's state at its last true step."""
+    if mask is None:
+        return h, (h[:, -1],)
+    last = (mask.sum(dim=1) - 1).clamp(min=0)  # (B,)
+    final = h[torch.arange(h.shape[0], device=h.device), last]  # (B, H)
+    return h * mask.unsqueeze(-1), (final,)
+
+
 def _reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     """Reverse each row of x (B, T, ...) within its own length; padding stays where it is."""
     if lengths is None:
@@ -420,9 +429,7 @@ class Recurrent(nn.Module):
             for direction in range(D):
                 index = layer * D + direction
                 cell, params = self._cells[index], self._params(index, dropped)
-                if self.recurrent_dropout > 0 and self.training:
-                    keep = 1.0 - self.recurrent_dropout
-                    params["recurrent_mask"] = x.new_empty(B, self.hidden_size).bernoulli_(keep) / keep  # (B, H)
+                self._add_recurrent_mask(params, x, B)
                 inp = layer_input if direction == 0 else _reverse_padded(layer_input, lengths)
                 start = tuple(p[index] for p in parts)
                 if self._parallel(cell, x):
@@ -463,12 +470,7 @@ class Recurrent(nn.Module):
         cell: Cell, params: dict[str, Tensor], x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         log_a, log_b = cell.log_coefficients(cell.project(x, params))  # (B, T, H) each
-        h = linear_scan_log(log_a, log_b, state[0], mask)  # (B, T, H)
-        if mask is None:
-            return h, (h[:, -1],)
-        last = (mask.sum(dim=1) - 1).clamp(min=0)  # (B,)
-        final = h[torch.arange(h.shape[0], device=h.device), last]  # (B, H)
-        return h * mask.unsqueeze(-1), (final,)
+        return _outputs_and_final(linear_scan_log(log_a, log_b, state[0], mask), mask)
 
     @staticmethod
     def _scan_linear(
@@ -479,11 +481,13 @@ class Recurrent(nn.Module):
         # Time-major from the projection on: the coefficients come out laid out as the loop reads them.
         a, b = cell.coefficients(cell.project(x.transpose(0, 1), params))  # (T, B, H) each
         h = linear_recurrence(a, b, state[0], mask, time_major=True).transpose(0, 1)  # (B, T, H)
-        if mask is None:
-            return h, (h[:, -1],)
-        last = (mask.sum(dim=1) - 1).clamp(min=0)  # (B,)
-        final = h[torch.arange(h.shape[0], device=h.device), last]  # (B, H)
-        return h * mask.unsqueeze(-1), (final,)
+        return _outputs_and_final(h, mask)
+
+    def _add_recurrent_mask(self, params: dict[str, Tensor], like: Tensor, batch_size: int) -> None:
+        """Variational recurrent dropout: one (B, H) mask for a whole call, in training only."""
+        if self.recurrent_dropout > 0 and self.training:
+            keep = 1.0 - self.recurrent_dropout
+            params["recurrent_mask"] = like.new_empty(batch_size, self.hidden_size).bernoulli_(keep) / keep
 
     def _zoneout(self, new: tuple[Tensor, ...], old: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         """Each unit keeps its previous value with probability `zoneout` (training) or in expectation."""
@@ -533,9 +537,7 @@ class Recurrent(nn.Module):
         dropped = self._dropped_weights()
         for layer in range(self.num_layers):
             cell, params = self._cells[layer], self._params(layer, dropped)
-            if self.recurrent_dropout > 0 and self.training:
-                keep = 1.0 - self.recurrent_dropout
-                params["recurrent_mask"] = input.new_empty(B, self.hidden_size).bernoulli_(keep) / keep  # (B, H)
+            self._add_recurrent_mask(params, input, B)
             old = tuple(p[layer] for p in parts)
             new = cell.recurrence(cell.project(h, params), old, params)
             if self.zoneout > 0:

@@ -7,7 +7,6 @@ is not: the per-batch figures the trainer logs (each model's `metrics`) and anyt
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,11 +61,9 @@ def classification_report(targets: Sequence[int], predictions: Sequence[int], la
 
 def plot_confusion(matrix: Sequence[Sequence[int]], labels: Sequence[str], title: str = "") -> bytes:
     """The confusion matrix as a PNG image (rows: true class, columns: predicted), counts in the cells."""
-    import matplotlib
+    from rnnkit.viz import png_bytes, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     m = np.asarray(matrix)
     C = len(labels)
     size = min(max(3.5, 0.45 * C + 2), 14)
@@ -86,11 +83,7 @@ def plot_confusion(matrix: Sequence[Sequence[int]], labels: Sequence[str], title
                         color="white" if shade[i, j] > 0.5 else "black")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def write_confusion_plot(path: str | Path, matrix: Sequence[Sequence[int]], labels: Sequence[str],

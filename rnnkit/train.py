@@ -15,7 +15,6 @@ into the next batch: truncated BPTT. Otherwise every batch starts from a zero st
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -374,6 +373,13 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- training
 
+    def run(self, resume: bool = False) -> TrainState:
+        """`fit`, first restoring the run directory's checkpoint when `resume` is set."""
+        if resume:
+            self.resume()
+            self.log(f"resuming at epoch {self.state.epoch + 1}, step {self.state.step}")
+        return self.fit()
+
     def fit(self) -> TrainState:
         """Train until the epochs, the step limit, the time limit or early stopping end it."""
         cfg, s = self.cfg, self.state
@@ -506,11 +512,9 @@ class Trainer:
         """Write curves.png: training loss by step and the validation figures by step."""
         if not self.main:
             return None
-        import matplotlib
+        from rnnkit.viz import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         path = self.run_dir / METRICS_FILE
         records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
         history = self.state.history
@@ -528,13 +532,7 @@ class Trainer:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        out = self.run_dir / "curves.png"
-        atomic_write(out, buf.getvalue())
-        return out
+        return save_figure(fig, self.run_dir / "curves.png")
 
 
 class _LossModule(nn.Module):

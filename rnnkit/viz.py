@@ -1,6 +1,7 @@
 """Plots: gradient flow through time and hidden activations. PNG files, written atomically.
 
-What is here: small matplotlib functions that take numbers and a path. What is not: computing the
+What is here: the Agg backend and atomic PNG writing every plot of rnnkit goes through, and small
+matplotlib functions that take numbers and a path. What is not: computing the
 numbers (diagnostics.py), training curves (train.py) or attention maps (tasks/seq2seq.py).
 """
 
@@ -13,7 +14,8 @@ from pathlib import Path
 from rnnkit.data.text import atomic_write
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display is needed or touched)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,20 +24,24 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
-    plt = _pyplot()
+def png_bytes(fig) -> bytes:
+    """A laid-out figure as PNG bytes; the figure is closed."""
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write(Path(path), buf.getvalue())
-    return Path(path)
+    pyplot().close(fig)
+    return buf.getvalue()
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a figure as PNG, atomically; the figure is closed."""
+    return atomic_write(Path(path), png_bytes(fig))
 
 
 def plot_gradient_flow(curves: dict[str, tuple[Sequence[int], Sequence[float]]], path: str | Path,
                        title: str = "How far back the gradient reaches") -> Path:
     """One line per model: gradient norm (log scale) against the distance back from the last step."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for name, (distance, norms) in curves.items():
         pairs = sorted(zip(distance, norms, strict=True))
@@ -46,13 +52,13 @@ def plot_gradient_flow(curves: dict[str, tuple[Sequence[int], Sequence[float]]],
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_activations(acts, labels: Sequence[str], path: str | Path, title: str = "hidden state",
                      max_units: int = 64) -> Path:
     """Heatmap of hidden units (rows) over time steps (columns), inputs as x tick labels."""
-    plt = _pyplot()
+    plt = pyplot()
     values = acts[:, :max_units].T.detach().cpu().numpy() if hasattr(acts, "detach") else acts
     T = values.shape[1]
     fig, ax = plt.subplots(figsize=(min(16, 2 + T * 0.13), 4.5), dpi=110)
@@ -63,4 +69,4 @@ def plot_activations(acts, labels: Sequence[str], path: str | Path, title: str =
     ax.set_ylabel(f"unit (first {values.shape[0]})")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.03)
-    return _save(fig, path)
+    return save_figure(fig, path)

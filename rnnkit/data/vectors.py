@@ -100,20 +100,3 @@ def pretrained_rows(path: str | Path, words: list[str], weight: np.ndarray, skip
     """
     vectors, dim = read_vectors(path, words[skip:])
     return embedding_matrix(words, vectors, dim, base=weight.astype(np.float32), skip=skip)
-
-
-def vector_words(path: str | Path) -> list[str]:
-    """The words of a vectors file, in file order (a word2vec header line is skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--embeddings: file not found: {path}")
-    opener = gzip.open if path.suffix == ".gz" else open
-    words = []
-    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-        for number, line in enumerate(fh, start=1):
-            parts = line.split(" ", 2)
-            if number == 1 and len(parts) == 2 and all(p.strip().isdigit() for p in parts):
-                continue
-            if len(parts) >= 2 and parts[0]:
-                words.append(parts[0])
-    return words

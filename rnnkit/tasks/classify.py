@@ -52,7 +52,7 @@ from rnnkit.data import (
 )
 from rnnkit.data.audio import AudioItem, FeatureScaler, FeatureSpec, load_features, read_manifest
 from rnnkit.data.tabular import LabelledText, check_labels, read_labelled, read_texts, texts_from_lines
-from rnnkit.data.vectors import pretrained_rows, vector_words
+from rnnkit.data.vectors import embedding_matrix, read_vectors
 from rnnkit.metrics import classification_report, write_confusion_plot
 from rnnkit.models.classifier import SequenceClassifier
 from rnnkit.train import Trainer, resolve_device, seed_everything
@@ -130,11 +130,9 @@ def _extend_tokenizer(base: Tokenizer, texts: list[str], min_freq: int) -> Token
     """A word/space tokenizer holding `base`'s tokens (same ids) and then the new training words."""
     if base.kind not in ("word", "space"):
         return base
-    tokens = [base.token_text(i) for i in range(base.vocab_size)]
-    known = set(tokens)
+    known = {base.token_text(i) for i in range(base.vocab_size)}
     counts = Counter(t for text in texts for t in type(base).split(text) if t not in known and t != "<unk>")
-    new = sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
-    return type(base)(list(SPECIAL_TOKENS) + tokens[len(SPECIAL_TOKENS):] + new)
+    return _add_words(base, sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t)))
 
 
 def _add_words(base: Tokenizer, words: list[str]) -> Tokenizer:
@@ -224,6 +222,7 @@ def train(
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(out)
     cfg = start_or_resume(cfg, out, resume)
+    pretrained = None  # (vectors, size) of --embeddings, read once
     opts, tc = cfg.options, cfg.train
     resolve_device(tc.device)
     if opts.audio and opts.init_from:
@@ -305,7 +304,8 @@ def train(
                 # Words with a pre-trained vector join the vocabulary even when training never shows them,
                 # so that a test sentence's unseen words still carry meaning (most of all with frozen vectors).
                 before = tokenizer.vocab_size
-                tokenizer = _add_words(tokenizer, vector_words(cfg.model.embeddings))
+                pretrained = read_vectors(cfg.model.embeddings)
+                tokenizer = _add_words(tokenizer, list(pretrained[0]))
                 say(f"--embeddings: {tokenizer.vocab_size - before:,} words of the vectors file added to the "
                     f"{before:,} of the training data")
         train_in = [_token_tensor(tokenizer, t) for t in texts]
@@ -323,8 +323,9 @@ def train(
         if model.embedding is None:
             raise UserError("--embeddings: audio runs read features, not words; drop the option")
         words = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
-        matrix, found = pretrained_rows(cfg.model.embeddings, words, model.embedding.weight.detach().numpy(),
-                                        skip=len(SPECIAL_TOKENS))
+        vectors, dim = pretrained or read_vectors(cfg.model.embeddings, words[len(SPECIAL_TOKENS):])
+        matrix, found = embedding_matrix(words, vectors, dim, base=model.embedding.weight.detach().numpy(),
+                                         skip=len(SPECIAL_TOKENS))
         with torch.no_grad():
             model.embedding.weight.copy_(torch.from_numpy(matrix))
         say(f"--embeddings {cfg.model.embeddings}: {found:,} of {len(words) - len(SPECIAL_TOKENS):,} words "
@@ -351,10 +352,7 @@ def train(
         f"{len(train_src)} batches per epoch")
 
     trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
-    if resume:
-        trainer.resume()
-        say(f"resuming at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
-    state = trainer.fit()
+    state = trainer.run(resume)
     result: dict[str, Any] = {"steps": state.step, "best_valid_accuracy": state.best}
     if test_path is not None:
         report = evaluate(out, test_path)

@@ -246,10 +246,7 @@ def train(
         f"{len(train_origins)} training windows, {len(valid_origins)} validation windows")
 
     trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
-    if resume:
-        trainer.resume()
-        say(f"resuming at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
-    state = trainer.fit()
+    state = trainer.run(resume)
 
     # The anomaly threshold comes from the best weights' one-step-ahead residuals on validation data.
     run = load(out)
@@ -537,22 +534,18 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
 
 
 def _figure(rows: int):
-    import matplotlib
+    from rnnkit.viz import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(rows, 1, figsize=(9, 2.6 * rows + 0.6), dpi=110, squeeze=False)
     return plt, fig, axes[:, 0]
 
 
 def _save(plt: Any, fig: Any, path: str | Path) -> None:
+    from rnnkit.viz import save_figure
+
     fig.autofmt_xdate()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def _plot_forecast(path: str | Path, series: Series, ahead: pd.Index, found: dict[str, np.ndarray],

@@ -193,10 +193,7 @@ def train(
         f"{len(train_src)} batches per epoch")
 
     trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
-    if resume:
-        trainer.resume()
-        say(f"resuming at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
-    state = trainer.fit()
+    state = trainer.run(resume)
     result: dict[str, Any] = {"steps": state.step, "best_valid_loss": state.best,
                               "clip_fraction": state.clipped / max(state.step, 1)}
     if test_path is not None:

@@ -10,7 +10,6 @@ algorithms (decoding.py).
 
 from __future__ import annotations
 
-import io
 import random
 import sys
 import warnings
@@ -38,7 +37,6 @@ from rnnkit.data import (
     PAD_ID,
     UNK_ID,
     Tokenizer,
-    atomic_write,
     atomic_write_text,
     bucket_batches,
     build_tokenizer,
@@ -190,10 +188,7 @@ def train(
         f"{n_params:,} parameters; {len(train_src)} batches per epoch")
 
     trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
-    if resume:
-        trainer.resume()
-        say(f"resuming at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
-    state = trainer.fit()
+    state = trainer.run(resume)
     result: dict[str, Any] = {"steps": state.step, "best_valid_loss": state.best, "pairs_dropped": dropped,
                               "clip_fraction": state.clipped / max(state.step, 1)}
     if test_path is not None:
@@ -402,11 +397,9 @@ def evaluate(run_dir: str | Path | LoadedSeq2Seq, data_path: str | Path, beam: i
 
 def plot_attention(translation: Translation, path: str | Path, title: str | None = None) -> Path:
     """Write a heatmap of where each output token looked in the source (PNG)."""
-    import matplotlib
+    from rnnkit.viz import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if translation.attention is None:
         raise ValueError("the translation carries no attention weights")
     w = translation.attention.numpy()
@@ -419,11 +412,7 @@ def plot_attention(translation: Translation, path: str | Path, title: str | None
     ax.set_ylabel("output")
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return atomic_write(path, buf.getvalue())
+    return save_figure(fig, path)
 
 
 def predict(

@@ -43,7 +43,7 @@ from rnnkit.data.conll import (
     read_conll,
     tokenize,
 )
-from rnnkit.data.vectors import pretrained_rows, vector_words
+from rnnkit.data.vectors import embedding_matrix, read_vectors
 from rnnkit.models.tagger import IGNORE_INDEX, PAD, UNK, Tagger
 from rnnkit.train import Trainer, evaluate_model, resolve_device, seed_everything
 
@@ -281,6 +281,7 @@ def train(
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(out)
     cfg = start_or_resume(cfg, out, resume)
+    pretrained = None  # (vectors, size) of --embeddings, read once
     resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -303,7 +304,8 @@ def train(
             # Words with a pre-trained vector join the vocabulary even when training never shows them: the
             # new names and products of a test set then still get a meaningful vector.
             before = len(vocab.words)
-            extra = [_key(w, vocab.lowercase) for w in vector_words(cfg.model.embeddings)]
+            pretrained = read_vectors(cfg.model.embeddings)
+            extra = [_key(w, vocab.lowercase) for w in pretrained[0]]
             known = set(vocab.words)
             vocab = TagVocab(vocab.words + [w for w in dict.fromkeys(extra) if w not in known], vocab.chars,
                              vocab.tags, vocab.scheme, vocab.lowercase)
@@ -315,8 +317,9 @@ def train(
     valid_src = SentenceSource([vocab.encode(s.tokens, s.tags) for s in valid], max(tc.batch_size, 64), False)
     model = build_model(cfg, vocab)
     if cfg.model.embeddings and not resume:
-        matrix, found = pretrained_rows(cfg.model.embeddings, vocab.words,
-                                        model.embedding.weight.detach().numpy(), skip=len(SPECIALS))
+        vectors, dim = pretrained or read_vectors(cfg.model.embeddings, vocab.words[len(SPECIALS):])
+        matrix, found = embedding_matrix(vocab.words, vectors, dim, base=model.embedding.weight.detach().numpy(),
+                                         skip=len(SPECIALS))
         with torch.no_grad():
             model.embedding.weight.copy_(torch.from_numpy(matrix))
         say(f"--embeddings {cfg.model.embeddings}: {found:,} of {len(vocab.words) - len(SPECIALS):,} words start "
@@ -334,10 +337,7 @@ def train(
         f"{len(sentences)} training sentences, {len(train_src)} batches per epoch")
 
     trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
-    if resume:
-        trainer.resume()
-        say(f"resuming at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
-    state = trainer.fit()
+    state = trainer.run(resume)
     metric = model.monitor[0]
     result: dict[str, Any] = {"steps": state.step, f"best_valid_{metric}": state.best, "scheme": scheme}
     if test_path is not None:
