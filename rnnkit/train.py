@@ -154,6 +154,7 @@ class TrainState:
     clipped: int = 0
     skipped: int = 0  # batches skipped for a non-finite loss or gradient (--skip-nonfinite)
     tokens: int = 0
+    evaluations: int = 0  # metric lines written (a resumed run keeps exactly these)
     history: list[dict[str, float]] = field(default_factory=list)  # training loss per log interval
     carried: Any = None  # truncated BPTT state between chunks
     done: bool = False
@@ -299,16 +300,22 @@ class Trainer:
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.schedule.load_state_dict(payload["schedule"])
-        self.state = TrainState(**payload["train_state"])
+        saved = payload["train_state"]
+        self.state = TrainState(**saved)
         carried = payload["carried"] if self.dist is None else self.dist.take_rows(payload["carried"])
         self.state.carried = _to_device(carried, self.device)
         self.state.done = False
         self._set_rng_state(payload["rng"])
         if self.main:
-            self._drop_metrics_after(self.state.step)
+            # Checkpoints from before the count was kept fall back to the step of each line.
+            self._drop_metrics_after(self.state.step, self.state.evaluations if "evaluations" in saved else None)
 
-    def _drop_metrics_after(self, step: int) -> None:
-        """Forget metric lines written after the checkpoint (a killed run repeats those evaluations)."""
+    def _drop_metrics_after(self, step: int, evaluations: int | None) -> None:
+        """Forget metric lines written after the checkpoint (a killed run repeats those evaluations).
+
+        The count of evaluations decides, not the step: the evaluation closing an epoch comes after
+        the checkpoint of the epoch's last step and carries the same step number.
+        """
         path = self.run_dir / METRICS_FILE
         if not path.exists():
             return
@@ -316,10 +323,13 @@ class Trainer:
         kept = []
         for line in lines:
             try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
+                record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by the kill
                 continue
+            if evaluations is not None and len(kept) >= evaluations:
+                break
+            if evaluations is not None or record.get("step", 0) <= step:
+                kept.append(line)
         if len(kept) != len(lines):
             atomic_write(path, ("\n".join(kept) + "\n" if kept else "").encode("utf-8"))
 
@@ -363,6 +373,7 @@ class Trainer:
             if self.main:
                 save_weights(self.run_dir / MODEL_FILE, self.model)
             self.log(f"epoch {record['epoch']:.2f} step {s.step}: train loss {train_loss:.4f}")
+        s.evaluations += 1
         if self.main:
             with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")

@@ -203,3 +203,35 @@ def test_bf16_mixed_precision_trains_with_fp32_weights(tmp_path):
     assert t.state.step == 30
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in t.model.parameters())
     assert math.isfinite(t.state.best)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_during_the_closing_evaluation_writes_no_duplicate_line(tmp_path):
+    # The epoch's last step is checkpointed before the evaluation that closes the epoch, with the same
+    # step number; a kill right after that evaluation's line must not leave it twice in metrics.jsonl.
+    full = _setup(tmp_path, "full", eval_every=25)
+    full.fit()
+    whole = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+
+    broken = _setup(tmp_path, "broken", eval_every=25, checkpoint_minutes=1e-9)
+    real_validate = broken._validate
+
+    def validate_then_die(loss):
+        stop = real_validate(loss)
+        if broken.state.epoch == 1 and broken.state.batch == 0:  # the evaluation closing epoch 1
+            raise _Killed
+        return stop
+
+    broken._validate = validate_then_die
+    with pytest.raises(_Killed):
+        broken.fit()
+    assert load_checkpoint(tmp_path / "broken" / CHECKPOINT_FILE)["train_state"]["step"] == 80
+    resumed = _setup(tmp_path, "broken", eval_every=25)
+    resumed.resume()
+    resumed.fit()
+    lines = (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [json.loads(x)["step"] for x in whole]
+    assert [json.loads(x)["valid_loss"] for x in lines] == [json.loads(x)["valid_loss"] for x in whole]
