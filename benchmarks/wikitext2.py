@@ -44,9 +44,10 @@ def run_perplexity(args: argparse.Namespace) -> dict:
         task="lm",
         model=model_config(args),
         data=DataConfig(tokenizer="space"),
-        train=TrainConfig(epochs=100, max_minutes=args.minutes, batch_size=args.batch_size, bptt=args.bptt,
-                          lr=args.lr, clip=0.25 if args.optimizer == "sgd" else 1.0, optimizer=args.optimizer,
-                          scheduler="plateau", lr_factor=0.25 if args.optimizer == "sgd" else 0.5,
+        train=TrainConfig(epochs=100, max_minutes=args.minutes, max_steps=args.max_steps, batch_size=args.batch_size,
+                          bptt=args.bptt, lr=args.lr, clip=0.25 if args.optimizer == "sgd" else 1.0,
+                          optimizer=args.optimizer, scheduler=args.scheduler,
+                          lr_factor=0.25 if args.optimizer == "sgd" else 0.5,
                           eval_every=args.eval_every, seed=args.seed, log_every=100, checkpoint_minutes=15),
     )
     start = time.monotonic()
@@ -61,7 +62,8 @@ def run_perplexity(args: argparse.Namespace) -> dict:
         "train_minutes": args.minutes,
         "wall_seconds": round(time.monotonic() - start, 1),
         "model": f"lstm {args.layers}x{args.hidden}, embed {args.embed}, dropout {args.dropout}, "
-                 f"adaptive softmax {args.adaptive_softmax}, {args.optimizer} lr {args.lr}",
+                 f"adaptive softmax {args.adaptive_softmax}, {args.optimizer} lr {args.lr}, {args.scheduler} schedule"
+                 + (f" over {args.max_steps} steps" if args.max_steps else ""),
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "torch": torch.__version__,
@@ -94,7 +96,7 @@ class PlainLM(nn.Module):
 
 def plain_loop(model: PlainLM, data: torch.Tensor, bptt: int, steps: int, lr: float, clip: float) -> None:
     """A textbook truncated-BPTT loop: slice, forward, backward, clip, step, detach."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)  # as the Trainer builds it
     hidden = None
     model.train()
     for i in range(steps):
@@ -181,6 +183,10 @@ def main() -> None:
     ap.add_argument("--bptt", type=int, default=35)
     ap.add_argument("--optimizer", default="adam")
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--scheduler", choices=["plateau", "cosine", "constant"], default="cosine",
+                    help="perplexity: learning-rate schedule (cosine decays to zero over --max-steps)")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="perplexity: step budget (set it to what fits in --minutes, so cosine ends at zero)")
     ap.add_argument("--eval-every", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=60, help="overhead: steps per timing")

@@ -235,3 +235,26 @@ def test_resume_after_a_kill_during_the_closing_evaluation_writes_no_duplicate_l
     lines = (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [json.loads(x)["step"] for x in whole]
     assert [json.loads(x)["valid_loss"] for x in lines] == [json.loads(x)["valid_loss"] for x in whole]
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
+def test_optimizers_use_the_fused_kernels_where_torch_has_them(name):
+    from rnnkit.train import build_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    opt = build_optimizer(model.parameters(), TrainConfig(optimizer=name, lr=0.1, momentum=0.9 if name != "adam" else 0.0))
+    assert opt.defaults.get("fused") is (None if name == "rmsprop" else True)
+    # The fused step is the same update as the reference implementation.
+    ref_model = torch.nn.Linear(3, 2)
+    ref_model.load_state_dict(model.state_dict())
+    cls = type(opt)
+    kwargs = {k: v for k, v in opt.defaults.items() if k not in ("fused", "foreach", "differentiable", "decoupled_weight_decay")}
+    ref = cls(ref_model.parameters(), **{**kwargs, "foreach": False})
+    x = torch.randn(5, 3)
+    for _ in range(3):
+        for m, o in ((model, opt), (ref_model, ref)):
+            o.zero_grad()
+            m(x).square().sum().backward()
+            o.step()
+    for a, b in zip(model.parameters(), ref_model.parameters()):
+        assert_close(a, b, rtol=1e-6, atol=1e-6)
