@@ -296,6 +296,21 @@ class LayerNormLSTMCell(Cell):
         h = torch.sigmoid(o) * torch.tanh(_layer_norm(c, params["ln_c_weight"], params["ln_c_bias"]))
         return h, c
 
+    def sequence(self, xp: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
+                 ) -> tuple[Tensor, State]:
+        """The recurrence over a whole sequence with a hand-written backward (sequences.py).
+
+        xp (T, B, 4H) time-major from `project`; mask (T, B, 1) bool or None. Returns outputs (T, B, H)
+        and the final state.
+        """
+        from rnnkit.sequences import LayerNormLSTMSequence
+
+        b = params.get("bias_hh")
+        out, h, c = LayerNormLSTMSequence.apply(
+            xp if b is None else xp + b, *state, params["weight_hh"], params["ln_hh_weight"],
+            params["ln_c_weight"], params["ln_c_bias"], params.get("recurrent_mask"), mask)
+        return out, (h, c)
+
 
 class LayerNormGRUCell(Cell):
     """GRU with layer normalisation on the input and recurrent products (torch's GRU otherwise):
@@ -324,6 +339,16 @@ class LayerNormGRUCell(Cell):
     project = LayerNormLSTMCell.project
     hh = LayerNormLSTMCell.hh
     recurrence = GRUCell.recurrence
+
+    def sequence(self, xp: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
+                 ) -> tuple[Tensor, State]:
+        """The recurrence over a whole sequence with a hand-written backward (sequences.py); as
+        `LayerNormLSTMCell.sequence`."""
+        from rnnkit.sequences import LayerNormGRUSequence
+
+        out, h = LayerNormGRUSequence.apply(xp, state[0], params["weight_hh"], params["ln_hh_weight"],
+                                            params.get("bias_hh"), params.get("recurrent_mask"), mask)
+        return out, (h,)
 
 
 class PeepholeLSTMCell(Cell):
@@ -363,6 +388,18 @@ class PeepholeLSTMCell(Cell):
         c_new = forget * c + torch.sigmoid(i + params["weight_ci"] * c) * torch.tanh(g)
         h = torch.sigmoid(o + params["weight_co"] * c_new) * torch.tanh(c_new)
         return h, c_new
+
+    def sequence(self, xp: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
+                 ) -> tuple[Tensor, State]:
+        """The recurrence over a whole sequence with a hand-written backward (sequences.py); as
+        `LayerNormLSTMCell.sequence`."""
+        from rnnkit.sequences import PeepholeLSTMSequence
+
+        b = params.get("bias_hh")
+        out, h, c = PeepholeLSTMSequence.apply(
+            xp if b is None else xp + b, *state, params["weight_hh"], params["weight_ci"], params["weight_cf"],
+            params["weight_co"], params.get("recurrent_mask"), mask)
+        return out, (h, c)
 
 
 class IndRNNCell(Cell):

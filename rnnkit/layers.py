@@ -500,6 +500,12 @@ class Recurrent(nn.Module):
         self, cell: Cell, params: dict[str, Tensor], x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """Run one cell over x (B, T, I) from `state`; returns outputs (B, T, H) and the final state."""
+        if self.zoneout == 0 and hasattr(cell, "sequence"):
+            # The cell's whole-sequence function with a hand-written backward through time; time-major
+            # from the projection on, as its loop reads the steps.
+            out, state = cell.sequence(cell.project(x.transpose(0, 1), params), state, params,
+                                       None if mask is None else mask.t().unsqueeze(2))
+            return out.transpose(0, 1), state
         xp = cell.project(x, params)  # (B, T, G*H)
         outputs = []
         for t in range(x.shape[1]):
@@ -534,11 +540,18 @@ class Recurrent(nn.Module):
         parts = self._state_parts(state, B, input)
         h = input
         new_parts: list[list[Tensor]] = [[] for _ in range(self.num_states)]
+        joined = self._joined_lstm_step_possible()
         dropped = self._dropped_weights()
         for layer in range(self.num_layers):
+            old = tuple(p[layer] for p in parts)
+            if joined:
+                new = self._joined_lstm_step(layer, h, old)
+                for k, s in enumerate(new):
+                    new_parts[k].append(s)
+                h = new[0]
+                continue
             cell, params = self._cells[layer], self._params(layer, dropped)
             self._add_recurrent_mask(params, input, B)
-            old = tuple(p[layer] for p in parts)
             new = cell.recurrence(cell.project(h, params), old, params)
             if self.zoneout > 0:
                 new = self._zoneout(new, old)
@@ -547,3 +560,40 @@ class Recurrent(nn.Module):
             h = new[0]
         stacked = tuple(torch.stack(p, dim=0) for p in new_parts)
         return h, (stacked[0] if self.num_states == 1 else stacked)
+
+    def _joined_lstm_step_possible(self) -> bool:
+        """Whether `step` may take the one-product LSTM path: a plain LSTM, no autograd, nothing random."""
+        return (self.cell_name == "lstm" and not torch.is_grad_enabled() and not self.export_mode
+                and self.zoneout == 0
+                and not (self.training and (self.recurrent_dropout > 0 or self.weight_drop > 0)))
+
+    def _joined_lstm_step(self, layer: int, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """One LSTM step as one product [x, h] @ [W_ih | W_hh]^T + (b_ih + b_hh) and five element-wise calls.
+
+        At B=1 a step is bound by reading the weights; joining the two products saves a call, an add and
+        the per-call overhead of the gate arithmetic (measured in benchmarks/speed.py, streaming).
+        """
+        weight, bias = self._joined_weights(layer)
+        H = self.hidden_size
+        both = torch.cat([x, state[0]], dim=1)
+        gates = torch.mm(both, weight) if bias is None else torch.addmm(bias, both, weight)
+        s = torch.sigmoid(gates)
+        c = torch.addcmul(s[:, H:2 * H] * state[1], s[:, :H], torch.tanh(gates[:, 2 * H:3 * H]))
+        return s[:, 3 * H:] * torch.tanh(c), c
+
+    def _joined_weights(self, layer: int) -> tuple[Tensor, Tensor | None]:
+        """[W_ih | W_hh]^T (I+H, 4H) and b_ih + b_hh of a layer, rebuilt when a weight changes."""
+        names = [f"weight_ih_l{layer}", f"weight_hh_l{layer}"]
+        if self.bias:
+            names += [f"bias_ih_l{layer}", f"bias_hh_l{layer}"]
+        tensors = [getattr(self, n) for n in names]
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        cache = self.__dict__.setdefault("_joined_cache", {})
+        hit = cache.get(layer)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                weight = torch.cat([tensors[0], tensors[1]], dim=1).t().contiguous()
+                bias = tensors[2] + tensors[3] if self.bias else None
+            hit = cache[layer] = (key, weight, bias)
+        return hit[1], hit[2]
+

@@ -133,6 +133,31 @@ def test_step_equals_forward(cell):
         assert_close(a, b)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_lstm_step_without_autograd_matches_nn_lstm_and_follows_weight_changes(bias):
+    # Under no_grad a plain LSTM steps with one joined product per layer, cached until a weight changes.
+    torch.manual_seed(0)
+    layer = Recurrent("lstm", I, H, num_layers=2, bias=bias).double().eval()
+    ref = nn.LSTM(I, H, num_layers=2, bias=bias, batch_first=True).double().eval()
+    x = torch.randn(B, 5, I, dtype=torch.float64)
+    for _ in range(2):  # before and after an update
+        ref.load_state_dict(layer.state_dict())
+        whole, (h_ref, c_ref) = ref(x)
+        state = None
+        with torch.no_grad():
+            for t in range(5):
+                out, state = layer.step(x[:, t], state)
+                assert_close(out, whole[:, t])
+        assert_close(state[0], h_ref)
+        assert_close(state[1], c_ref)
+        with torch.no_grad():  # an in-place update, as an optimizer makes: the cached product must follow
+            for p in layer.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    with torch.no_grad():
+        layer.load_state_dict(ref.state_dict())
+        assert_close(layer.step(x[:, 0])[0], ref(x[:, :1])[0][:, 0])
+
+
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("variational", [False, True])
 def test_dropout_between_layers_train_only(fused, variational):

@@ -256,5 +256,5 @@ def test_optimizers_use_the_fused_kernels_where_torch_has_them(name):
             o.zero_grad()
             m(x).square().sum().backward()
             o.step()
-    for a, b in zip(model.parameters(), ref_model.parameters()):
+    for a, b in zip(model.parameters(), ref_model.parameters(), strict=True):
         assert_close(a, b, rtol=1e-6, atol=1e-6)
