@@ -237,6 +237,14 @@ class GRUCell(Cell):
         return self.recurrence(self.project(input, params), state, params)[0]
 
 
+def _both_biases(params: Mapping[str, Tensor]) -> Tensor | None:
+    """b_ih + b_hh, for cells whose two biases only ever appear summed (None without biases)."""
+    b_ih, b_hh = params.get("bias_ih"), params.get("bias_hh")
+    if b_ih is None or b_hh is None:
+        return b_ih if b_hh is None else b_hh
+    return b_ih + b_hh
+
+
 def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """Layer normalisation over the last dimension with a gain (and optional shift)."""
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
@@ -296,19 +304,19 @@ class LayerNormLSTMCell(Cell):
         h = torch.sigmoid(o) * torch.tanh(_layer_norm(c, params["ln_c_weight"], params["ln_c_bias"]))
         return h, c
 
-    def sequence(self, xp: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
+    def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
                  ) -> tuple[Tensor, State]:
-        """The recurrence over a whole sequence with a hand-written backward (sequences.py).
+        """The cell over a whole sequence, with a hand-written backward through time (sequences.py).
 
-        xp (T, B, 4H) time-major from `project`; mask (T, B, 1) bool or None. Returns outputs (T, B, H)
-        and the final state.
+        x (T, B, I) time-major; mask (T, B, 1) bool or None. Returns outputs (T, B, H) and the final state.
+        The input half of the gates is computed for all steps at once, both biases folded into its shift.
         """
         from rnnkit.sequences import LayerNormLSTMSequence
 
-        b = params.get("bias_hh")
+        xp = _layer_norm(F.linear(x, params["weight_ih"]), params["ln_ih_weight"], _both_biases(params))
         out, h, c = LayerNormLSTMSequence.apply(
-            xp if b is None else xp + b, *state, params["weight_hh"], params["ln_hh_weight"],
-            params["ln_c_weight"], params["ln_c_bias"], params.get("recurrent_mask"), mask)
+            xp, *state, params["weight_hh"], params["ln_hh_weight"], params["ln_c_weight"], params["ln_c_bias"],
+            params.get("recurrent_mask"), mask)
         return out, (h, c)
 
 
@@ -340,12 +348,13 @@ class LayerNormGRUCell(Cell):
     hh = LayerNormLSTMCell.hh
     recurrence = GRUCell.recurrence
 
-    def sequence(self, xp: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
+    def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
                  ) -> tuple[Tensor, State]:
-        """The recurrence over a whole sequence with a hand-written backward (sequences.py); as
+        """The cell over a whole sequence, with a hand-written backward through time (sequences.py); as
         `LayerNormLSTMCell.sequence`."""
         from rnnkit.sequences import LayerNormGRUSequence
 
+        xp = self.project(x, params)  # b_hh stays inside: the reset gate scales the recurrent candidate with it
         out, h = LayerNormGRUSequence.apply(xp, state[0], params["weight_hh"], params["ln_hh_weight"],
                                             params.get("bias_hh"), params.get("recurrent_mask"), mask)
         return out, (h,)
@@ -389,16 +398,16 @@ class PeepholeLSTMCell(Cell):
         h = torch.sigmoid(o + params["weight_co"] * c_new) * torch.tanh(c_new)
         return h, c_new
 
-    def sequence(self, xp: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
+    def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
                  ) -> tuple[Tensor, State]:
-        """The recurrence over a whole sequence with a hand-written backward (sequences.py); as
+        """The cell over a whole sequence, with a hand-written backward through time (sequences.py); as
         `LayerNormLSTMCell.sequence`."""
         from rnnkit.sequences import PeepholeLSTMSequence
 
-        b = params.get("bias_hh")
+        xp = F.linear(x, params["weight_ih"], _both_biases(params))
         out, h, c = PeepholeLSTMSequence.apply(
-            xp if b is None else xp + b, *state, params["weight_hh"], params["weight_ci"], params["weight_cf"],
-            params["weight_co"], params.get("recurrent_mask"), mask)
+            xp, *state, params["weight_hh"], params["weight_ci"], params["weight_cf"], params["weight_co"],
+            params.get("recurrent_mask"), mask)
         return out, (h, c)
 
 

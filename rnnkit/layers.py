@@ -503,7 +503,7 @@ class Recurrent(nn.Module):
         if self.zoneout == 0 and hasattr(cell, "sequence"):
             # The cell's whole-sequence function with a hand-written backward through time; time-major
             # from the projection on, as its loop reads the steps.
-            out, state = cell.sequence(cell.project(x.transpose(0, 1), params), state, params,
+            out, state = cell.sequence(x.transpose(0, 1), state, params,
                                        None if mask is None else mask.t().unsqueeze(2))
             return out.transpose(0, 1), state
         xp = cell.project(x, params)  # (B, T, G*H)

@@ -55,7 +55,7 @@ def test_matches_autograd_through_the_steps(name, lengths, recurrent_dropout):
     inputs = [x, *state, *cell.parameters()]
     for t in inputs:
         t.requires_grad_(True)
-    out, final = cell.sequence(cell.project(x.transpose(0, 1), params), state, params, mask)
+    out, final = cell.sequence(x.transpose(0, 1), state, params, mask)
     ref_out, ref_final = _reference(cell, params, x, state, mask)
     assert_close(out, ref_out)
     for a, b in zip(final, ref_final, strict=True):
@@ -78,13 +78,27 @@ def test_gradcheck_with_lengths_and_recurrent_mask(name):
     params = {k: v.detach().clone().requires_grad_() for k, v in cell.own_params().items()}
     params["recurrent_mask"] = torch.tensor([[1.5, 0.0, 1.5, 1.5, 0.0]] * 2, dtype=DT)
     mask = (torch.arange(4).unsqueeze(1) < torch.tensor([4, 2])).unsqueeze(2)
-    xp = torch.randn(4, 2, cell.num_gates * H, dtype=DT, requires_grad=True)
+    x = torch.randn(4, 2, I, dtype=DT, requires_grad=True)  # time-major
     state = tuple(torch.randn(2, H, dtype=DT, requires_grad=True) for _ in range(cell.num_states))
-    trained = [k for k in params if k not in ("weight_ih", "bias_ih", "recurrent_mask")]
+    trained = [k for k in params if k != "recurrent_mask"]
 
-    def run(xp, *tensors):
+    def run(x, *tensors):
         p = {**params, **dict(zip(trained, tensors[cell.num_states:], strict=True))}
-        out, final = cell.sequence(xp, tensors[:cell.num_states], p, mask)
+        out, final = cell.sequence(x, tensors[:cell.num_states], p, mask)
         return (out, *final)
 
-    assert torch.autograd.gradcheck(run, (xp, *state, *(params[k] for k in trained)))
+    assert torch.autograd.gradcheck(run, (x, *state, *(params[k] for k in trained)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_without_biases(name):
+    torch.manual_seed(2)
+    cell = make_cell(name, I, H, bias=False).to(DT)
+    params = dict(cell.own_params())
+    x = torch.randn(B, T, I, dtype=DT)
+    state = tuple(torch.randn(B, H, dtype=DT) for _ in range(cell.num_states))
+    out, final = cell.sequence(x.transpose(0, 1), state, params, None)
+    ref_out, ref_final = _reference(cell, params, x, state, None)
+    assert_close(out, ref_out)
+    for a, b in zip(final, ref_final, strict=True):
+        assert_close(a, b)
