@@ -538,18 +538,13 @@ class Recurrent(nn.Module):
             raise ValueError(f"input: expected shape (B, I={self.input_size}); got {tuple(input.shape)}")
         B = input.shape[0]
         parts = self._state_parts(state, B, input)
+        if self._joined_lstm_step_possible():
+            return self._joined_lstm_step(input, *parts)
         h = input
         new_parts: list[list[Tensor]] = [[] for _ in range(self.num_states)]
-        joined = self._joined_lstm_step_possible()
         dropped = self._dropped_weights()
         for layer in range(self.num_layers):
             old = tuple(p[layer] for p in parts)
-            if joined:
-                new = self._joined_lstm_step(layer, h, old)
-                for k, s in enumerate(new):
-                    new_parts[k].append(s)
-                h = new[0]
-                continue
             cell, params = self._cells[layer], self._params(layer, dropped)
             self._add_recurrent_mask(params, input, B)
             new = cell.recurrence(cell.project(h, params), old, params)
@@ -567,33 +562,37 @@ class Recurrent(nn.Module):
                 and self.zoneout == 0
                 and not (self.training and (self.recurrent_dropout > 0 or self.weight_drop > 0)))
 
-    def _joined_lstm_step(self, layer: int, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
-        """One LSTM step as one product [x, h] @ [W_ih | W_hh]^T + (b_ih + b_hh) and five element-wise calls.
+    def _joined_lstm_step(self, x: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, LayerState]:
+        """One LSTM step of every layer, each as one product [x, h] @ [W_ih | W_hh]^T + (b_ih + b_hh) and
+        five element-wise calls writing straight into the new (L, B, H) state.
 
-        At B=1 a step is bound by reading the weights; joining the two products saves a call, an add and
-        the per-call overhead of the gate arithmetic (measured in benchmarks/speed.py, streaming).
+        At B=1 a step is bound by reading the weights; joining the two products saves a call and an add,
+        and the state needs no stacking (measured in benchmarks/speed.py, streaming).
         """
-        weight, bias = self._joined_weights(layer)
         H = self.hidden_size
-        both = torch.cat([x, state[0]], dim=1)
-        gates = torch.mm(both, weight) if bias is None else torch.addmm(bias, both, weight)
-        s = torch.sigmoid(gates)
-        c = torch.addcmul(s[:, H:2 * H] * state[1], s[:, :H], torch.tanh(gates[:, 2 * H:3 * H]))
-        return s[:, 3 * H:] * torch.tanh(c), c
+        h_all, c_all = torch.empty_like(h0), torch.empty_like(c0)
+        for layer, (weight, bias) in enumerate(self._joined_weights()):
+            both = torch.cat([x, h0[layer]], dim=1)
+            gates = torch.mm(both, weight) if bias is None else torch.addmm(bias, both, weight)
+            s = torch.sigmoid(gates)
+            c = torch.addcmul(s[:, H:2 * H] * c0[layer], s[:, :H], torch.tanh(gates[:, 2 * H:3 * H]),
+                              out=c_all[layer])
+            x = torch.mul(s[:, 3 * H:], torch.tanh(c), out=h_all[layer])
+        return x, (h_all, c_all)
 
-    def _joined_weights(self, layer: int) -> tuple[Tensor, Tensor | None]:
-        """[W_ih | W_hh]^T (I+H, 4H) and b_ih + b_hh of a layer, rebuilt when a weight changes."""
-        names = [f"weight_ih_l{layer}", f"weight_hh_l{layer}"]
-        if self.bias:
-            names += [f"bias_ih_l{layer}", f"bias_hh_l{layer}"]
-        tensors = [getattr(self, n) for n in names]
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-        cache = self.__dict__.setdefault("_joined_cache", {})
-        hit = cache.get(layer)
-        if hit is None or hit[0] != key:
-            with torch.no_grad():
-                weight = torch.cat([tensors[0], tensors[1]], dim=1).t().contiguous()
-                bias = tensors[2] + tensors[3] if self.bias else None
-            hit = cache[layer] = (key, weight, bias)
-        return hit[1], hit[2]
+    def _joined_weights(self) -> list[tuple[Tensor, Tensor | None]]:
+        """Per layer, [W_ih | W_hh]^T (I+H, 4H) and b_ih + b_hh; rebuilt when any weight changes
+        (an optimizer step or load_state_dict bumps a version, .to() moves the storage)."""
+        key = tuple((p._version, p.data_ptr(), p.dtype) for p in self._parameters.values())
+        cached = self.__dict__.get("_joined_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        joined = []
+        with torch.no_grad():
+            for layer in range(self.num_layers):
+                w_ih, w_hh = getattr(self, f"weight_ih_l{layer}"), getattr(self, f"weight_hh_l{layer}")
+                bias = (getattr(self, f"bias_ih_l{layer}") + getattr(self, f"bias_hh_l{layer}")) if self.bias else None
+                joined.append((torch.cat([w_ih, w_hh], dim=1).t().contiguous(), bias))
+        self.__dict__["_joined_cache"] = (key, joined)
+        return joined
 
