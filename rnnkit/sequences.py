@@ -15,7 +15,7 @@ sequence in one `autograd.Function`:
 The input half of each gate (W_ih x + b_ih, and b_hh) stays outside, computed for all steps at once
 under ordinary autograd; the functions take it time-major as `xp` (T, B, G*H).
 
-Both support `recurrent_mask` (B, H), a dropout mask on the state where it enters the recurrent
+All three support `recurrent_mask` (B, H), a dropout mask on the state where it enters the recurrent
 product, and `mask` (T, B, 1) bool for variable lengths: a row past its end keeps its state and
 outputs zeros. The gradients are checked against autograd through the step-by-step cells in float64
 (tests/test_sequences.py).
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -89,17 +90,23 @@ def _stack_stats(stats: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     return torch.stack([m for m, _ in stats]), torch.stack([s for _, s in stats])
 
 
-def _advance(h_t, c_t, h, c, m, out, hs, cs):
-    """Record a step of a two-state cell: the output (zero past a row's end) and the state (kept past it)."""
-    if m is None:
-        h, c = h_t, c_t
-        out.append(h_t)
-    else:
-        h, c = torch.where(m, h_t, h), torch.where(m, c_t, c)
-        out.append(h_t * m)
-    hs.append(h)
-    cs.append(c)
-    return h, c
+def _normalised_product(h, recurrent_mask, weight_t, product, saved, rstds):
+    """A step's recurrent product (h * mask) W_hh^T, layer-normalised without gain or shift: written into
+    `product` (scratch), normalised into `saved` (the step's slice of a buffer), 1/std appended to `rstds`;
+    returns the normalised product."""
+    torch.mm(h if recurrent_mask is None else h * recurrent_mask, weight_t, out=product)
+    normed, _, rstd = torch.native_layer_norm(product, [product.shape[1]], None, None, LN_EPS)
+    saved.copy_(normed)
+    rstds.append(rstd)
+    return normed
+
+
+def _keep_past_end(m, t, out_t, hss, c_t=None, css=None):
+    """After step t, rows past their end (m False) keep the state from before it and output zeros."""
+    torch.where(m, out_t, hss[t], out=hss[t + 1])
+    if c_t is not None:
+        torch.where(m, c_t, css[t], out=css[t + 1])
+    out_t.mul_(m)
 
 
 def _into_step(dh, dc, grad_out, m):
@@ -123,9 +130,7 @@ class LayerNormLSTMSequence(torch.autograd.Function):
     def forward(ctx, xp, h0, c0, weight_hh, ln_hh_weight, ln_c_weight, ln_c_bias, recurrent_mask, mask):
         T, B, G = xp.shape
         H = G // 4
-
-        def new(*shape):
-            return WORKSPACE.take(xp, *shape)
+        new = partial(WORKSPACE.take, xp)  # buffers of xp's dtype and device
 
         # Every step writes into slices of these (no copies or stacking afterwards).
         hs, cs = new(T + 1, B, H), new(T + 1, B, H)  # the state before each step, and the last
@@ -143,11 +148,7 @@ class LayerNormLSTMSequence(torch.autograd.Function):
         hss, css = hs.unbind(0), cs.unbind(0)
         ms = mask.unbind(0) if mask is not None else None
         for t in range(T):
-            h = hss[t] if recurrent_mask is None else hss[t] * recurrent_mask
-            torch.mm(h, weight_t, out=product)
-            normed, _, rstd = torch.native_layer_norm(product, [G], None, None, LN_EPS)
-            rhs[t].copy_(normed)
-            r_rstd.append(rstd)
+            normed = _normalised_product(hss[t], recurrent_mask, weight_t, product, rhs[t], r_rstd)
             torch.addcmul(xs[t], normed, ln_hh_weight, out=gates)
             torch.sigmoid(gates, out=acts[t])
             torch.tanh(gates[:, 2 * H:3 * H], out=a_g[t])
@@ -159,9 +160,7 @@ class LayerNormLSTMSequence(torch.autograd.Function):
             torch.tanh(ln_c, out=tcs[t])
             torch.mul(a_o[t], tcs[t], out=outs[t])
             if ms is not None:
-                torch.where(ms[t], outs[t], hss[t], out=hss[t + 1])
-                torch.where(ms[t], c_t, css[t], out=css[t + 1])
-                outs[t].mul_(ms[t])
+                _keep_past_end(ms[t], t, outs[t], hss, c_t, css)
         WORKSPACE.give(product, gates)
         ctx.steps = (hs, cs, r_hat, torch.stack(r_rstd), act, c_new, tanh_c, _stack_stats(c_stats))
         ctx.save_for_backward(weight_hh, ln_hh_weight, ln_c_weight, ln_c_bias, recurrent_mask, mask)
@@ -240,77 +239,81 @@ class LayerNormGRUSequence(torch.autograd.Function):
     def forward(ctx, xp, h0, weight_hh, ln_hh_weight, bias_hh, recurrent_mask, mask):
         T, B, G = xp.shape
         H = G // 3
+        new = partial(WORKSPACE.take, xp)  # buffers of xp's dtype and device
+
+        hs = new(T + 1, B, H)  # the state before each step, and the last
+        hs[0] = h0
+        r_hat = new(T, B, G)  # the recurrent products after their layer norm, before its gain and shift
+        hh = new(T, B, G)  # after them: [h_r, h_z, h_n]
+        rz = new(T, B, 2 * H)  # the reset and update gates
+        n = new(T, B, H)  # the candidate
+        out = hs[1:] if mask is None else new(T, B, H)
+        product = new(B, G)
+        r_rstd = []
         weight_t = weight_hh.t()
-        xs = xp.unbind(0)
+        xs, rhs, hhs, rzs, ns, outs, hss = (v.unbind(0) for v in (xp, r_hat, hh, rz, n, out, hs))
         ms = mask.unbind(0) if mask is not None else None
-        hs, r, r_stats, hh, rz, n, out = [h0], [], [], [], [], [], []
-        h = h0
         for t in range(T):
-            r_t = torch.mm(h if recurrent_mask is None else h * recurrent_mask, weight_t)
-            hh_t, mean, rstd = aten.native_layer_norm(r_t, [G], ln_hh_weight, bias_hh, LN_EPS)
-            rz_t = torch.sigmoid(xs[t][:, :2 * H] + hh_t[:, :2 * H])
-            n_t = torch.tanh(torch.addcmul(xs[t][:, 2 * H:], rz_t[:, :H], hh_t[:, 2 * H:]))
-            h_t = torch.addcmul(n_t, rz_t[:, H:], h - n_t)
-            if ms is None:
-                out.append(h_t)
+            normed = _normalised_product(hss[t], recurrent_mask, weight_t, product, rhs[t], r_rstd)
+            if bias_hh is None:
+                torch.mul(normed, ln_hh_weight, out=hhs[t])
             else:
-                out.append(h_t * ms[t])
-                h_t = torch.where(ms[t], h_t, h)
-            h = h_t
-            hs.append(h)
-            r.append(r_t)
-            r_stats.append((mean, rstd))
-            hh.append(hh_t)
-            rz.append(rz_t)
-            n.append(n_t)
-        ctx.steps = (hs, r, r_stats, hh, rz, n)
+                torch.addcmul(bias_hh, normed, ln_hh_weight, out=hhs[t])
+            torch.sigmoid(torch.add(xs[t][:, :2 * H], hhs[t][:, :2 * H]), out=rzs[t])
+            torch.tanh(torch.addcmul(xs[t][:, 2 * H:], rzs[t][:, :H], hhs[t][:, 2 * H:]), out=ns[t])
+            torch.addcmul(ns[t], rzs[t][:, H:], hss[t] - ns[t], out=outs[t])
+            if ms is not None:
+                _keep_past_end(ms[t], t, outs[t], hss)
+        WORKSPACE.give(product)
+        ctx.steps = (hs, r_hat, torch.stack(r_rstd), hh, rz, n)
         ctx.save_for_backward(weight_hh, ln_hh_weight, bias_hh, recurrent_mask, mask)
-        return torch.stack(out), h
+        WORKSPACE.give_when_freed(ctx, hs, r_hat, hh, rz, n, out if mask is not None else None)
+        return out.clone(), hs[T].clone()
 
     @staticmethod
     def backward(ctx, grad_out, grad_h):
         weight_hh, ln_hh_weight, bias_hh, recurrent_mask, mask = ctx.saved_tensors
-        hs, r, r_stats, hh, rz, n = ctx.steps
-        T = len(r)
-        B, G = r[0].shape
+        hs, r_hat, r_rstd, hh, rz, n = ctx.steps
+        T, B, G = r_hat.shape
         H = G // 3
         gs = _zeros_if_none(grad_out, hs[0].expand(T, B, H)).unbind(0)
         ms = mask.unbind(0) if mask is not None else None
         dh = _zeros_if_none(grad_h, hs[0])
-        d_xp, d_hh, d_r = [None] * T, [None] * T, [None] * T
+        d_xp = r_hat.new_empty(T, B, G)  # d(x_r + h_r), d(x_z + h_z), d(x_n + r * h_n) (returned)
+        d_hh = WORKSPACE.take(r_hat, T, B, G)
+        d_r = WORKSPACE.take(r_hat, T, B, G)
+        dxs, dhhs, drs = d_xp.unbind(0), d_hh.unbind(0), d_r.unbind(0)
+        rhs, hhs, rzs, ns, hss, rstds = (v.unbind(0) for v in (r_hat, hh, rz, n, hs, r_rstd))
+        zero, one = r_hat.new_zeros(B, 1), r_hat.new_ones(B, 1)
+        keep = [True, False, False]
         for t in range(T - 1, -1, -1):
             d_new = dh + gs[t]
             if ms is not None:
-                keep = dh * ~ms[t]
+                passed = dh * ~ms[t]
                 d_new = d_new * ms[t]
-            z = rz[t][:, H:]
-            d_pre = r[t].new_empty(B, G)  # d(x_r + h_r), d(x_z + h_z), d(x_n + r * h_n)
-            torch.mul(d_new, hs[t] - n[t], out=d_pre[:, H:2 * H])  # d z
-            aten.tanh_backward.grad_input(d_new - d_new * z, n[t], grad_input=d_pre[:, 2 * H:])
-            torch.mul(d_pre[:, 2 * H:], hh[t][:, 2 * H:], out=d_pre[:, :H])  # d r
-            aten.sigmoid_backward.grad_input(d_pre[:, :2 * H], rz[t], grad_input=d_pre[:, :2 * H])
-            d_xp[t] = d_pre
-            d_hh[t] = dg = d_pre.clone()
-            dg[:, 2 * H:] *= rz[t][:, :H]
-            mean, rstd = r_stats[t]
-            d_r[t] = aten.native_layer_norm_backward(dg, r[t], [G], mean, rstd, ln_hh_weight, bias_hh,
-                                                     [True, False, False])[0]
-            back = torch.mm(d_r[t], weight_hh)
+            z = rzs[t][:, H:]
+            dx = dxs[t]
+            torch.mul(d_new, hss[t] - ns[t], out=dx[:, H:2 * H])  # d z
+            aten.tanh_backward.grad_input(d_new - d_new * z, ns[t], grad_input=dx[:, 2 * H:])
+            torch.mul(dx[:, 2 * H:], hhs[t][:, 2 * H:], out=dx[:, :H])  # d r
+            aten.sigmoid_backward.grad_input(dx[:, :2 * H], rzs[t], grad_input=dx[:, :2 * H])
+            d_hh_t = dhhs[t]
+            d_hh_t[:, :2 * H] = dx[:, :2 * H]
+            torch.mul(dx[:, 2 * H:], rzs[t][:, :H], out=d_hh_t[:, 2 * H:])
+            d_normed = aten.native_layer_norm_backward(d_hh_t, rhs[t], [G], zero, one, ln_hh_weight, None, keep)[0]
+            torch.mul(d_normed, rstds[t], out=drs[t])
+            back = torch.mm(drs[t], weight_hh)
             if recurrent_mask is not None:
                 back *= recurrent_mask
             dh = torch.addcmul(back, d_new, z)
             if ms is not None:
-                dh += keep
-        h_in = torch.stack(hs[:T])
-        if recurrent_mask is not None:
-            h_in = h_in * recurrent_mask
-        d_weight_hh = torch.cat(d_r).t().mm(h_in.view(T * B, H))
-        d_hh_all = torch.stack(d_hh)
-        r_all = torch.stack(r)
-        mean, rstd = torch.stack([m for m, _ in r_stats]), torch.stack([s for _, s in r_stats])
-        d_ln_hh = (d_hh_all * ((r_all - mean) * rstd)).sum((0, 1))
-        d_bias_hh = d_hh_all.sum((0, 1)) if bias_hh is not None else None
-        return torch.stack(d_xp), dh, d_weight_hh, d_ln_hh, d_bias_hh, None, None
+                dh += passed
+        h_in = hs[:T] if recurrent_mask is None else hs[:T] * recurrent_mask
+        d_weight_hh = d_r.view(T * B, G).t().mm(h_in.reshape(T * B, H))
+        d_ln_hh = (d_hh * r_hat).sum((0, 1))
+        d_bias_hh = d_hh.sum((0, 1)) if bias_hh is not None else None
+        WORKSPACE.give(d_hh, d_r)
+        return d_xp, dh, d_weight_hh, d_ln_hh, d_bias_hh, None, None
 
 
 class PeepholeLSTMSequence(torch.autograd.Function):
@@ -325,67 +328,77 @@ class PeepholeLSTMSequence(torch.autograd.Function):
     def forward(ctx, xp, h0, c0, weight_hh, weight_ci, weight_cf, weight_co, recurrent_mask, mask):
         T, B, G = xp.shape
         H = G // 4
-        weight_t = weight_hh.t()
+        new = partial(WORKSPACE.take, xp)  # buffers of xp's dtype and device
+
+        hs, cs = new(T + 1, B, H), new(T + 1, B, H)
+        hs[0], cs[0] = h0, c0
+        i_f = new(T, B, 2, H)  # the input and forget gates
+        g, o, tanh_c = new(T, B, H), new(T, B, H), new(T, B, H)
+        c_new = cs[1:] if mask is None else new(T, B, H)
+        out = hs[1:] if mask is None else new(T, B, H)
+        pre, pre_if, pre_o = new(B, G), new(B, 2, H), new(B, H)
         peep_if = torch.stack([weight_ci, weight_cf])  # (2, H)
-        xs = xp.unbind(0)
+        weight_t = weight_hh.t()
+        xs, ifs, gs_, os_, tcs, cns, outs, hss, css = (
+            v.unbind(0) for v in (xp, i_f, g, o, tanh_c, c_new, out, hs, cs))
         ms = mask.unbind(0) if mask is not None else None
-        hs, cs, c_new, i_f, g, o, tanh_c, out = [h0], [c0], [], [], [], [], [], []
-        h, c = h0, c0
         for t in range(T):
-            pre = torch.addmm(xs[t], h if recurrent_mask is None else h * recurrent_mask, weight_t)
-            if_t = torch.sigmoid(torch.addcmul(pre[:, :2 * H].view(B, 2, H), c.unsqueeze(1), peep_if))
-            g_t = torch.tanh(pre[:, 2 * H:3 * H])
-            c_t = torch.addcmul(if_t[:, 1] * c, if_t[:, 0], g_t)
-            o_t = torch.sigmoid(torch.addcmul(pre[:, 3 * H:], weight_co, c_t))
-            tc = torch.tanh(c_t)
-            h_t = o_t * tc
-            h, c = _advance(h_t, c_t, h, c, None if ms is None else ms[t], out, hs, cs)
-            c_new.append(c_t)
-            i_f.append(if_t)
-            g.append(g_t)
-            o.append(o_t)
-            tanh_c.append(tc)
+            h = hss[t] if recurrent_mask is None else hss[t] * recurrent_mask
+            torch.addmm(xs[t], h, weight_t, out=pre)
+            torch.addcmul(pre[:, :2 * H].view(B, 2, H), css[t].unsqueeze(1), peep_if, out=pre_if)
+            torch.sigmoid(pre_if, out=ifs[t])
+            torch.tanh(pre[:, 2 * H:3 * H], out=gs_[t])
+            c_t = cns[t]
+            torch.mul(ifs[t][:, 1], css[t], out=c_t)
+            c_t.addcmul_(ifs[t][:, 0], gs_[t])
+            torch.addcmul(pre[:, 3 * H:], weight_co, c_t, out=pre_o)
+            torch.sigmoid(pre_o, out=os_[t])
+            torch.tanh(c_t, out=tcs[t])
+            torch.mul(os_[t], tcs[t], out=outs[t])
+            if ms is not None:
+                _keep_past_end(ms[t], t, outs[t], hss, c_t, css)
+        WORKSPACE.give(pre, pre_if, pre_o)
         ctx.steps = (hs, cs, c_new, i_f, g, o, tanh_c)
         ctx.save_for_backward(weight_hh, peep_if, weight_co, recurrent_mask, mask)
-        return torch.stack(out), h, c
+        WORKSPACE.give_when_freed(ctx, hs, cs, i_f, g, o, tanh_c, *((c_new, out) if mask is not None else ()))
+        return out.clone(), hs[T].clone(), cs[T].clone()
 
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
         weight_hh, peep_if, weight_co, recurrent_mask, mask = ctx.saved_tensors
         hs, cs, c_new, i_f, g, o, tanh_c = ctx.steps
-        T = len(g)
-        B, H = g[0].shape
+        T, B, H = g.shape
         gs = _zeros_if_none(grad_out, hs[0].expand(T, B, H)).unbind(0)
         ms = mask.unbind(0) if mask is not None else None
         dh = _zeros_if_none(grad_h, hs[0])
         dc = _zeros_if_none(grad_c, cs[0])
-        d_pre = [None] * T
+        d_pre = g.new_empty(T, B, 4 * H)  # gradients of the gate pre-activations i, f, g, o (returned)
+        dps = d_pre.unbind(0)
+        ifs, gs_, os_, tcs, css = (v.unbind(0) for v in (i_f, g, o, tanh_c, cs))
         for t in range(T - 1, -1, -1):
-            d_new_h, d_new_c, keep_h, keep_c = _into_step(dh, dc, gs[t], None if ms is None else ms[t])
-            dp = g[t].new_empty(B, 4 * H)  # gradients of the gate pre-activations i, f, g, o
-            aten.sigmoid_backward.grad_input(d_new_h * tanh_c[t], o[t], grad_input=dp[:, 3 * H:])
-            dc_t = aten.tanh_backward(d_new_h * o[t], tanh_c[t])
+            if ms is None:
+                d_new_h, d_new_c = dh + gs[t], dc
+            else:
+                d_new_h, d_new_c, keep_h, keep_c = _into_step(dh, dc, gs[t], ms[t])
+            dp = dps[t]
+            aten.sigmoid_backward.grad_input(d_new_h * tcs[t], os_[t], grad_input=dp[:, 3 * H:])
+            dc_t = aten.tanh_backward(d_new_h * os_[t], tcs[t])
             dc_t += d_new_c
             dc_t.addcmul_(dp[:, 3 * H:], weight_co)
             d_if = dp[:, :2 * H].view(B, 2, H)
-            torch.mul(dc_t, g[t], out=d_if[:, 0])
-            torch.mul(dc_t, cs[t], out=d_if[:, 1])
-            aten.sigmoid_backward.grad_input(d_if, i_f[t], grad_input=d_if)
-            aten.tanh_backward.grad_input(dc_t * i_f[t][:, 0], g[t], grad_input=dp[:, 2 * H:3 * H])
-            d_pre[t] = dp
+            torch.mul(dc_t, gs_[t], out=d_if[:, 0])
+            torch.mul(dc_t, css[t], out=d_if[:, 1])
+            aten.sigmoid_backward.grad_input(d_if, ifs[t], grad_input=d_if)
+            aten.tanh_backward.grad_input(dc_t * ifs[t][:, 0], gs_[t], grad_input=dp[:, 2 * H:3 * H])
             dh = torch.mm(dp, weight_hh)
             if recurrent_mask is not None:
                 dh *= recurrent_mask
-            dc = (d_if * peep_if).sum(1).addcmul_(dc_t, i_f[t][:, 1])
+            dc = (d_if * peep_if).sum(1).addcmul_(dc_t, ifs[t][:, 1])
             if ms is not None:
                 dh += keep_h
                 dc += keep_c
-        d_pre_all = torch.stack(d_pre)  # (T, B, 4H)
-        h_in = torch.stack(hs[:T])
-        if recurrent_mask is not None:
-            h_in = h_in * recurrent_mask
-        d_weight_hh = d_pre_all.view(T * B, 4 * H).t().mm(h_in.view(T * B, H))
-        c_in = torch.stack(cs[:T])
-        d_peep_if = (d_pre_all[..., :2 * H].view(T, B, 2, H) * c_in.unsqueeze(2)).sum((0, 1))
-        d_weight_co = (d_pre_all[..., 3 * H:] * torch.stack(c_new)).sum((0, 1))
-        return d_pre_all, dh, dc, d_weight_hh, d_peep_if[0], d_peep_if[1], d_weight_co, None, None
+        h_in = hs[:T] if recurrent_mask is None else hs[:T] * recurrent_mask
+        d_weight_hh = d_pre.view(T * B, 4 * H).t().mm(h_in.reshape(T * B, H))
+        d_peep_if = (d_pre[..., :2 * H].view(T, B, 2, H) * cs[:T].unsqueeze(2)).sum((0, 1))
+        d_weight_co = (d_pre[..., 3 * H:] * c_new).sum((0, 1))
+        return d_pre, dh, dc, d_weight_hh, d_peep_if[0], d_peep_if[1], d_weight_co, None, None
