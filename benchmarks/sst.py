@@ -46,7 +46,8 @@ def main() -> None:
     ap.add_argument("--pooling", default="max")
     ap.add_argument("--dropout", type=float, default=0.5, help="on the embeddings and on the pooled vector")
     ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--early-stopping", type=int, default=4)
+    ap.add_argument("--early-stopping", type=int, default=4, help="evaluations without improvement before stopping")
+    ap.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: once per epoch)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.0)
@@ -74,7 +75,8 @@ def main() -> None:
         data={"tokenizer": "space", "min_freq": args.min_freq},
         train={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "clip": 5.0,
                "weight_decay": args.weight_decay, "scheduler": "plateau", "lr_patience": 1,
-               "early_stopping": args.early_stopping, "seed": args.seed, "threads": args.threads, "log_every": 100},
+               "early_stopping": args.early_stopping, "eval_every": args.eval_every, "seed": args.seed,
+               "threads": args.threads, "log_every": 100},
         classify={"pooling": args.pooling, "init_from": args.init_from,
                   "freeze_embeddings": args.freeze_embeddings},
     )
@@ -92,7 +94,8 @@ def main() -> None:
         "best_dev_accuracy": round(max(r["valid_accuracy"] for r in records), 4),
         "target_accuracy": TARGETS[args.task],
         "target_met": report["accuracy"] >= TARGETS[args.task],
-        "epochs_run": len(records),
+        "epochs_run": round(records[-1]["epoch"], 2),
+        "evaluations": len(records),
         "steps": result["steps"],
         "wall_seconds": round(wall, 1),
         "model": f"bi{m['cell']} {m['num_layers']}x{m['hidden_size']}, embed {m['embedding_size']}, "

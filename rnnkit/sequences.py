@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import OrderedDict
 from functools import partial
 
 import torch
@@ -40,42 +41,63 @@ class Workspace:
     A large block freshly allocated on CPU arrives unmapped, and the first write to each 4 KiB page
     faults: writing a step's gates (32 x 1024 floats) into fresh memory took 70-90 us here, into reused
     memory 20 us. Training calls the same shapes again and again, so the buffers of one call serve the
-    next. At most `per_shape` idle buffers of each shape, dtype and device are kept; `clear` drops them.
-    Buffers on other devices are allocated plainly (CUDA's caching allocator already reuses memory).
+    next. Idle buffers are kept up to `max_bytes` in all, the least recently used shapes dropped first
+    (padded batches bring many sequence lengths); `clear` drops them all. Buffers on other devices are
+    allocated plainly (CUDA's caching allocator already reuses memory).
     """
 
-    def __init__(self, per_shape: int = 16) -> None:
-        self.per_shape = per_shape
-        self._idle: dict[tuple, list[Tensor]] = {}
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._idle: OrderedDict[tuple, list[Tensor]] = OrderedDict()  # least recently used first
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def take(self, like: Tensor, *shape: int) -> Tensor:
         """An uninitialised (shape) tensor of like's dtype and device."""
         if like.device.type == "cpu":
+            key = (shape, like.dtype, like.device)
             with self._lock:
-                idle = self._idle.get((shape, like.dtype, like.device))
+                idle = self._idle.get(key)
                 if idle:
-                    return idle.pop()
+                    t = idle.pop()
+                    self._bytes -= _nbytes(t)
+                    self._idle.move_to_end(key)
+                    return t
         return like.new_empty(shape)
 
     def give(self, *tensors: Tensor | None) -> None:
         """Take buffers back (they must not be used again by the giver)."""
         with self._lock:
             for t in tensors:
-                if t is None or t.device.type != "cpu":
+                if t is None or t.device.type != "cpu" or _nbytes(t) > self.max_bytes:
                     continue
-                idle = self._idle.setdefault((tuple(t.shape), t.dtype, t.device), [])
-                if len(idle) < self.per_shape:
-                    idle.append(t)
+                key = (tuple(t.shape), t.dtype, t.device)
+                self._idle.setdefault(key, []).append(t)
+                self._idle.move_to_end(key)
+                self._bytes += _nbytes(t)
+                while self._bytes > self.max_bytes:
+                    oldest = next(iter(self._idle))
+                    idle = self._idle[oldest]
+                    self._bytes -= _nbytes(idle.pop(0))
+                    if not idle:
+                        del self._idle[oldest]
 
     def give_when_freed(self, owner: object, *tensors: Tensor | None) -> None:
         """Take buffers back once `owner` (an autograd context) is garbage: after its backward pass
         and the graph's release, or at once for a forward run without autograd."""
         weakref.finalize(owner, self.give, *tensors)
 
+    def idle_bytes(self) -> int:
+        return self._bytes
+
     def clear(self) -> None:
         with self._lock:
             self._idle.clear()
+            self._bytes = 0
+
+
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 WORKSPACE = Workspace()
