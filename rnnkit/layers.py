@@ -112,6 +112,9 @@ class Recurrent(nn.Module):
             instead of a fresh mask at every step; needs the loop path.
         fused: None picks PyTorch's fused kernel when it computes the same function and rnnkit's own
             loop otherwise; False forces the loop; True forces the fused kernel and fails if it cannot.
+            In rnnkit's loop, cells with a whole-sequence function (`layernorm-lstm`, `layernorm-gru`,
+            `peephole-lstm`: a hand-written backward through time, sequences.py) use it, except with
+            zoneout, which needs the step-by-step path.
         recurrent_dropout: variational dropout on the state where it enters the recurrent product
             (Gal & Ghahramani 2016): one mask per sequence and layer, training only.
         zoneout: probability that a unit keeps its previous value at a step (Krueger et al. 2017),
