@@ -33,9 +33,17 @@ import torch
 from torch import nn
 
 from rnnkit import Recurrent
+from rnnkit.cells import LayerNormLSTMCell
 
 CELLS = ["rnn", "lstm", "gru", "layernorm-lstm", "layernorm-gru", "peephole-lstm", "indrnn", "mingru", "minlstm"]
 TORCH_PEER = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+class StepwiseLayerNormLSTM(LayerNormLSTMCell):
+    """The layer-norm LSTM without its whole-sequence function: autograd through every step, as a
+    hand-written cell runs in plain PyTorch."""
+
+    sequence = None
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, float]:
@@ -219,6 +227,9 @@ def main() -> None:
         for cell in args.cells:
             layer = Recurrent(cell, I, H, num_layers=L)
             rows[f"rnnkit {cell}"] = (layer, lambda x, layer=layer: layer(x)[0])
+        if "layernorm-lstm" in args.cells:
+            layer = Recurrent(StepwiseLayerNormLSTM, I, H, num_layers=L)
+            rows["layernorm-lstm, autograd per step"] = (layer, lambda x, layer=layer: layer(x)[0])
         for kind in ("rnn", "lstm", "gru", "lstmcell-loop"):
             rows[f"torch {kind}"] = torch_case(kind, I, H, L)
         for kind in ("lstm", "gru"):

@@ -503,7 +503,7 @@ class Recurrent(nn.Module):
         self, cell: Cell, params: dict[str, Tensor], x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """Run one cell over x (B, T, I) from `state`; returns outputs (B, T, H) and the final state."""
-        if self.zoneout == 0 and hasattr(cell, "sequence"):
+        if self.zoneout == 0 and getattr(cell, "sequence", None) is not None:
             # The cell's whole-sequence function with a hand-written backward through time; time-major
             # from the projection on, as its loop reads the steps.
             out, state = cell.sequence(x.transpose(0, 1), state, params,
