@@ -30,6 +30,7 @@ from functools import partial
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 aten = torch.ops.aten
 LN_EPS = 1e-5  # as cells._layer_norm
@@ -190,6 +191,7 @@ class LayerNormLSTMSequence(torch.autograd.Function):
         return out.clone(), hs[T].clone(), cs[T].clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out, grad_h, grad_c):
         weight_hh, ln_hh_weight, ln_c_weight, ln_c_bias, recurrent_mask, mask = ctx.saved_tensors
         hs, cs, r_hat, r_rstd, act, c_new, tanh_c, c_stats = ctx.steps
@@ -293,6 +295,7 @@ class LayerNormGRUSequence(torch.autograd.Function):
         return out.clone(), hs[T].clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out, grad_h):
         weight_hh, ln_hh_weight, bias_hh, recurrent_mask, mask = ctx.saved_tensors
         hs, r_hat, r_rstd, hh, rz, n = ctx.steps
@@ -386,6 +389,7 @@ class PeepholeLSTMSequence(torch.autograd.Function):
         return out.clone(), hs[T].clone(), cs[T].clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out, grad_h, grad_c):
         weight_hh, peep_if, weight_co, recurrent_mask, mask = ctx.saved_tensors
         hs, cs, c_new, i_f, g, o, tanh_c = ctx.steps

@@ -142,3 +142,13 @@ def test_sequence_buffers_return_to_the_workspace_when_the_graph_goes():
     kept = cell.sequence(x, state, params, None)  # the next call takes them again (kept: its graph lives)
     assert WORKSPACE.idle_bytes() < before
     del kept
+
+
+def test_second_order_gradients_are_refused_not_wrong():
+    cell = _cell("layernorm-lstm")
+    x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
+    state = tuple(torch.zeros(B, H, dtype=DT) for _ in range(2))
+    out, _ = cell.sequence(x, state, dict(cell.own_params()), None)
+    (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiable"):
+        g.sum().backward()
