@@ -114,7 +114,8 @@ class Recurrent(nn.Module):
             loop otherwise; False forces the loop; True forces the fused kernel and fails if it cannot.
             In rnnkit's loop, cells with a whole-sequence function (`layernorm-lstm`, `layernorm-gru`,
             `peephole-lstm`: a hand-written backward through time, sequences.py) use it, except with
-            zoneout, which needs the step-by-step path.
+            zoneout, which needs the step-by-step path, or when `layer.whole_sequence = False` (for
+            second-order gradients, which the hand-written backward refuses).
         recurrent_dropout: variational dropout on the state where it enters the recurrent product
             (Gal & Ghahramani 2016): one mask per sequence and layer, training only.
         zoneout: probability that a unit keeps its previous value at a step (Krueger et al. 2017),
@@ -181,6 +182,9 @@ class Recurrent(nn.Module):
         self.weight_drop = float(weight_drop)
         self.scan = scan
         self.cell_options = dict(cell_options)
+        # Cells with a whole-sequence function use it (False: step by step under autograd, e.g. for
+        # second-order gradients, which the hand-written backward does not give).
+        self.whole_sequence = True
 
         fused_reason = self._fused_unavailable_reason(cell)
         if fused is True and fused_reason is not None:
@@ -503,7 +507,7 @@ class Recurrent(nn.Module):
         self, cell: Cell, params: dict[str, Tensor], x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """Run one cell over x (B, T, I) from `state`; returns outputs (B, T, H) and the final state."""
-        if self.zoneout == 0 and getattr(cell, "sequence", None) is not None:
+        if self.whole_sequence and self.zoneout == 0 and getattr(cell, "sequence", None) is not None:
             # The cell's whole-sequence function with a hand-written backward through time; time-major
             # from the projection on, as its loop reads the steps.
             out, state = cell.sequence(x.transpose(0, 1), state, params,

@@ -30,7 +30,6 @@ from functools import partial
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 aten = torch.ops.aten
 LN_EPS = 1e-5  # as cells._layer_norm
@@ -102,6 +101,16 @@ def _nbytes(t: Tensor) -> int:
 
 
 WORKSPACE = Workspace()
+
+
+def _first_order_only() -> None:
+    """Refuse a backward pass that would itself be differentiated (create_graph=True): the gradient here
+    is written out by hand for the first order only, and constants in its place would be silently wrong."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "rnnkit's whole-sequence cells (layer-norm and peephole LSTM/GRU) have a first-order backward only; "
+            "for second-order gradients (create_graph=True) set `layer.whole_sequence = False` on the Recurrent "
+            "layer, which then runs the cell step by step under autograd")
 
 
 def _zeros_if_none(grad: Tensor | None, like: Tensor) -> Tensor:
@@ -191,8 +200,8 @@ class LayerNormLSTMSequence(torch.autograd.Function):
         return out.clone(), hs[T].clone(), cs[T].clone()
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out, grad_h, grad_c):
+        _first_order_only()
         weight_hh, ln_hh_weight, ln_c_weight, ln_c_bias, recurrent_mask, mask = ctx.saved_tensors
         hs, cs, r_hat, r_rstd, act, c_new, tanh_c, c_stats = ctx.steps
         T, B, G = act.shape
@@ -295,8 +304,8 @@ class LayerNormGRUSequence(torch.autograd.Function):
         return out.clone(), hs[T].clone()
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out, grad_h):
+        _first_order_only()
         weight_hh, ln_hh_weight, bias_hh, recurrent_mask, mask = ctx.saved_tensors
         hs, r_hat, r_rstd, hh, rz, n = ctx.steps
         T, B, G = r_hat.shape
@@ -389,8 +398,8 @@ class PeepholeLSTMSequence(torch.autograd.Function):
         return out.clone(), hs[T].clone(), cs[T].clone()
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out, grad_h, grad_c):
+        _first_order_only()
         weight_hh, peep_if, weight_co, recurrent_mask, mask = ctx.saved_tensors
         hs, cs, c_new, i_f, g, o, tanh_c = ctx.steps
         T, B, H = g.shape
