@@ -507,9 +507,11 @@ class Recurrent(nn.Module):
         self, cell: Cell, params: dict[str, Tensor], x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """Run one cell over x (B, T, I) from `state`; returns outputs (B, T, H) and the final state."""
-        if self.whole_sequence and self.zoneout == 0 and getattr(cell, "sequence", None) is not None:
+        if (self.whole_sequence and self.zoneout == 0 and getattr(cell, "sequence", None) is not None
+                and torch.is_grad_enabled()):
             # The cell's whole-sequence function with a hand-written backward through time; time-major
-            # from the projection on, as its loop reads the steps.
+            # from the projection on, as its loop reads the steps. Without autograd the plain loop below
+            # is faster: it saves nothing for a backward pass (measured in benchmarks/speed.py).
             out, state = cell.sequence(x.transpose(0, 1), state, params,
                                        None if mask is None else mask.t().unsqueeze(2))
             return out.transpose(0, 1), state

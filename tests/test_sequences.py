@@ -155,3 +155,21 @@ def test_second_order_gradients_are_refused_not_wrong():
     (g,) = torch.autograd.grad(layer(x)[0].sum(), x, create_graph=True)
     g.square().sum().backward()
     assert layer.weight_hh_l0.grad is not None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inference_takes_the_step_loop_and_agrees(name):
+    from rnnkit import Recurrent
+
+    torch.manual_seed(3)
+    layer = Recurrent(name, I, H, num_layers=2, bidirectional=True).to(DT)
+    x = torch.randn(B, T, I, dtype=DT)
+    lengths = torch.tensor([T, 2, 5])
+    trained, final = layer(x, lengths=lengths)  # whole-sequence functions (autograd on)
+    assert trained.grad_fn is not None
+    with torch.no_grad():  # no backward to prepare: the plain loop
+        inferred, final_inferred = layer(x, lengths=lengths)
+    assert_close(inferred, trained)
+    for a, b in zip(final_inferred if isinstance(final_inferred, tuple) else (final_inferred,),
+                    final if isinstance(final, tuple) else (final,), strict=True):
+        assert_close(a, b)
