@@ -38,6 +38,7 @@ from rnnkit.checkpoint import (
     load_checkpoint,
     save_checkpoint,
     save_weights,
+    start_or_resume,
 )
 from rnnkit.config import TrainConfig, UserError
 from rnnkit.data.text import atomic_write
@@ -67,6 +68,24 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps: MPS is not available on this machine; use --device cpu or auto")
     return torch.device(name)
+
+
+def open_run(cfg: Any, out: str | Path, resume: bool,
+             log: Callable[[str], None] | None = None) -> tuple[Any, Path, Callable[[str], None]]:
+    """What every task's `train` does first: the configuration to run with (the saved one on resume, see
+    `checkpoint.start_or_resume`), the device checked, threads and seed set; returns it with the run
+    directory and where progress lines go (stderr unless `log` is given)."""
+    out = Path(out)
+    cfg = start_or_resume(cfg, out, resume)
+    resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    return cfg, out, log or _to_stderr
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def seed_everything(seed: int) -> None:

@@ -34,7 +34,6 @@ from rnnkit.checkpoint import (
     load_weights,
     read_json,
     read_run_config,
-    start_or_resume,
     versions,
     write_json,
 )
@@ -55,7 +54,7 @@ from rnnkit.data.tabular import LabelledText, check_labels, read_labelled, read_
 from rnnkit.data.vectors import embedding_matrix, read_vectors
 from rnnkit.metrics import classification_report, write_confusion_plot
 from rnnkit.models.classifier import SequenceClassifier
-from rnnkit.train import Trainer, resolve_device, seed_everything
+from rnnkit.train import Trainer, open_run, resolve_device
 
 LABELS_FILE = "labels.json"
 EVAL_BATCH = 64
@@ -219,17 +218,11 @@ def train(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train a sequence classifier and write its run directory; returns the final figures."""
-    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    out = Path(out)
-    cfg = start_or_resume(cfg, out, resume)
+    cfg, out, say = open_run(cfg, out, resume, log)
     pretrained = None  # (vectors, size) of --embeddings, read once
     opts, tc = cfg.options, cfg.train
-    resolve_device(tc.device)
     if opts.audio and opts.init_from:
         raise UserError("--init-from starts a text classifier from a language model; it does not apply to --audio")
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    seed_everything(tc.seed)
 
     # Read everything first, so that a bad file stops the run before anything is written.
     lm_model = lm_tokenizer = None

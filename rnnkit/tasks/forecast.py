@@ -34,7 +34,6 @@ from rnnkit.checkpoint import (
     load_weights,
     read_json,
     read_run_config,
-    start_or_resume,
     versions,
     write_json,
 )
@@ -56,7 +55,7 @@ from rnnkit.data.series import (
 )
 from rnnkit.data.text import atomic_write, atomic_write_text
 from rnnkit.models.forecaster import Forecaster, normal_quantile
-from rnnkit.train import Trainer, resolve_device, seed_everything
+from rnnkit.train import Trainer, open_run, resolve_device
 
 SCALER_FILE = "scaler.json"
 SERIES_FILE = "series.json"
@@ -167,18 +166,12 @@ def train(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train a forecaster and write its run directory; returns the final figures."""
-    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    out = Path(out)
-    cfg = start_or_resume(cfg, out, resume)
+    cfg, out, say = open_run(cfg, out, resume, log)
     o, tc = cfg.options, cfg.train
     if not o.target:
         raise UserError("--target: name the column(s) to forecast, e.g. --target OT")
-    resolve_device(tc.device)
     if cfg.model.bidirectional:
         raise UserError("--bidirectional: a forecaster reads the past left to right; drop the option")
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    seed_everything(tc.seed)
     L, H = o.lookback, o.horizon
 
     series = _read(cfg, train_path)

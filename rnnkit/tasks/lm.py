@@ -7,7 +7,6 @@ network (models/language_model.py), the loop (train.py), the search algorithms (
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -23,7 +22,6 @@ from rnnkit.checkpoint import (
     MODEL_FILE,
     load_weights,
     read_run_config,
-    start_or_resume,
     versions,
     write_json,
 )
@@ -42,7 +40,7 @@ from rnnkit.data import (
     split_holdout,
 )
 from rnnkit.models.language_model import IGNORE_INDEX, LanguageModel
-from rnnkit.train import Trainer, evaluate_model, resolve_device, seed_everything
+from rnnkit.train import Trainer, evaluate_model, open_run, resolve_device
 
 EVAL_ROWS = 10  # rows of the stream when evaluating: long contexts, as is usual for perplexity
 
@@ -133,17 +131,11 @@ def train(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train a language model and write its run directory; returns the final figures."""
-    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    out = Path(out)
-    cfg = start_or_resume(cfg, out, resume)
+    cfg, out, say = open_run(cfg, out, resume, log)
 
     # Check what can be checked before anything is written.
-    resolve_device(cfg.train.device)
     if cfg.model.bidirectional:
         raise UserError("--bidirectional: a language model reads left to right; drop the option")
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
     text = read_text(train_path)
     if valid_path is not None:
         valid_text = read_text(valid_path)

@@ -26,7 +26,6 @@ from rnnkit.checkpoint import (
     MODEL_FILE,
     load_weights,
     read_run_config,
-    start_or_resume,
     versions,
     write_json,
 )
@@ -45,7 +44,7 @@ from rnnkit.data import (
 )
 from rnnkit.data.pairs import Pair, read_pairs, read_sources
 from rnnkit.models.seq2seq import IGNORE_INDEX, Seq2Seq
-from rnnkit.train import Trainer, evaluate_model, resolve_device, seed_everything
+from rnnkit.train import Trainer, evaluate_model, open_run, resolve_device
 
 SOURCE_DIR, TARGET_DIR = "source", "target"  # where the run directory keeps each side's tokenizer
 DECODE_BATCH = 64  # sources translated together
@@ -126,17 +125,11 @@ def train(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train an encoder-decoder on TSV pairs and write its run directory; returns the final figures."""
-    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    out = Path(out)
-    cfg = start_or_resume(cfg, out, resume)
+    cfg, out, say = open_run(cfg, out, resume, log)
     o, tc = cfg.options, cfg.train
-    resolve_device(tc.device)
     if o.shared_vocab and o.source_tokenizer != o.target_tokenizer:
         raise UserError(f"--shared-vocab needs one tokenizer for both sides; got --source-tokenizer "
                         f"{o.source_tokenizer} and --target-tokenizer {o.target_tokenizer}")
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    seed_everything(tc.seed)
 
     pairs = read_pairs(train_path)
     if valid_path is not None:

@@ -26,7 +26,6 @@ from rnnkit.checkpoint import (
     load_weights,
     read_json,
     read_run_config,
-    start_or_resume,
     versions,
     write_json,
 )
@@ -45,7 +44,7 @@ from rnnkit.data.conll import (
 )
 from rnnkit.data.vectors import embedding_matrix, read_vectors
 from rnnkit.models.tagger import IGNORE_INDEX, PAD, UNK, Tagger
-from rnnkit.train import Trainer, evaluate_model, resolve_device, seed_everything
+from rnnkit.train import Trainer, evaluate_model, open_run, resolve_device
 
 VOCAB_FILE = "tag_vocab.json"
 MAX_WORD_CHARS = 30  # longer tokens (URLs, mostly) are read by their first characters only
@@ -278,14 +277,8 @@ def train(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train a tagger on a CoNLL/CoNLL-U file and write its run directory; returns the final figures."""
-    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    out = Path(out)
-    cfg = start_or_resume(cfg, out, resume)
+    cfg, out, say = open_run(cfg, out, resume, log)
     pretrained = None  # (vectors, size) of --embeddings, read once
-    resolve_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
 
     vocab = TagVocab.load(out) if resume else None
     sentences, scheme = _read_labelled(train_path, cfg, vocab.scheme if vocab else cfg.options.scheme)
