@@ -4,7 +4,14 @@ What is here: re-exports of the public names of text.py, tokenizers.py and batch
 task-specific datasets, models and training.
 """
 
-from rnnkit.data.batching import StreamBatches, bucket_batches, pad_sequences, stream_layout
+from rnnkit.data.batching import (
+    BucketedSource,
+    StreamBatches,
+    bucket_batches,
+    epoch_generator,
+    pad_sequences,
+    stream_layout,
+)
 from rnnkit.data.text import atomic_write, atomic_write_text, read_text, split_holdout
 from rnnkit.data.tokenizers import (
     BOS_ID,
@@ -39,7 +46,9 @@ __all__ = [
     "WordTokenizer",
     "atomic_write",
     "atomic_write_text",
+    "BucketedSource",
     "bucket_batches",
+    "epoch_generator",
     "build_tokenizer",
     "load_tokenizer",
     "pad_sequences",

@@ -170,3 +170,28 @@ def bucket_batches(
         pool = sorted(perm[p : p + pool_size], key=lambda i: lengths[i])
         batches.extend(pool[i : i + batch_size] for i in range(0, len(pool), batch_size))
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The random generator of one epoch's batch order: fixed by the run's seed and the epoch, so that a
+    resumed run draws the same batches as an uninterrupted one."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+class BucketedSource:
+    """Base of the batch sources over whole sequences (full BPTT): `lengths` (N,), batches of similar
+    length in an order fixed by seed and epoch. Subclasses turn `order(epoch)` into tensors in `batches`."""
+
+    stateful = False
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        self.lengths = list(lengths)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def order(self, epoch: int) -> list[list[int]]:
+        """The epoch's batches as lists of sequence indices."""
+        return bucket_batches(self.lengths, self.batch_size, self.shuffle, epoch_generator(self.seed, epoch))
+

@@ -42,9 +42,9 @@ from rnnkit.data import (
     PAD_ID,
     SPECIAL_TOKENS,
     UNK_ID,
+    BucketedSource,
     Tokenizer,
     atomic_write,
-    bucket_batches,
     build_tokenizer,
     load_tokenizer,
     pad_sequences,
@@ -60,24 +60,17 @@ LABELS_FILE = "labels.json"
 EVAL_BATCH = 64
 
 
-class SequenceSource:
+class SequenceSource(BucketedSource):
     """Whole sequences with one label each, in padded batches of similar length (full BPTT)."""
-
-    stateful = False
 
     def __init__(self, inputs: list[torch.Tensor], targets: list[int], batch_size: int, shuffle: bool,
                  seed: int = 0) -> None:
         assert len(inputs) == len(targets) and inputs, "a source needs one target per input"
         self.inputs, self.targets = inputs, targets
-        self.lengths = [int(x.shape[0]) for x in inputs]
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-
-    def __len__(self) -> int:
-        return -(-len(self.inputs) // self.batch_size)
+        super().__init__([int(x.shape[0]) for x in inputs], batch_size, shuffle, seed)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        for index in bucket_batches(self.lengths, self.batch_size, self.shuffle, gen)[start:]:
+        for index in self.order(epoch)[start:]:
             inputs, lengths = pad_sequences([self.inputs[i] for i in index], PAD_ID)  # (B, T) or (B, T, F)
             yield {"inputs": inputs, "lengths": lengths, "targets": torch.tensor([self.targets[i] for i in index])}
 

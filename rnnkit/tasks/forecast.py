@@ -38,6 +38,7 @@ from rnnkit.checkpoint import (
     write_json,
 )
 from rnnkit.config import RunConfig, UserError
+from rnnkit.data import epoch_generator
 from rnnkit.data.series import (
     Scaler,
     Series,
@@ -97,8 +98,7 @@ class WindowSource:
     def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         order = torch.arange(len(self.origins))
         if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(len(self.origins), generator=gen)
+            order = torch.randperm(len(self.origins), generator=epoch_generator(self.seed, epoch))
         for b in range(start, len(self)):
             o = self.origins[order[b * self.batch_size:(b + 1) * self.batch_size]]  # (B,)
             past = o[:, None] + self.past  # (B, L)

@@ -30,9 +30,9 @@ from rnnkit.data import (
     BOS_ID,
     PAD_ID,
     SPECIAL_TOKENS,
+    BucketedSource,
     StreamBatches,
     Tokenizer,
-    bucket_batches,
     build_tokenizer,
     load_tokenizer,
     pad_sequences,
@@ -61,27 +61,17 @@ class StreamSource:
             yield {"inputs": inputs, "targets": targets}
 
 
-class LineSource:
+class LineSource(BucketedSource):
     """Whole lines as padded batches of similar length, each from a zero state (full BPTT)."""
-
-    stateful = False
 
     def __init__(self, sequences: list[list[int]], batch_size: int, shuffle: bool, seed: int) -> None:
         self.sequences = [s for s in sequences if len(s) >= 2]
         if not self.sequences:
             raise UserError("no line has two or more tokens: nothing to learn with full BPTT (--bptt 0)")
-        self.lengths = [len(s) - 1 for s in self.sequences]
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-
-    def _order(self, epoch: int) -> list[list[int]]:
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return bucket_batches(self.lengths, self.batch_size, self.shuffle, gen)
-
-    def __len__(self) -> int:
-        return -(-len(self.sequences) // self.batch_size)
+        super().__init__([len(s) - 1 for s in self.sequences], batch_size, shuffle, seed)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        for index in self._order(epoch)[start:]:
+        for index in self.order(epoch)[start:]:
             seqs = [torch.tensor(self.sequences[i]) for i in index]
             inputs, lengths = pad_sequences([s[:-1] for s in seqs], PAD_ID)
             targets, _ = pad_sequences([s[1:] for s in seqs], IGNORE_INDEX)

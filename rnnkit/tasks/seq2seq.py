@@ -35,6 +35,7 @@ from rnnkit.data import (
     EOS_ID,
     PAD_ID,
     UNK_ID,
+    BucketedSource,
     Tokenizer,
     atomic_write_text,
     bucket_batches,
@@ -58,25 +59,15 @@ def _source_ids(tokenizer: Tokenizer, text: str) -> list[int]:
     return [*tokenizer.encode(text), EOS_ID]
 
 
-class PairSource:
+class PairSource(BucketedSource):
     """Padded (source, target) batches of similar length, each pair decoded from a fresh state."""
-
-    stateful = False
 
     def __init__(self, pairs: list[tuple[list[int], list[int]]], batch_size: int, shuffle: bool, seed: int) -> None:
         self.pairs = pairs
-        self.lengths = [max(len(s), len(t) + 1) for s, t in pairs]
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-
-    def __len__(self) -> int:
-        return -(-len(self.pairs) // self.batch_size)
-
-    def _order(self, epoch: int) -> list[list[int]]:
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return bucket_batches(self.lengths, self.batch_size, self.shuffle, gen)
+        super().__init__([max(len(s), len(t) + 1) for s, t in pairs], batch_size, shuffle, seed)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        for index in self._order(epoch)[start:]:
+        for index in self.order(epoch)[start:]:
             source, source_lengths = pad_sequences([self.pairs[i][0] for i in index], PAD_ID)
             target_inputs, _ = pad_sequences([[BOS_ID, *self.pairs[i][1]] for i in index], PAD_ID)
             targets, _ = pad_sequences([[*self.pairs[i][1], EOS_ID] for i in index], IGNORE_INDEX)

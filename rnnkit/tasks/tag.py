@@ -31,7 +31,7 @@ from rnnkit.checkpoint import (
 )
 from rnnkit.config import RunConfig, UserError
 from rnnkit.crf import allowed_transitions
-from rnnkit.data import atomic_write_text, bucket_batches, read_text
+from rnnkit.data import BucketedSource, atomic_write_text, read_text
 from rnnkit.data.conll import (
     Sentence,
     convert,
@@ -174,22 +174,12 @@ def collate(items: list[dict[str, list]]) -> dict[str, torch.Tensor]:
     return batch
 
 
-class SentenceSource:
+class SentenceSource(BucketedSource):
     """Encoded sentences in padded batches of similar length; every batch starts from a zero state."""
-
-    stateful = False
 
     def __init__(self, items: list[dict[str, list]], batch_size: int, shuffle: bool, seed: int = 0) -> None:
         self.items = items
-        self.lengths = [len(it["words"]) for it in items]
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-
-    def __len__(self) -> int:
-        return -(-len(self.items) // self.batch_size)
-
-    def order(self, epoch: int) -> list[list[int]]:
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return bucket_batches(self.lengths, self.batch_size, self.shuffle, gen)
+        super().__init__([len(it["words"]) for it in items], batch_size, shuffle, seed)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         for index in self.order(epoch)[start:]:
