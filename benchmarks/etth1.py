@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+from bench_common import environment
 
 from rnnkit.config import DataConfig, ForecastConfig, ModelConfig, RunConfig, TrainConfig
 from rnnkit.tasks import forecast
@@ -143,9 +143,7 @@ def main() -> None:
         "model": f"{args.mode} {args.cell} {args.layers}x{args.hidden}, lookback {args.lookback}, "
                  f"calendar {args.calendar}",
         "wall_seconds": round(time.monotonic() - begin, 1),
-        "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "torch": torch.__version__,
+        **environment(),
     }
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(summary, indent=2) + "\n")

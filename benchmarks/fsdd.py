@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import time
 from pathlib import Path
 
-import torch
+from bench_common import environment
 
 from rnnkit.config import RunConfig
 from rnnkit.tasks import classify
@@ -140,9 +139,7 @@ def _write(args: argparse.Namespace, name: str, out: Path, summary: dict) -> Non
         "command": "python benchmarks/fsdd.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(v) if isinstance(v, list) else v}")
             for k, v in vars(args).items() if v not in (None, False) and k != "results"),
-        "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "torch": torch.__version__,
+        **environment(),
     })
     results = Path(args.results or f"benchmarks/results/{name}.json")
     results.parent.mkdir(parents=True, exist_ok=True)

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import time
 from pathlib import Path
 
-import torch
+from bench_common import environment
 
 from rnnkit.config import RunConfig
 from rnnkit.tasks import classify
@@ -106,9 +105,7 @@ def main() -> None:
         "command": "python benchmarks/sst.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
             if v not in (None, False) and k != "results"),
-        "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "torch": torch.__version__,
+        **environment(),
     }
     results = Path(args.results or f"benchmarks/results/{name}.json")
     results.parent.mkdir(parents=True, exist_ok=True)

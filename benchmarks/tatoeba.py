@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import time
 from pathlib import Path
 
 import torch
+from bench_common import environment
 
 from rnnkit.config import DataConfig, ModelConfig, RunConfig, Seq2SeqConfig, TrainConfig
 from rnnkit.tasks import seq2seq
@@ -130,9 +130,7 @@ def main() -> None:
                  f"embed {args.embed}, dropout {args.dropout}, word vocabularies (min freq {args.min_freq}), "
                  f"adaptive softmax {args.adaptive_softmax}, batch {args.batch_size}, lr {args.lr}",
         "vocab": {"source": meta["source_vocab_size"], "target": meta["target_vocab_size"]},
-        "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "torch": torch.__version__,
+        **environment(),
     }
     text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
     (out / "result.json").write_text(text, encoding="utf-8")

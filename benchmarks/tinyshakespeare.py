@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
-import torch
+from bench_common import environment
 
 from rnnkit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnnkit.tasks import lm
@@ -70,9 +69,7 @@ def main() -> None:
         "train_minutes": args.minutes,
         "wall_seconds": round(wall, 1),
         "model": f"{args.cell} {args.layers}x{args.hidden}, embed {args.embed}, dropout {args.dropout}",
-        "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "torch": torch.__version__,
+        **environment(),
     }
     (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

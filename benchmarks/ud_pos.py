@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
-import torch
+from bench_common import environment, train_seconds
 
 from rnnkit.config import DataConfig, ModelConfig, RunConfig, TagConfig, TrainConfig
 from rnnkit.data.text import atomic_write_text
@@ -80,22 +79,14 @@ def main() -> None:
         "epochs": epochs,
         "steps": result["steps"],
         "wall_seconds_this_session": round(wall, 1),
-        "train_seconds": _train_seconds(run),
+        "train_seconds": train_seconds(run),
         "model": f"{args.cell} {args.layers}x{args.hidden} bidirectional, word {args.embed} + char BiLSTM "
                  f"{args.char_hidden} + shape, dropout {args.dropout}, word dropout {args.word_dropout}, "
                  f"{'CRF' if args.crf else 'softmax'}",
-        "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "torch": torch.__version__,
+        **environment(),
     }
     atomic_write_text(args.results, json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
-
-
-def _train_seconds(run: Path) -> float:
-    """Training time over every session of the run (the last evaluation's record)."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return records[-1]["elapsed_s"] if records else 0.0
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench_common import environment
 from torch import nn
 
 from rnnkit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -64,9 +64,7 @@ def run_perplexity(args: argparse.Namespace) -> dict:
         "model": f"lstm {args.layers}x{args.hidden}, embed {args.embed}, dropout {args.dropout}, "
                  f"adaptive softmax {args.adaptive_softmax}, {args.optimizer} lr {args.lr}, {args.scheduler} schedule"
                  + (f" over {args.max_steps} steps" if args.max_steps else ""),
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "torch": torch.__version__,
+        **environment(),
     }
     (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -1,0 +1,27 @@
+"""What every benchmark script records beside its figures: where and how it ran, and a run's training time.
+
+The scripts import it by name (`python benchmarks/x.py` puts this folder first on the path).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+
+def environment() -> dict[str, object]:
+    """Threads, machine and torch version of this process, for a result's JSON."""
+    return {
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__,
+    }
+
+
+def train_seconds(run: Path) -> float:
+    """Training time over every session of a run (the last evaluation's record in metrics.jsonl)."""
+    records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+    return records[-1]["elapsed_s"] if records else 0.0
