@@ -4,9 +4,8 @@ Under autograd, a layer-normalised or peephole LSTM run step by step records a d
 step, and the backward pass walks them one by one. The functions here run a layer over the whole
 sequence in one `autograd.Function`:
 
-- the forward keeps what the backward needs in (T, B, ...) buffers that every step writes into, lent by a
-  workspace that takes them back when the graph is freed (on CPU, fresh memory faults on its first write,
-  page by page, and at these sizes that cost more than a step's arithmetic);
+- the forward keeps what the backward needs in (T, B, ...) buffers allocated once, that every step writes
+  into (no per-step tensors to stack afterwards);
 - the backward goes through time with the gradient of a step written out by hand, in a few ATen calls
   (PyTorch's own layer-norm, sigmoid and tanh backward kernels among them);
 - the gradients of the recurrent weights and of the gains are summed over all steps at once after the
@@ -23,84 +22,11 @@ outputs zeros. The gradients are checked against autograd through the step-by-st
 
 from __future__ import annotations
 
-import threading
-import weakref
-from collections import OrderedDict
-from functools import partial
-
 import torch
 from torch import Tensor
 
 aten = torch.ops.aten
 LN_EPS = 1e-5  # as cells._layer_norm
-
-
-class Workspace:
-    """CPU buffers lent to a forward pass and taken back when its graph is freed, to be lent again.
-
-    A large block freshly allocated on CPU arrives unmapped, and the first write to each 4 KiB page
-    faults: writing a step's gates (32 x 1024 floats) into fresh memory took 70-90 us here, into reused
-    memory 20 us. Training calls the same shapes again and again, so the buffers of one call serve the
-    next. Idle buffers are kept up to `max_bytes` in all, the least recently used shapes dropped first
-    (padded batches bring many sequence lengths); `clear` drops them all. Buffers on other devices are
-    allocated plainly (CUDA's caching allocator already reuses memory).
-    """
-
-    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
-        self.max_bytes = max_bytes
-        self._idle: OrderedDict[tuple, list[Tensor]] = OrderedDict()  # least recently used first
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def take(self, like: Tensor, *shape: int) -> Tensor:
-        """An uninitialised (shape) tensor of like's dtype and device."""
-        if like.device.type == "cpu":
-            key = (shape, like.dtype, like.device)
-            with self._lock:
-                idle = self._idle.get(key)
-                if idle:
-                    t = idle.pop()
-                    self._bytes -= _nbytes(t)
-                    self._idle.move_to_end(key)
-                    return t
-        return like.new_empty(shape)
-
-    def give(self, *tensors: Tensor | None) -> None:
-        """Take buffers back (they must not be used again by the giver)."""
-        with self._lock:
-            for t in tensors:
-                if t is None or t.device.type != "cpu" or _nbytes(t) > self.max_bytes:
-                    continue
-                key = (tuple(t.shape), t.dtype, t.device)
-                self._idle.setdefault(key, []).append(t)
-                self._idle.move_to_end(key)
-                self._bytes += _nbytes(t)
-                while self._bytes > self.max_bytes:
-                    oldest = next(iter(self._idle))
-                    idle = self._idle[oldest]
-                    self._bytes -= _nbytes(idle.pop(0))
-                    if not idle:
-                        del self._idle[oldest]
-
-    def give_when_freed(self, owner: object, *tensors: Tensor | None) -> None:
-        """Take buffers back once `owner` (an autograd context) is garbage: after its backward pass
-        and the graph's release, or at once for a forward run without autograd."""
-        weakref.finalize(owner, self.give, *tensors)
-
-    def idle_bytes(self) -> int:
-        return self._bytes
-
-    def clear(self) -> None:
-        with self._lock:
-            self._idle.clear()
-            self._bytes = 0
-
-
-def _nbytes(t: Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
-WORKSPACE = Workspace()
 
 
 def _first_order_only() -> None:
@@ -162,7 +88,8 @@ class LayerNormLSTMSequence(torch.autograd.Function):
     def forward(ctx, xp, h0, c0, weight_hh, ln_hh_weight, ln_c_weight, ln_c_bias, recurrent_mask, mask):
         T, B, G = xp.shape
         H = G // 4
-        new = partial(WORKSPACE.take, xp)  # buffers of xp's dtype and device
+        new = xp.new_empty  # buffers of xp's dtype and device
+
 
         # Every step writes into slices of these (no copies or stacking afterwards).
         hs, cs = new(T + 1, B, H), new(T + 1, B, H)  # the state before each step, and the last
@@ -193,10 +120,8 @@ class LayerNormLSTMSequence(torch.autograd.Function):
             torch.mul(a_o[t], tcs[t], out=outs[t])
             if ms is not None:
                 _keep_past_end(ms[t], t, outs[t], hss, c_t, css)
-        WORKSPACE.give(product, gates)
         ctx.steps = (hs, cs, r_hat, torch.stack(r_rstd), act, c_new, tanh_c, _stack_stats(c_stats))
         ctx.save_for_backward(weight_hh, ln_hh_weight, ln_c_weight, ln_c_bias, recurrent_mask, mask)
-        WORKSPACE.give_when_freed(ctx, hs, cs, r_hat, act, tanh_c, *((c_new, out) if mask is not None else ()))
         return out.clone(), hs[T].clone(), cs[T].clone()
 
     @staticmethod
@@ -211,9 +136,9 @@ class LayerNormLSTMSequence(torch.autograd.Function):
         dh = _zeros_if_none(grad_h, hs[0])
         dc = _zeros_if_none(grad_c, cs[0])
         d_gates = torch.empty_like(act)  # gradient of the pre-activations, = gradient of xp (returned)
-        d_r = WORKSPACE.take(act, T, B, G)  # gradient of the recurrent products
-        d_ln_c = WORKSPACE.take(act, T, B, H)  # gradient of LN(c') before the tanh
-        d_act = WORKSPACE.take(act, B, G)
+        d_r = act.new_empty(T, B, G)  # gradient of the recurrent products
+        d_ln_c = act.new_empty(T, B, H)  # gradient of LN(c') before the tanh
+        d_act = act.new_empty(B, G)
         d_i, d_f, d_g, d_o = (d_act[:, k * H:(k + 1) * H] for k in range(4))
         acts, cns, tcs, css = act.unbind(0), c_new.unbind(0), tanh_c.unbind(0), cs.unbind(0)
         a_i, a_f, a_g, a_o = (act[:, :, k * H:(k + 1) * H].unbind(0) for k in range(4))
@@ -256,7 +181,6 @@ class LayerNormLSTMSequence(torch.autograd.Function):
         d_ln_hh = (d_gates * r_hat).sum((0, 1))
         d_ln_c_weight = (d_ln_c * ((c_new - c_stats[0]) * c_stats[1])).sum((0, 1))
         d_ln_c_bias = d_ln_c.sum((0, 1))
-        WORKSPACE.give(d_r, d_ln_c, d_act)
         return d_gates, dh, dc, d_weight_hh, d_ln_hh, d_ln_c_weight, d_ln_c_bias, None, None
 
 
@@ -272,7 +196,8 @@ class LayerNormGRUSequence(torch.autograd.Function):
     def forward(ctx, xp, h0, weight_hh, ln_hh_weight, bias_hh, recurrent_mask, mask):
         T, B, G = xp.shape
         H = G // 3
-        new = partial(WORKSPACE.take, xp)  # buffers of xp's dtype and device
+        new = xp.new_empty  # buffers of xp's dtype and device
+
 
         hs = new(T + 1, B, H)  # the state before each step, and the last
         hs[0] = h0
@@ -297,10 +222,8 @@ class LayerNormGRUSequence(torch.autograd.Function):
             torch.addcmul(ns[t], rzs[t][:, H:], hss[t] - ns[t], out=outs[t])
             if ms is not None:
                 _keep_past_end(ms[t], t, outs[t], hss)
-        WORKSPACE.give(product)
         ctx.steps = (hs, r_hat, torch.stack(r_rstd), hh, rz, n)
         ctx.save_for_backward(weight_hh, ln_hh_weight, bias_hh, recurrent_mask, mask)
-        WORKSPACE.give_when_freed(ctx, hs, r_hat, hh, rz, n, out if mask is not None else None)
         return out.clone(), hs[T].clone()
 
     @staticmethod
@@ -314,8 +237,8 @@ class LayerNormGRUSequence(torch.autograd.Function):
         ms = mask.unbind(0) if mask is not None else None
         dh = _zeros_if_none(grad_h, hs[0])
         d_xp = r_hat.new_empty(T, B, G)  # d(x_r + h_r), d(x_z + h_z), d(x_n + r * h_n) (returned)
-        d_hh = WORKSPACE.take(r_hat, T, B, G)
-        d_r = WORKSPACE.take(r_hat, T, B, G)
+        d_hh = r_hat.new_empty(T, B, G)
+        d_r = r_hat.new_empty(T, B, G)
         dxs, dhhs, drs = d_xp.unbind(0), d_hh.unbind(0), d_r.unbind(0)
         rhs, hhs, rzs, ns, hss, rstds = (v.unbind(0) for v in (r_hat, hh, rz, n, hs, r_rstd))
         zero, one = r_hat.new_zeros(B, 1), r_hat.new_ones(B, 1)
@@ -346,7 +269,6 @@ class LayerNormGRUSequence(torch.autograd.Function):
         d_weight_hh = d_r.view(T * B, G).t().mm(h_in.reshape(T * B, H))
         d_ln_hh = (d_hh * r_hat).sum((0, 1))
         d_bias_hh = d_hh.sum((0, 1)) if bias_hh is not None else None
-        WORKSPACE.give(d_hh, d_r)
         return d_xp, dh, d_weight_hh, d_ln_hh, d_bias_hh, None, None
 
 
@@ -362,7 +284,8 @@ class PeepholeLSTMSequence(torch.autograd.Function):
     def forward(ctx, xp, h0, c0, weight_hh, weight_ci, weight_cf, weight_co, recurrent_mask, mask):
         T, B, G = xp.shape
         H = G // 4
-        new = partial(WORKSPACE.take, xp)  # buffers of xp's dtype and device
+        new = xp.new_empty  # buffers of xp's dtype and device
+
 
         hs, cs = new(T + 1, B, H), new(T + 1, B, H)
         hs[0], cs[0] = h0, c0
@@ -391,10 +314,8 @@ class PeepholeLSTMSequence(torch.autograd.Function):
             torch.mul(os_[t], tcs[t], out=outs[t])
             if ms is not None:
                 _keep_past_end(ms[t], t, outs[t], hss, c_t, css)
-        WORKSPACE.give(pre, pre_if, pre_o)
         ctx.steps = (hs, cs, c_new, i_f, g, o, tanh_c)
         ctx.save_for_backward(weight_hh, peep_if, weight_co, recurrent_mask, mask)
-        WORKSPACE.give_when_freed(ctx, hs, cs, i_f, g, o, tanh_c, *((c_new, out) if mask is not None else ()))
         return out.clone(), hs[T].clone(), cs[T].clone()
 
     @staticmethod

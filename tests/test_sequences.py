@@ -104,46 +104,6 @@ def test_without_biases(name):
         assert_close(a, b)
 
 
-def test_workspace_lends_buffers_back_and_keeps_within_its_byte_budget():
-    from rnnkit.sequences import Workspace
-
-    ws = Workspace(max_bytes=3 * 4 * 100)  # room for three 100-float buffers
-    like = torch.zeros(1)
-    a = ws.take(like, 10, 10)
-    ws.give(a)
-    assert ws.take(like, 10, 10) is a  # lent again
-    assert ws.take(like, 10, 10) is not a  # nothing idle: a fresh one
-    bufs = [ws.take(like, 10, 10) for _ in range(4)]
-    ws.give(*bufs)
-    assert ws.idle_bytes() == 3 * 4 * 100  # the budget holds: the oldest was dropped
-    ws.give(ws.take(like, 5, 4))  # another shape evicts the least recently used
-    assert ws.idle_bytes() <= 3 * 4 * 100
-    ws.clear()
-    assert ws.idle_bytes() == 0
-
-
-def test_sequence_buffers_return_to_the_workspace_when_the_graph_goes():
-    import gc
-
-    from rnnkit.sequences import WORKSPACE
-
-    cell = _cell("layernorm-lstm")
-    params = dict(cell.own_params())
-    x = torch.randn(T, B, I, dtype=DT)
-    state = tuple(torch.zeros(B, H, dtype=DT) for _ in range(2))
-    WORKSPACE.clear()
-    out, final = cell.sequence(x, state, params, None)
-    held = WORKSPACE.idle_bytes()  # buffers still held by the graph, only the scratch is idle
-    out.sum().backward()
-    del out, final
-    gc.collect()
-    assert WORKSPACE.idle_bytes() > held
-    before = WORKSPACE.idle_bytes()
-    kept = cell.sequence(x, state, params, None)  # the next call takes them again (kept: its graph lives)
-    assert WORKSPACE.idle_bytes() < before
-    del kept
-
-
 def test_second_order_gradients_are_refused_not_wrong():
     from rnnkit import Recurrent
 

@@ -1,0 +1,123 @@
+"""Small measurements behind design choices stated in the README and in docstrings.
+
+- `optimizer`: one training step of the WikiText-2-sized word model (2x400 LSTM, 33,278-word adaptive softmax,
+  batch 32 x 35 tokens drawn from a Zipf law) with Adam's default implementation and with its fused kernel;
+- `compile`: one forward step of a layer-normalised LSTM cell (B=32, H=256) eager and under `torch.compile`,
+  with the compile time;
+- `streaming`: a 2-layer LSTM (H=512) stepped at B=1 without autograd, through the joined one-product step
+  and through the generic cell step.
+
+    python benchmarks/probes.py --threads 2 [optimizer compile streaming]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from bench_common import environment
+
+from rnnkit import Recurrent
+from rnnkit.models.language_model import LanguageModel
+
+
+def median_us(fn: Callable[[], object], calls: int, repeats: int = 5) -> dict[str, float]:
+    fn()
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        runs.append((time.perf_counter() - start) / calls * 1e6)
+    return {"median_us": round(statistics.median(runs), 1), "min_us": round(min(runs), 1),
+            "max_us": round(max(runs), 1)}
+
+
+def optimizer() -> dict[str, object]:
+    vocab = 33278
+    zipf = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float64)
+    tokens = torch.multinomial(zipf / zipf.sum(), 32 * 36 * 40, replacement=True).view(40, 32, 36)
+    out = {}
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = LanguageModel(vocab, 400, 400, 2, "lstm", 0.3, 0.3, 0.3, adaptive_softmax=(2000, 10000))
+        opt = torch.optim.Adam(model.parameters(), lr=2e-3, fused=fused or None)
+        batches = iter(range(10**9))
+
+        def step(model=model, opt=opt, batches=batches):
+            x = tokens[next(batches) % len(tokens)]
+            loss = model.loss({"inputs": x[:, :-1], "targets": x[:, 1:]}).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        for _ in range(3):
+            step()
+        r = median_us(step, 8)
+        out["fused Adam" if fused else "default Adam"] = {k.replace("_us", "_ms"): round(v / 1000, 1)
+                                                          for k, v in r.items()}
+    return out
+
+
+def compile_step() -> dict[str, object]:
+    B, H = 32, 256
+    G = 4 * H
+
+    def cell(r, xp, c, a_hh, a_c, s_c):
+        gates = torch.nn.functional.layer_norm(r, (G,), a_hh, None, 1e-5) + xp
+        i, f, g, o = gates.chunk(4, 1)
+        c2 = f.sigmoid() * c + i.sigmoid() * g.tanh()
+        return o.sigmoid() * torch.tanh(torch.nn.functional.layer_norm(c2, (H,), a_c, s_c, 1e-5)), c2
+
+    args = [torch.randn(B, G), torch.randn(B, G), torch.randn(B, H), torch.randn(G), torch.randn(H), torch.randn(H)]
+    start = time.perf_counter()
+    compiled = torch.compile(cell, dynamic=False, fullgraph=True)
+    with torch.no_grad():
+        compiled(*args)
+        first = time.perf_counter() - start
+        return {"eager": median_us(lambda: cell(*args), 500), "compiled": median_us(lambda: compiled(*args), 500),
+                "compile_s (first call, cache included)": round(first, 1)}
+
+
+def streaming() -> dict[str, object]:
+    H = 512
+    layer = Recurrent("lstm", H, H, num_layers=2).eval()
+    x = torch.randn(1, H)
+    state = {"joined": None, "generic": None}
+
+    def joined():
+        state["joined"] = layer.step(x, state["joined"])[1]
+
+    def generic():
+        layer._joined_lstm_step_possible = lambda: False  # the path every other cell takes
+        try:
+            state["generic"] = layer.step(x, state["generic"])[1]
+        finally:
+            del layer._joined_lstm_step_possible
+
+    with torch.no_grad():
+        return {"joined step": median_us(joined, 200, 9), "generic step": median_us(generic, 200, 9)}
+
+
+PROBES = {"optimizer": optimizer, "compile": compile_step, "streaming": streaming}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("probes", nargs="*", help=f"any of {', '.join(PROBES)} (default: all)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    unknown = [p for p in args.probes if p not in PROBES]
+    if unknown:
+        ap.error(f"unknown probe {unknown[0]!r}; expected any of {', '.join(PROBES)}")
+    torch.set_num_threads(args.threads)
+    results = {name: PROBES[name]() for name in args.probes or PROBES}
+    print(json.dumps({**results, **environment()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
