@@ -20,11 +20,25 @@ import torch
 import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from rnnkit.cells import CELLS, FUSED_MODES, Cell, make_cell
 from rnnkit.scan import linear_recurrence, linear_scan_log
 
 LayerState = Tensor | tuple[Tensor, ...]
+
+# Optimizer steps taken in this process, by any torch.optim optimizer. The fused optimizers update
+# parameters in place without bumping their version counters, so a cache of derived weights keyed on
+# the versions alone would outlive an update; this count is part of the key as well.
+_optimizer_steps = 0
+
+
+def _count_optimizer_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 _FUSED_FUNCTIONS = {
     "RNN_TANH": _VF.rnn_tanh,
@@ -590,9 +604,10 @@ class Recurrent(nn.Module):
         return x, (h_all, c_all)
 
     def _joined_weights(self) -> list[tuple[Tensor, Tensor | None]]:
-        """Per layer, [W_ih | W_hh]^T (I+H, 4H) and b_ih + b_hh; rebuilt when any weight changes
-        (an optimizer step or load_state_dict bumps a version, .to() moves the storage)."""
-        key = tuple((p._version, p.data_ptr(), p.dtype) for p in self._parameters.values())
+        """Per layer, [W_ih | W_hh]^T (I+H, 4H) and b_ih + b_hh; rebuilt when any weight may have changed:
+        after any optimizer step in the process (fused optimizers leave version counters alone), an
+        in-place edit or load_state_dict (they bump a version), or .to() (it moves the storage)."""
+        key = (_optimizer_steps, *((p._version, p.data_ptr(), p.dtype) for p in self._parameters.values()))
         cached = self.__dict__.get("_joined_cache")
         if cached is not None and cached[0] == key:
             return cached[1]

@@ -158,6 +158,30 @@ def test_lstm_step_without_autograd_matches_nn_lstm_and_follows_weight_changes(b
         assert_close(layer.step(x[:, 0])[0], ref(x[:, :1])[0][:, 0])
 
 
+@pytest.mark.parametrize("optimizer", ["fused adam", "fused sgd", "adam"])
+def test_lstm_step_cache_follows_every_optimizer_step(optimizer):
+    # Fused optimizers update weights in place without bumping their version counters; the joined
+    # weights cached by the no-grad step must still be rebuilt after such a step.
+    torch.manual_seed(0)
+    layer = Recurrent("lstm", I, H, num_layers=2).eval()
+    params = list(layer.parameters())
+    opt = {"fused adam": lambda: torch.optim.Adam(params, lr=0.1, fused=True),
+           "fused sgd": lambda: torch.optim.SGD(params, lr=0.1, fused=True),
+           "adam": lambda: torch.optim.Adam(params, lr=0.1)}[optimizer]()
+    x = torch.randn(B, I)
+    with torch.no_grad():
+        before = layer.step(x)[0]  # builds the cache
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    ref = nn.LSTM(I, H, num_layers=2, batch_first=True).eval()
+    ref.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        after = layer.step(x)[0]
+        assert_close(after, ref(x.unsqueeze(1))[0][:, 0])
+    assert not torch.allclose(after, before)
+
+
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("variational", [False, True])
 def test_dropout_between_layers_train_only(fused, variational):
