@@ -288,7 +288,7 @@ class Seq2SeqConfig:
     target_tokenizer: str = _opt("word", "tokenizer for the target side", choices=TOKENIZERS)
     shared_vocab: bool = _opt(False, "one vocabulary for both sides")
     max_length: int = _opt(50, "drop training pairs with a side longer than this many tokens (counted)")
-    attention: str = _opt("general", "attention over the encoder's outputs", choices=ATTENTIONS)
+    attention: str = _opt("additive", "attention over the encoder's outputs", choices=ATTENTIONS)
     scheduled_sampling: float = _opt(0.0, "probability of feeding the decoder its own prediction in training")
     copy_unknown: bool = _opt(True, "replace an <unk> output by the most attended source token")
     length_penalty: float = _opt(1.0, "beam search: rank hypotheses by log-probability / length ** this")

@@ -75,7 +75,7 @@ class Seq2Seq(nn.Module):
         num_layers: int = 1,
         cell: str = "lstm",
         bidirectional: bool = True,
-        attention: str = "general",
+        attention: str = "additive",
         dropout: float = 0.0,
         embedding_dropout: float = 0.0,
         output_dropout: float = 0.0,
