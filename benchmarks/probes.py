@@ -4,7 +4,7 @@
   batch 32 x 35 tokens drawn from a Zipf law) with Adam's default implementation and with its fused kernel;
 - `compile`: one forward step of a layer-normalised LSTM cell (B=32, H=256) eager and under `torch.compile`,
   with the compile time;
-- `streaming`: a 2-layer LSTM (H=512) stepped at B=1 without autograd, through the joined one-product step
+- `streaming`: a 2-layer LSTM (H=512) stepped at B=1 without autograd, through ATen's one-step cell functions
   and through the generic cell step.
 
     python benchmarks/probes.py --threads 2 [optimizer compile streaming]
@@ -87,20 +87,20 @@ def streaming() -> dict[str, object]:
     H = 512
     layer = Recurrent("lstm", H, H, num_layers=2).eval()
     x = torch.randn(1, H)
-    state = {"joined": None, "generic": None}
+    state = {"aten": None, "generic": None}
 
-    def joined():
-        state["joined"] = layer.step(x, state["joined"])[1]
+    def aten_cells():
+        state["aten"] = layer.step(x, state["aten"])[1]
 
     def generic():
-        layer._joined_lstm_step_possible = lambda: False  # the path every other cell takes
+        layer._torch_cell_step_possible = lambda: False  # the path every other cell takes
         try:
             state["generic"] = layer.step(x, state["generic"])[1]
         finally:
-            del layer._joined_lstm_step_possible
+            del layer._torch_cell_step_possible
 
     with torch.no_grad():
-        return {"joined step": median_us(joined, 200, 9), "generic step": median_us(generic, 200, 9)}
+        return {"ATen cell step": median_us(aten_cells, 200, 9), "generic step": median_us(generic, 200, 9)}
 
 
 PROBES = {"optimizer": optimizer, "compile": compile_step, "streaming": streaming}

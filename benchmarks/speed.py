@@ -192,10 +192,26 @@ def streaming(H: int, L: int, repeats: int, steps: int = 200) -> dict[str, dict[
     return out
 
 
+PARTS = ("grid", "long", "streaming")
+
+
 def grid(kind: str) -> list[dict[str, int]]:
     if kind == "full":
         return [{"B": B, "T": T, "H": H} for H in (128, 256, 512, 1024) for T in (50, 200, 1000) for B in (1, 32, 128)]
     return [{"B": 32, "T": 100, "H": 256}, {"B": 32, "T": 100, "H": 512}]
+
+
+def long_sequence(I: int, T: int, repeats: int) -> dict[str, dict[str, float]]:
+    """minGRU against nn.GRU on a long sequence, one layer, B=8, H=256."""
+    B, H = 8, 256
+    x = torch.randn(B, T, I)
+    long_cases = {"rnnkit mingru": Recurrent("mingru", I, H), "torch gru": nn.GRU(I, H, batch_first=True)}
+    out = {}
+    for name, module in long_cases.items():
+        r = training_step(module, lambda x, m=module: m(x)[0], x, max(3, repeats // 2))
+        out[name] = r
+        print(json.dumps({"long": name, "B": B, "T": T, "H": H, "train_ms": round(r["median_ms"], 1)}), flush=True)
+    return out
 
 
 def main() -> None:
@@ -209,6 +225,8 @@ def main() -> None:
                     help="measure this size instead of the grid (repeatable)")
     ap.add_argument("--cells", nargs="+", default=CELLS)
     ap.add_argument("--long", type=int, default=4096, help="sequence length of the minGRU-against-GRU case")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="what to measure: the size grid against peers, minGRU on a long sequence, streaming steps")
     ap.add_argument("--out", default="benchmarks/results/speed.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -220,7 +238,7 @@ def main() -> None:
                                               "torch": torch.__version__, "threads": args.threads,
                                               "sgemm_gflops": peak}, "cases": []}
     sizes = [{"B": b, "T": t, "H": h} for b, t, h in args.size] if args.size else grid(args.grid)
-    for size in sizes:
+    for size in sizes if "grid" in args.parts else []:
         B, T, H = size["B"], size["T"], size["H"]
         x = torch.randn(B, T, I)
         rows = {}
@@ -260,18 +278,12 @@ def main() -> None:
                                   "tokens_per_s": round(infer["tokens_per_s"])}), flush=True)
             except ImportError as e:
                 print(f"flax {kind}: skipped ({e})")
-    # minGRU against nn.GRU on a long sequence, one layer.
-    B, T, H = 8, args.long, 256
-    x = torch.randn(B, T, I)
-    long_cases = {"rnnkit mingru": Recurrent("mingru", I, H), "torch gru": nn.GRU(I, H, batch_first=True)}
-    results["long"] = {}
-    for name, module in long_cases.items():
-        r = training_step(module, lambda x, m=module: m(x)[0], x, max(3, args.repeats // 2))
-        results["long"][name] = r
-        print(json.dumps({"long": name, "B": B, "T": T, "H": H, "train_ms": round(r["median_ms"], 1)}), flush=True)
-    results["streaming_us"] = streaming(512, L, args.repeats)
-    print(json.dumps({"streaming_us_per_step": {k: round(v["median_ms"], 1)
-                                                for k, v in results["streaming_us"].items()}}), flush=True)
+    if "long" in args.parts:
+        results["long"] = long_sequence(I, args.long, args.repeats)
+    if "streaming" in args.parts:
+        results["streaming_us"] = streaming(512, L, args.repeats)
+        print(json.dumps({"streaming_us_per_step": {k: round(v["median_ms"], 1)
+                                                    for k, v in results["streaming_us"].items()}}), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

@@ -7,7 +7,8 @@ seeded with --split-seed (the split is written to the output folder). Word vocab
 writes a JSON summary (benchmarks/results/tatoeba.json by default), including the seed's example
 sentence "My name is John." translated.
 
-    python benchmarks/tatoeba.py --data ../shared/data --out runs/bench-tatoeba --minutes 100 --max-steps 22000 --threads 1
+    python benchmarks/tatoeba.py --data ../shared/data --out runs/bench-tatoeba --minutes 100 --max-steps 22000 \
+        --threads 1
 """
 
 from __future__ import annotations

@@ -20,25 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from rnnkit.cells import CELLS, FUSED_MODES, Cell, make_cell
 from rnnkit.scan import linear_recurrence, linear_scan_log
 
 LayerState = Tensor | tuple[Tensor, ...]
 
-# Optimizer steps taken in this process, by any torch.optim optimizer. The fused optimizers update
-# parameters in place without bumping their version counters, so a cache of derived weights keyed on
-# the versions alone would outlive an update; this count is part of the key as well.
-_optimizer_steps = 0
-
-
-def _count_optimizer_step(optimizer: Any, args: Any, kwargs: Any) -> None:
-    global _optimizer_steps
-    _optimizer_steps += 1
-
-
-register_optimizer_step_post_hook(_count_optimizer_step)
+# Cell name -> ATen's one-step function for it: one call per layer, its element-wise work in C++.
+_CELL_STEP_FUNCTIONS = {
+    "rnn": _VF.rnn_tanh_cell,
+    "rnn-relu": _VF.rnn_relu_cell,
+    "lstm": _VF.lstm_cell,
+    "gru": _VF.gru_cell,
+}
 
 _FUSED_FUNCTIONS = {
     "RNN_TANH": _VF.rnn_tanh,
@@ -561,8 +555,8 @@ class Recurrent(nn.Module):
             raise ValueError(f"input: expected shape (B, I={self.input_size}); got {tuple(input.shape)}")
         B = input.shape[0]
         parts = self._state_parts(state, B, input)
-        if self._joined_lstm_step_possible():
-            return self._joined_lstm_step(input, *parts)
+        if self._torch_cell_step_possible():
+            return self._torch_cell_step(input, parts)
         h = input
         new_parts: list[list[Tensor]] = [[] for _ in range(self.num_states)]
         dropped = self._dropped_weights()
@@ -579,44 +573,41 @@ class Recurrent(nn.Module):
         stacked = tuple(torch.stack(p, dim=0) for p in new_parts)
         return h, (stacked[0] if self.num_states == 1 else stacked)
 
-    def _joined_lstm_step_possible(self) -> bool:
-        """Whether `step` may take the one-product LSTM path: a plain LSTM, no autograd, nothing random."""
-        return (self.cell_name == "lstm" and not torch.is_grad_enabled() and not self.export_mode
+    def _torch_cell_step_possible(self) -> bool:
+        """Whether `step` may call ATen's one-step cell functions: a plain cell, no autograd, nothing random."""
+        return (self.cell_name in _CELL_STEP_FUNCTIONS and not torch.is_grad_enabled() and not self.export_mode
                 and self.zoneout == 0
                 and not (self.training and (self.recurrent_dropout > 0 or self.weight_drop > 0)))
 
-    def _joined_lstm_step(self, x: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, LayerState]:
-        """One LSTM step of every layer, each as one product [x, h] @ [W_ih | W_hh]^T + (b_ih + b_hh) and
-        five element-wise calls writing straight into the new (L, B, H) state.
+    def _torch_cell_step(self, x: Tensor, parts: tuple[Tensor, ...]) -> tuple[Tensor, LayerState]:
+        """One step of every layer through `torch._VF.{lstm,gru,rnn_tanh,rnn_relu}_cell`.
 
-        At B=1 a step is bound by reading the weights; joining the two products saves a call and an add,
-        and the state needs no stacking (measured in benchmarks/speed.py, streaming).
+        At B=1 a step is bound by reading the weights; what is left is the per-call cost of the element-wise
+        work, which these functions pay once per layer from C++ rather than once per operation from
+        Python (measured in benchmarks/speed.py, streaming: 472 against 542 us at H=512 for two layers
+        joined into one product each with the element-wise work written out here).
         """
-        H = self.hidden_size
-        h_all, c_all = torch.empty_like(h0), torch.empty_like(c0)
-        for layer, (weight, bias) in enumerate(self._joined_weights()):
-            both = torch.cat([x, h0[layer]], dim=1)
-            gates = torch.mm(both, weight) if bias is None else torch.addmm(bias, both, weight)
-            s = torch.sigmoid(gates)
-            c = torch.addcmul(s[:, H:2 * H] * c0[layer], s[:, :H], torch.tanh(gates[:, 2 * H:3 * H]),
-                              out=c_all[layer])
-            x = torch.mul(s[:, 3 * H:], torch.tanh(c), out=h_all[layer])
-        return x, (h_all, c_all)
+        fn = _CELL_STEP_FUNCTIONS[self.cell_name]
+        new_parts: list[list[Tensor]] = [[] for _ in parts]
+        for layer in range(self.num_layers):
+            weights = [self._parameters[name] for name in self._step_weight_names[layer]]
+            if len(parts) == 1:
+                new: tuple[Tensor, ...] = (fn(x, parts[0][layer], *weights),)
+            else:
+                new = tuple(fn(x, tuple(p[layer] for p in parts), *weights))
+            for k, s in enumerate(new):
+                new_parts[k].append(s)
+            x = new[0]
+        stacked = tuple(torch.stack(p, dim=0) for p in new_parts)
+        return x, (stacked[0] if len(stacked) == 1 else stacked)
 
-    def _joined_weights(self) -> list[tuple[Tensor, Tensor | None]]:
-        """Per layer, [W_ih | W_hh]^T (I+H, 4H) and b_ih + b_hh; rebuilt when any weight may have changed:
-        after any optimizer step in the process (fused optimizers leave version counters alone), an
-        in-place edit or load_state_dict (they bump a version), or .to() (it moves the storage)."""
-        key = (_optimizer_steps, *((p._version, p.data_ptr(), p.dtype) for p in self._parameters.values()))
-        cached = self.__dict__.get("_joined_cache")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        joined = []
-        with torch.no_grad():
-            for layer in range(self.num_layers):
-                w_ih, w_hh = getattr(self, f"weight_ih_l{layer}"), getattr(self, f"weight_hh_l{layer}")
-                bias = (getattr(self, f"bias_ih_l{layer}") + getattr(self, f"bias_hh_l{layer}")) if self.bias else None
-                joined.append((torch.cat([w_ih, w_hh], dim=1).t().contiguous(), bias))
-        self.__dict__["_joined_cache"] = (key, joined)
-        return joined
+    @property
+    def _step_weight_names(self) -> list[list[str]]:
+        """Per layer, the names of W_ih, W_hh and (with bias) b_ih, b_hh, in the order ATen's cells take."""
+        names = self.__dict__.get("_step_names")
+        if names is None:
+            kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if self.bias else ("weight_ih", "weight_hh")
+            names = [[f"{k}_l{layer}" for k in kinds] for layer in range(self.num_layers)]
+            self.__dict__["_step_names"] = names
+        return names
 

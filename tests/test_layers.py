@@ -135,7 +135,7 @@ def test_step_equals_forward(cell):
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_lstm_step_without_autograd_matches_nn_lstm_and_follows_weight_changes(bias):
-    # Under no_grad a plain LSTM steps with one joined product per layer, cached until a weight changes.
+    # Under no_grad a plain LSTM steps through ATen's one-step function, on the weights as they are now.
     torch.manual_seed(0)
     layer = Recurrent("lstm", I, H, num_layers=2, bias=bias).double().eval()
     ref = nn.LSTM(I, H, num_layers=2, bias=bias, batch_first=True).double().eval()
@@ -159,27 +159,46 @@ def test_lstm_step_without_autograd_matches_nn_lstm_and_follows_weight_changes(b
 
 
 @pytest.mark.parametrize("optimizer", ["fused adam", "fused sgd", "adam"])
-def test_lstm_step_cache_follows_every_optimizer_step(optimizer):
-    # Fused optimizers update weights in place without bumping their version counters; the joined
-    # weights cached by the no-grad step must still be rebuilt after such a step.
+@pytest.mark.parametrize("cell", list(TORCH))
+def test_step_without_autograd_matches_torch_nn_and_follows_every_optimizer_step(cell, optimizer):
+    # Under no_grad the plain cells step through ATen's one-step functions on the live weights; fused
+    # optimizers update those in place without bumping version counters, and the step must see it.
     torch.manual_seed(0)
-    layer = Recurrent("lstm", I, H, num_layers=2).eval()
+    layer = Recurrent(cell, I, H, num_layers=2).eval()
     params = list(layer.parameters())
     opt = {"fused adam": lambda: torch.optim.Adam(params, lr=0.1, fused=True),
            "fused sgd": lambda: torch.optim.SGD(params, lr=0.1, fused=True),
            "adam": lambda: torch.optim.Adam(params, lr=0.1)}[optimizer]()
     x = torch.randn(B, I)
     with torch.no_grad():
-        before = layer.step(x)[0]  # builds the cache
+        before = layer.step(x)[0]
     for p in params:
         p.grad = torch.randn_like(p)
     opt.step()
-    ref = nn.LSTM(I, H, num_layers=2, batch_first=True).eval()
+    ref = TORCH[cell](input_size=I, hidden_size=H, num_layers=2, batch_first=True).eval()
     ref.load_state_dict(layer.state_dict())
     with torch.no_grad():
-        after = layer.step(x)[0]
-        assert_close(after, ref(x.unsqueeze(1))[0][:, 0])
-    assert not torch.allclose(after, before)
+        out, state = layer.step(x)
+        ref_out, ref_state = ref(x.unsqueeze(1))
+    assert_close(out, ref_out[:, 0])
+    for a, b in zip(_flat(state), _flat(ref_state), strict=True):
+        assert_close(a, b)
+    assert not torch.allclose(out, before)
+
+
+@pytest.mark.parametrize("cell", list(TORCH))
+def test_step_without_autograd_equals_step_with_autograd(cell):
+    torch.manual_seed(0)
+    layer = Recurrent(cell, I, H, num_layers=3, weight_drop=0.3).eval()
+    x = torch.randn(B, 4, I)
+    s_fast = s_slow = None
+    for t in range(4):
+        with torch.no_grad():
+            fast, s_fast = layer.step(x[:, t], s_fast)
+        slow, s_slow = layer.step(x[:, t], s_slow)
+        assert_close(fast, slow.detach())
+    for a, b in zip(_flat(s_fast), _flat(s_slow), strict=True):
+        assert_close(a, b.detach())
 
 
 @pytest.mark.parametrize("fused", [True, False])
