@@ -541,8 +541,8 @@ class Recurrent(nn.Module):
     def step(self, input: Tensor, state: LayerState | None = None) -> tuple[Tensor, LayerState]:
         """One time step for every layer (streaming generation); unidirectional only.
 
-        Uses the cells directly: one small matrix product per layer, cheaper at B=1 than a
-        fused sequence kernel called with T=1.
+        Uses the cells directly: small matrix products per layer, cheaper at B=1 than a fused
+        sequence kernel called with T=1.
 
         Args:
             input: (B, I).
@@ -555,18 +555,25 @@ class Recurrent(nn.Module):
             raise ValueError(f"input: expected shape (B, I={self.input_size}); got {tuple(input.shape)}")
         B = input.shape[0]
         parts = self._state_parts(state, B, input)
-        if self._torch_cell_step_possible():
-            return self._torch_cell_step(input, parts)
+        # A plain cell with nothing random steps through ATen's one-step function (lstm_cell, gru_cell, ...):
+        # one call per layer, its element-wise work in C++ rather than one Python call per operation
+        # (`benchmarks/probes.py streaming` times both paths).
+        aten = _CELL_STEP_FUNCTIONS[self.cell_name] if self._torch_cell_step_possible() else None
+        dropped = {} if aten is not None else self._dropped_weights()
         h = input
         new_parts: list[list[Tensor]] = [[] for _ in range(self.num_states)]
-        dropped = self._dropped_weights()
         for layer in range(self.num_layers):
             old = tuple(p[layer] for p in parts)
-            cell, params = self._cells[layer], self._params(layer, dropped)
-            self._add_recurrent_mask(params, input, B)
-            new = cell.recurrence(cell.project(h, params), old, params)
-            if self.zoneout > 0:
-                new = self._zoneout(new, old)
+            if aten is not None:
+                weights = [self._parameters[name] for _, name in self._param_names[layer]]  # torch.nn's order
+                out = aten(h, old[0] if len(old) == 1 else old, *weights)
+                new = (out,) if isinstance(out, Tensor) else tuple(out)
+            else:
+                cell, params = self._cells[layer], self._params(layer, dropped)
+                self._add_recurrent_mask(params, input, B)
+                new = cell.recurrence(cell.project(h, params), old, params)
+                if self.zoneout > 0:
+                    new = self._zoneout(new, old)
             for k, s in enumerate(new):
                 new_parts[k].append(s)
             h = new[0]
@@ -578,36 +585,4 @@ class Recurrent(nn.Module):
         return (self.cell_name in _CELL_STEP_FUNCTIONS and not torch.is_grad_enabled() and not self.export_mode
                 and self.zoneout == 0
                 and not (self.training and (self.recurrent_dropout > 0 or self.weight_drop > 0)))
-
-    def _torch_cell_step(self, x: Tensor, parts: tuple[Tensor, ...]) -> tuple[Tensor, LayerState]:
-        """One step of every layer through `torch._VF.{lstm,gru,rnn_tanh,rnn_relu}_cell`.
-
-        At B=1 a step is bound by reading the weights; what is left is the per-call cost of the element-wise
-        work, which these functions pay once per layer from C++ rather than once per operation from
-        Python (measured in benchmarks/speed.py, streaming: 472 against 542 us at H=512 for two layers
-        joined into one product each with the element-wise work written out here).
-        """
-        fn = _CELL_STEP_FUNCTIONS[self.cell_name]
-        new_parts: list[list[Tensor]] = [[] for _ in parts]
-        for layer in range(self.num_layers):
-            weights = [self._parameters[name] for name in self._step_weight_names[layer]]
-            if len(parts) == 1:
-                new: tuple[Tensor, ...] = (fn(x, parts[0][layer], *weights),)
-            else:
-                new = tuple(fn(x, tuple(p[layer] for p in parts), *weights))
-            for k, s in enumerate(new):
-                new_parts[k].append(s)
-            x = new[0]
-        stacked = tuple(torch.stack(p, dim=0) for p in new_parts)
-        return x, (stacked[0] if len(stacked) == 1 else stacked)
-
-    @property
-    def _step_weight_names(self) -> list[list[str]]:
-        """Per layer, the names of W_ih, W_hh and (with bias) b_ih, b_hh, in the order ATen's cells take."""
-        names = self.__dict__.get("_step_names")
-        if names is None:
-            kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if self.bias else ("weight_ih", "weight_hh")
-            names = [[f"{k}_l{layer}" for k in kinds] for layer in range(self.num_layers)]
-            self.__dict__["_step_names"] = names
-        return names
 
