@@ -33,7 +33,9 @@ def write(tmp_path, text, name="s.csv"):
 
 def test_reads_targets_covariates_and_dates(tmp_path):
     path = write(tmp_path, "t,a,b,c\n2020-01-01 00:00,1,2,x\n2020-01-01 01:00,2,4,y\n2020-01-01 02:00,3,6,z\n")
-    s = read_series(path, ["a"], "t", ["all"])
+    with pytest.warns(UserWarning, match=r"--covariates all: left out 1 column\(s\) that do not hold numbers: "
+                                         r"c \(line 2: 'x'\)$"):
+        s = read_series(path, ["a"], "t", ["all"])
     assert s.is_datetime and s.covariate_names == ["b"]  # c is not numeric: not a covariate
     np.testing.assert_array_equal(s.values(), [[1, 2], [2, 4], [3, 6]])
     assert infer_step(s.times) == pd.Timedelta(hours=1)
@@ -146,3 +148,31 @@ def test_reads_an_open_stream_and_names_it_in_messages():
     with pytest.raises(UserError, match=r"^inputs\.0: line 3, column a: expected a number"):
         read_series(stream, ["a"], "t")
     assert read_series(io.StringIO("a\n1\n2\n"), ["a"]).targets.shape == (2, 1)
+
+
+def hourly_csv(n=60, drop=(), extra_column=None):
+    """An hourly CSV (t, a, b) of n rows without the rows in `drop`; `extra_column` maps row -> cell of b."""
+    times = pd.date_range("2021-03-01", periods=n, freq="h").strftime("%Y-%m-%d %H:%M")
+    lines = ["t,a,b"]
+    for i, t in enumerate(times):
+        if i not in drop:
+            lines.append(f"{t},{i % 7},{(extra_column or {}).get(i, i * 0.5)}")
+    return "\n".join(lines) + "\n"
+
+
+def test_covariates_all_keeps_a_numeric_column_with_a_bad_cell_and_names_it(tmp_path):
+    path = write(tmp_path, hourly_csv(extra_column={57: '"12,5x"'}))
+    expected = r"s\.csv: line 59, column b: expected a number; got '12,5x'$"
+    with pytest.raises(UserError, match=expected):
+        read_series(path, ["a"], "t", ["b"])
+    with pytest.raises(UserError, match=expected):  # the same message as naming the column
+        read_series(path, ["a"], "t", ["all"])
+
+
+def test_covariates_all_names_the_columns_it_leaves_out(tmp_path):
+    codes = {i: "x" if i % 2 else "" for i in range(60)}  # codes and empty cells: not a numeric column
+    with pytest.warns(UserWarning, match=r"left out 1 column\(s\) that do not hold numbers: b \(line 3: 'x'\)"):
+        s = read_series(write(tmp_path, hourly_csv(extra_column=codes)), ["a"], "t", ["all"])
+    assert s.covariate_names == []
+
+

@@ -81,7 +81,9 @@ def read_series(
         path: the CSV file, or an open text stream (standard input).
         target: the column(s) to forecast.
         time_column: the timestamps (parsed as dates, or integers used as an index); None: row order.
-        covariates: other numeric columns read as inputs; ["all"]: every other numeric column; None: none.
+        covariates: other numeric columns read as inputs; ["all"]: every other column whose cells are
+            mostly numbers (a few bad cells in one are reported like those of a named column; the
+            columns left out are named in a warning); None: none.
         impute: fill missing cells by linear interpolation (edges by the nearest value) with a warning;
             False: refuse them.
     Raises:
@@ -115,6 +117,10 @@ def read_series(
     if covariates == ["all"]:
         rest = [c for c in columns if c not in target and c != time_column]
         covariates = [c for c in rest if _mostly_numeric(frame[c])]
+        left_out = [_first_text_cell(frame[c], c) for c in rest if c not in covariates]
+        if left_out:
+            warnings.warn(f"{path}: --covariates all: left out {len(left_out)} column(s) that do not hold "
+                          f"numbers: {'; '.join(left_out)}", stacklevel=2)
     covariates = list(covariates or [])
     for c in covariates:
         if c not in columns:
@@ -143,10 +149,26 @@ def read_series(
     return Series(str(path), times, values[:, :C], values[:, C:], list(target), covariates, imputed)
 
 
+MISSING_CELLS = ["", "NA", "NaN", "nan", "N/A", "null", "NULL", "None"]
+NUMERIC_SHARE = 0.9  # `--covariates all` takes a column when this share of its filled cells are numbers
+
+
 def _mostly_numeric(column: pd.Series) -> bool:
+    """Whether most filled cells are numbers: a column of numbers with a few typos is still one (and the
+    typos are then reported by line), a column of names or codes is not."""
     cells = column.str.strip()
-    cells = cells[cells != ""]
-    return len(cells) > 0 and bool(pd.to_numeric(cells, errors="coerce").notna().all())
+    cells = cells[~cells.isin(MISSING_CELLS)]
+    return len(cells) > 0 and float(pd.to_numeric(cells, errors="coerce").notna().mean()) >= NUMERIC_SHARE
+
+
+def _first_text_cell(column: pd.Series, name: str) -> str:
+    """'NAME (line N: 'cell')' for the first filled cell that is not a number, or 'NAME (empty)'."""
+    cells = column.str.strip()
+    text = (~cells.isin(MISSING_CELLS) & pd.to_numeric(cells, errors="coerce").isna()).to_numpy()
+    if not text.any():
+        return f"{name} (empty)"
+    row = int(np.flatnonzero(text)[0])
+    return f"{name} (line {_line(row)}: {cells.iloc[row]!r})"
 
 
 def _parse_numbers(frame: pd.DataFrame, names: list[str], path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +177,7 @@ def _parse_numbers(frame: pd.DataFrame, names: list[str], path: Path) -> tuple[n
     missing = np.zeros((len(frame), len(names)), dtype=bool)
     for j, name in enumerate(names):
         cells = frame[name].str.strip()
-        empty = cells.isin(["", "NA", "NaN", "nan", "N/A", "null", "NULL", "None"])
+        empty = cells.isin(MISSING_CELLS)
         numbers = pd.to_numeric(cells.where(~empty), errors="coerce")
         bad = numbers.isna() & ~empty
         if bad.any():
