@@ -331,6 +331,8 @@ class ForecastConfig:
                                          "lowest and highest bound the prediction interval")
     calendar: bool = _opt(True, "add calendar features (hour, day of week, ...) derived from the time column")
     impute: bool = _opt(True, "interpolate missing values (counted, with a warning); off: reject them")
+    gaps: bool = _opt(True, "accept gaps in a regular time grid, steps 1.5 or more times the usual one (counted, "
+                            "with a warning; the rows either side are read as neighbours); off: reject them")
     level: str = _opt("mean", "per-window level subtracted from the targets before the encoder and added back to "
                               "the forecast: the window's mean, its last value, none; season: the mean, and the "
                               "forecast adds to the value one season back", choices=FORECAST_LEVELS)

@@ -262,3 +262,18 @@ def test_cli_refuses_missing_values_without_impute_and_short_series(tmp_path, ca
     assert "1 missing value(s), the first at line 42, column load" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "r2"), "--lookback", "90"]) == 2
     assert "100 rows is too short: --lookback 90 + --horizon 6" in capsys.readouterr().err
+
+
+def test_cli_refuses_gaps_with_no_gaps(tmp_path, capsys):
+    frame = make_series(n=120).drop(index=range(40, 50))  # ten hours missing
+    data = tmp_path / "gaps.csv"
+    frame.to_csv(data, index=False)
+    args = ["train", "forecast", "--train", str(data), "--out", str(tmp_path / "run"), "--target", "load",
+            "--time-column", "time", "--lookback", "24", "--horizon", "6", "--epochs", "1", "--hidden", "8"]
+    assert main([*args, "--no-gaps"]) == 2
+    err = capsys.readouterr().err
+    assert ("1 gap(s) in column time, about 10 missing step(s) in all (steps of 1.5 or more times the usual "
+            "1 hour), the first between line 41 (2022-05-02 15:00:00) and line 42 (2022-05-03 02:00:00)") in err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+

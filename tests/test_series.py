@@ -176,3 +176,33 @@ def test_covariates_all_names_the_columns_it_leaves_out(tmp_path):
     assert s.covariate_names == []
 
 
+def test_gaps_in_the_time_grid_are_counted_or_refused(tmp_path):
+    path = write(tmp_path, hourly_csv(drop=range(20, 30)))  # 10 hours missing after line 21
+    expected = (r"s\.csv: 1 gap\(s\) in column t, about 10 missing step\(s\) in all \(steps of 1\.5 or more times "
+                r"the usual 1 hour\), the first between line 21 \(2021-03-01 19:00\) and line 22 "
+                r"\(2021-03-02 06:00\)")
+    with pytest.warns(UserWarning, match=expected + "; the rows either side are read as neighbours"):
+        s = read_series(path, ["a"], "t")
+    assert len(s) == 50
+    with pytest.raises(UserError, match=expected + ".*drop --no-gaps"):
+        read_series(path, ["a"], "t", gaps=False)
+    path = write(tmp_path, hourly_csv(drop=[5, 40, 41]), "two.csv")
+    with pytest.warns(UserWarning, match=r"2 gap\(s\) in column t, about 3 missing step\(s\).* line 6 "):
+        read_series(path, ["a"], "t")
+
+
+@pytest.mark.parametrize("times", [
+    pd.date_range("2021-01-01", periods=30, freq="MS"),  # months of 28 to 31 days: no gap
+    pd.DatetimeIndex(np.datetime64("2021-01-01") + np.cumsum(np.random.default_rng(0).exponential(3600, 40))
+                     .astype("timedelta64[s]")),  # irregular events: no usual step
+    pd.Index([0, 2, 4, 6, 8]),  # an index in steps of 2
+])
+def test_regular_grids_and_irregular_events_have_no_gaps(tmp_path, times):
+    cells = times.strftime("%Y-%m-%d %H:%M:%S") if isinstance(times, pd.DatetimeIndex) else times.astype(str)
+    text = "t,a\n" + "".join(f"{t},{i}\n" for i, t in enumerate(cells))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = read_series(write(tmp_path, text), ["a"], "t", gaps=False)
+    assert len(s) == len(times)
+
+

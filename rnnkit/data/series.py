@@ -1,7 +1,8 @@
 """Time series from CSV files: reading with checks, imputation, scaling, calendar features and windows.
 
 What is here: `read_series` (a CSV with a header read by pandas into a checked `Series`: numeric
-cells, sorted unique timestamps, missing values interpolated with a counted warning or refused),
+cells, sorted unique timestamps, missing values interpolated with a counted warning or refused, gaps in a
+regular time grid counted with a warning or refused),
 `calendar_features` derived from timestamps, `infer_step` / `infer_season` / `future_times`,
 `Scaler` (per-column standardisation fitted on training rows only, saved as JSON), `window_origins`
 (where forecasts may start: a whole history before, a whole horizon after),
@@ -74,6 +75,7 @@ def read_series(
     time_column: str | None = None,
     covariates: list[str] | None = None,
     impute: bool = True,
+    gaps: bool = True,
 ) -> Series:
     """Read a CSV with a header into a checked `Series`.
 
@@ -86,9 +88,12 @@ def read_series(
             columns left out are named in a warning); None: none.
         impute: fill missing cells by linear interpolation (edges by the nearest value) with a warning;
             False: refuse them.
+        gaps: accept gaps in a regular time grid (steps longer than the usual one) with a warning that
+            counts them; False: refuse them.
     Raises:
         UserError naming the file, line and column for unreadable files, unknown columns, non-numeric
-        cells, missing cells (with impute off), unparseable, unsorted or duplicate timestamps.
+        cells, missing cells (with impute off), unparseable, unsorted or duplicate timestamps, gaps (with
+        gaps off).
     """
     source = path
     path = Path(path) if isinstance(path, str | Path) else Path(getattr(path, "name", "<stdin>"))
@@ -129,6 +134,8 @@ def read_series(
             raise UserError(f"--covariates {c}: this column is already the target or the time column")
 
     times = _parse_times(frame, time_column, path)
+    if time_column is not None:
+        _check_gaps(times, frame[time_column].str.strip(), time_column, path, gaps)
     values, missing = _parse_numbers(frame, list(target) + covariates, path)
     imputed = int(missing.sum())
     if imputed:
@@ -228,7 +235,50 @@ def _parse_times(frame: pd.DataFrame, time_column: str | None, path: Path) -> pd
     return times
 
 
+GAP_FACTOR = 1.5  # a step this many times the usual one or more is a gap (a missing row doubles it)
+REGULAR_SHARE = 0.5  # a grid is regular when this share of its steps lie within 10% of the usual step
+
+
+def _check_gaps(times: pd.Index, cells: pd.Series, time_column: str, path: Path, allow: bool) -> None:
+    """Count the steps of a regular time grid that are longer than the usual one; warn, or refuse.
+
+    The rows either side of a gap are read as neighbours, so a model sees a jump it was not trained for.
+    Irregular timestamps (events) have no usual step and are not checked.
+    """
+    if len(times) < 3:
+        return
+    steps = np.diff(_ticks(times)).astype(np.float64)
+    usual = float(np.median(steps))
+    if np.mean(np.abs(steps - usual) <= 0.1 * usual) < REGULAR_SHARE:
+        return
+    gap = np.flatnonzero(steps >= GAP_FACTOR * usual)
+    if len(gap) == 0:
+        return
+    i = int(gap[0])
+    first = (f"the first between line {_line(i)} ({cells.iloc[i]}) and line {_line(i + 1)} "
+             f"({cells.iloc[i + 1]})")
+    missed = int(np.maximum(np.round(steps[gap] / usual) - 1, 1).sum())
+    what = (f"{len(gap)} gap(s) in column {time_column}, about {missed} missing step(s) in all (steps of "
+            f"{GAP_FACTOR:g} or more times the usual {_step_text(infer_step(times))}), {first}")
+    if not allow:
+        raise UserError(f"{path}: {what}; add the missing rows (empty cells are interpolated) or drop --no-gaps "
+                        "to read the rows either side as neighbours")
+    warnings.warn(f"{path}: {what}; the rows either side are read as neighbours", stacklevel=3)
+
+
 # ----------------------------------------------------------------------------- time and calendar
+
+
+def _step_text(step: pd.Timedelta | int) -> str:
+    """'1 hour', '15 minutes', '7 days' for a Timedelta; the number for an index."""
+    if not isinstance(step, pd.Timedelta):
+        return str(step)
+    for unit, size in (("day", DAY), ("hour", pd.Timedelta(hours=1)), ("minute", pd.Timedelta(minutes=1)),
+                       ("second", pd.Timedelta(seconds=1))):
+        if step >= size and step % size == pd.Timedelta(0):
+            n = int(step // size)
+            return f"{n} {unit}{'' if n == 1 else 's'}"
+    return str(step)
 
 
 def _ticks(times: pd.Index) -> np.ndarray:

@@ -111,7 +111,7 @@ class WindowSource:
 
 def _read(cfg: RunConfig, path: str | Path) -> Series:
     o = cfg.options
-    return read_series(path, o.target or [], o.time_column, o.covariates, o.impute)
+    return read_series(path, o.target or [], o.time_column, o.covariates, o.impute, o.gaps)
 
 
 def _time_value(series: Series, i: int) -> Any:
@@ -181,7 +181,8 @@ def train(
         if n < L + H:
             raise UserError(f"{train_path}: {n} rows; --lookback {L} + --horizon {H} need at least {L + H}")
         # the training file's columns, so that `--covariates all` cannot pick other ones here
-        valid = read_series(valid_path, series.target_names, o.time_column, series.covariate_names, o.impute)
+        valid = read_series(valid_path, series.target_names, o.time_column, series.covariate_names, o.impute,
+                            o.gaps)
         if valid.is_datetime != series.is_datetime:
             raise UserError(f"{valid_path}: the time column holds other values than in {train_path}")
         first = 0
@@ -291,7 +292,8 @@ def load(run_dir: str | Path, device: str = "cpu") -> LoadedForecaster:
 def read_for_run(run: LoadedForecaster, path: str | Path) -> Series:
     """Read a CSV with the columns and settings the run was trained with."""
     m = run.meta
-    series = read_series(path, m["target"], m["time_column"], m["covariates"], run.config.options.impute)
+    o = run.config.options
+    series = read_series(path, m["target"], m["time_column"], m["covariates"], o.impute, o.gaps)
     _check_same_kind(m, series)
     return series
 
