@@ -261,6 +261,10 @@ EVALUATE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
                                                        "(default: the horizon)"}),
     ("--season", {"type": int, "metavar": "N", "help": "forecast: season length in steps for seasonal-naive "
                                                        "and MASE (default: inferred from the time step)"}),
+    ("--seen-rows", {"type": int, "metavar": "N", "help": "forecast runs without a time column: forecasts start "
+                                                         "after the first N rows of --data, taken as seen in "
+                                                         "training (default: the first rows that repeat, value "
+                                                         "for value, rows seen in training; never fewer)"}),
 ]
 
 PREDICT_OPTIONS: list[tuple[str, dict[str, Any]]] = [

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -275,5 +276,88 @@ def test_cli_refuses_gaps_with_no_gaps(tmp_path, capsys):
     assert ("1 gap(s) in column time, about 10 missing step(s) in all (steps of 1.5 or more times the usual "
             "1 hour), the first between line 41 (2022-05-02 15:00:00) and line 42 (2022-05-03 02:00:00)") in err
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+# ------------------------------------------------------------------------- series in row order
+
+
+@pytest.fixture(scope="module")
+def row_run(tmp_path_factory):
+    """A run without a time column, trained on the first 300 rows of a 420-row series."""
+    tmp = tmp_path_factory.mktemp("rows")
+    frame = make_series(n=420)[["load", "temp"]]
+    frame.iloc[:300].to_csv(tmp / "train.csv", index=False)
+    cfg = config(time_column=None)
+    cfg.train.epochs = 1
+    forecast.train(cfg, tmp / "train.csv", tmp / "run", log=lambda _line: None)
+    return tmp / "run", frame, tmp
+
+
+@pytest.mark.parametrize("rows, seen", [
+    (slice(0, 420), 300),  # the training file and 120 new rows
+    (slice(300 - 24, 420), 24),  # a lookback of training rows as history, then the new rows
+    (slice(300, 420), 0),  # new rows only
+    (slice(100, 420), 200),  # from the middle of the training rows on
+])
+def test_row_order_evaluation_starts_after_the_rows_seen_in_training(row_run, rows, seen):
+    run_dir, frame, tmp = row_run
+    data = tmp / f"rows{rows.start}.csv"
+    frame.iloc[rows].to_csv(data, index=False)
+    figures = forecast.evaluate(run_dir, data)
+    n = rows.stop - rows.start
+    assert figures["seen_rows"] == seen
+    assert figures["origins"] == len(range(max(seen, 24), n - 6 + 1, 6))
+    y = frame[["load"]].to_numpy()[rows]
+    origins = np.arange(max(seen, 24), n - 6 + 1, 6)
+    truth = np.stack([y[o:o + 6] for o in origins])
+    assert math.isclose(figures["baselines"]["naive"]["mae"], float(np.abs(naive_forecast(y, origins, 6) - truth).mean()))
+
+
+def test_row_order_evaluation_refuses_the_training_rows(row_run, capsys):
+    run_dir, frame, tmp = row_run
+    train_csv = tmp / "train.csv"
+    assert main(["evaluate", str(run_dir), "--data", str(train_csv)]) == 2
+    err = capsys.readouterr().err
+    assert "no forecast origin" in err and "after the rows seen in training; the file has 300 rows, 0 of them" in err
+    frame.to_csv(tmp / "all.csv", index=False)
+    assert main(["evaluate", str(run_dir), "--data", str(tmp / "all.csv"), "--seen-rows", "100"]) == 2
+    assert ("--seen-rows 100: the first 300 rows of " in capsys.readouterr().err)
+    assert main(["evaluate", str(run_dir), "--data", str(tmp / "all.csv"), "--seen-rows", "360", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["seen_rows"] == 360 and figures["origins"] == len(range(360, 415, 6))
+
+
+def test_row_order_run_without_its_seen_rows_asks_for_them(row_run, tmp_path, capsys):
+    run_dir, frame, tmp = row_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "seen.npz").unlink()
+    data = tmp_path / "all.csv"
+    frame.to_csv(data, index=False)
+    assert main(["evaluate", str(copy), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "seen.npz: not found" in err and "give --seen-rows N" in err
+    assert forecast.evaluate(copy, data, seen_rows=300)["origins"] == len(range(300, 415, 6))
+    (copy / "seen.npz").write_bytes(b"not numpy")
+    with pytest.raises(UserError, match=r"seen\.npz: not a readable numpy file"):
+        forecast.evaluate(copy, data)
+
+
+def test_row_order_validation_file_is_forecast_after_the_training_rows(tmp_path):
+    frame = make_series(n=400)[["load", "temp"]]
+    frame.iloc[:300].to_csv(tmp_path / "train.csv", index=False)
+    frame.to_csv(tmp_path / "valid.csv", index=False)  # the training rows again, then 100 new ones
+    cfg = config(time_column=None)
+    cfg.train.max_steps = 1
+    forecast.train(cfg, tmp_path / "train.csv", tmp_path / "run", valid_path=tmp_path / "valid.csv",
+                   log=lambda _line: None)
+    assert json.loads((tmp_path / "run" / "series.json").read_text())["valid_windows"] == 100 - 6 + 1
+    with pytest.raises(UserError, match="no forecast origin"):  # every row was seen, in one file or the other
+        forecast.evaluate(tmp_path / "run", tmp_path / "valid.csv")
+
+
+def test_seen_rows_is_refused_for_a_run_with_a_time_column(direct_run):
+    with pytest.raises(UserError, match=r"--seen-rows: the run has a time column \(time\)"):
+        forecast.evaluate(direct_run[0], direct_run[1], seen_rows=0)
 
 

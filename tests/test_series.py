@@ -17,6 +17,7 @@ from rnnkit.data.series import (
     future_times,
     infer_season,
     infer_step,
+    leading_rows_seen,
     mase_scale,
     naive_forecast,
     read_series,
@@ -206,3 +207,37 @@ def test_regular_grids_and_irregular_events_have_no_gaps(tmp_path, times):
     assert len(s) == len(times)
 
 
+def test_leading_rows_seen_against_brute_force():
+    rng = np.random.default_rng(2)
+    train, valid, new = rng.normal(size=(40, 2)), rng.normal(size=(15, 2)), rng.normal(size=(9, 2))
+
+    def brute(values, seen):
+        # the longest run of first rows equal to consecutive seen rows, chained while a run ends its array
+        pos = 0
+        while True:
+            best, to_end = 0, False
+            for s in seen:
+                for start in range(len(s)):
+                    k = 0
+                    while pos + k < len(values) and start + k < len(s) and np.array_equal(values[pos + k], s[start + k]):
+                        k += 1
+                    if k > best or (k == best and k and start + k == len(s)):
+                        best, to_end = k, start + k == len(s)
+            pos += best
+            if not to_end or pos == len(values):
+                return pos
+
+    cases = {
+        "the training file": (train, 40),
+        "the training file, then new rows": (np.vstack([train, new]), 40),
+        "its last rows as history, then new rows": (np.vstack([train[-6:], new]), 6),
+        "rows from its middle": (np.vstack([train[10:30], new]), 20),
+        "new rows only": (new, 0),
+        "the training then the validation file, then new rows": (np.vstack([train, valid, new]), 55),
+        "the validation file's later rows after the training file": (np.vstack([train, valid[5:], new]), 50),
+        "new rows, then the training file": (np.vstack([new, train]), 0),
+    }
+    for name, (values, expected) in cases.items():
+        assert leading_rows_seen(values, [train, valid]) == expected == brute(values, [train, valid]), name
+    assert leading_rows_seen(np.full((3, 2), -0.0), [np.zeros((4, 2))]) == 3  # -0.0 and 0.0 are the same value
+    assert leading_rows_seen(np.zeros((5, 1)), [np.zeros((8, 1))]) == 5  # a constant series: all seen

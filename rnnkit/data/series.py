@@ -5,7 +5,8 @@ cells, sorted unique timestamps, missing values interpolated with a counted warn
 regular time grid counted with a warning or refused),
 `calendar_features` derived from timestamps, `infer_step` / `infer_season` / `future_times`,
 `Scaler` (per-column standardisation fitted on training rows only, saved as JSON), `window_origins`
-(where forecasts may start: a whole history before, a whole horizon after),
+(where forecasts may start: a whole history before, a whole horizon after), `leading_rows_seen` (how many
+first rows of a file repeat rows seen before, for series in row order),
 and the forecast metrics with the naive and seasonal-naive baselines (`forecast_errors`, `naive_forecast`,
 `seasonal_naive_forecast`, `mase_scale`). What is not: models, training, or anything that touches the
 command line.
@@ -406,6 +407,56 @@ def window_origins(n: int, lookback: int, horizon: int, first: int = 0, stride: 
     """Origins o (index of the first forecast step) with o >= max(first, lookback) and o + horizon <= n."""
     start = max(first, lookback)
     return np.arange(start, n - horizon + 1, stride, dtype=np.int64)
+
+
+def leading_rows_seen(values: np.ndarray, seen: list[np.ndarray]) -> int:
+    """How many first rows of `values` repeat rows seen before, compared value for value.
+
+    The rows must repeat a run of consecutive rows of one of the `seen` arrays; when that run reaches the end of
+    its array, the rows after it may repeat a run of another (a validation file after the training file).
+    Used for series in row order, where no timestamp says which rows are new.
+
+    Args:
+        values: (N, F) the rows of a file.
+        seen: arrays (M, F) of rows seen before, in their order.
+    """
+    ids: dict[bytes, int] = {}
+
+    def codes(a: np.ndarray) -> list[int]:
+        rows = np.ascontiguousarray(a, dtype=np.float64) + 0.0  # + 0.0: -0.0 and 0.0 read alike
+        return [ids.setdefault(row.tobytes(), len(ids)) for row in rows]
+
+    rows = codes(values)
+    runs = [codes(s) for s in seen if len(s)]
+    pos = 0
+    while pos < len(rows):
+        best, to_end = 0, False
+        for run in runs:
+            common = _z_array(rows[pos:] + [-1] + run)[len(rows) - pos + 1:]  # (M,) match length at each start
+            for start, length in enumerate(common):
+                if length > best or (length == best and length and start + length == len(run)):
+                    best, to_end = length, start + length == len(run)
+        pos += best
+        if not to_end:
+            break
+    return pos
+
+
+def _z_array(seq: list[int]) -> list[int]:
+    """z[i]: the length of the longest common prefix of seq and seq[i:] (z[0] = len(seq))."""
+    n = len(seq)
+    z = [0] * n
+    if n:
+        z[0] = n
+    left = right = 0
+    for i in range(1, n):
+        if i < right:
+            z[i] = min(right - i, z[i - left])
+        while i + z[i] < n and seq[z[i]] == seq[i + z[i]]:
+            z[i] += 1
+        if i + z[i] > right:
+            left, right = i, i + z[i]
+    return z
 
 
 # -------------------------------------------------------------------------- metrics and baselines

@@ -3,15 +3,18 @@
 What is here: the window batch source, `train` (time-ordered split, scaling fitted on the training part,
 the anomaly threshold learned on validation data), `load`, `forecast` (the model's forecasts from given
 origins, in the data's units), `evaluate` (every origin whose whole horizon lies after the last
-timestamp seen in training, against the naive and seasonal-naive baselines), `predict` (the horizon after
+timestamp seen in training, or, for a series in row order, after the first rows that repeat rows seen in
+training; against the naive and seasonal-naive baselines), `predict` (the horizon after
 the end of a series, with intervals and a plot) and the one-step-ahead anomaly scores behind
 `predict --anomalies`. What is not: the network (models/forecaster.py), reading and checking CSV files,
 scaling, windows and the metrics themselves (data/series.py), the loop (train.py).
 
 A run directory holds, beside the usual files: `scaler.json` (means and standard deviations of the
 training part), `series.json` (columns, time step, season, the last timestamp seen in training),
-`insample.npy` (the training part's target values, the MASE scale's in-sample data) and `anomaly.json`
-(the validation residual scale and the threshold).
+`insample.npy` (the training part's target values, the MASE scale's in-sample data), `anomaly.json`
+(the validation residual scale and the threshold) and, for a series in row order, `seen.npz` (the values of
+every row seen in training: the training file's, then the validation file's, so that `evaluate` can tell
+which rows of a file were seen).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from rnnkit.data.series import (
     future_times,
     infer_season,
     infer_step,
+    leading_rows_seen,
     mase_scale,
     naive_forecast,
     read_series,
@@ -62,6 +66,7 @@ SCALER_FILE = "scaler.json"
 SERIES_FILE = "series.json"
 INSAMPLE_FILE = "insample.npy"
 ANOMALY_FILE = "anomaly.json"
+SEEN_FILE = "seen.npz"
 EVAL_BATCH = 512  # windows per forward pass when forecasting (no gradients)
 MAX_PLOTTED = 20  # forecasts drawn by `evaluate --plot`
 
@@ -119,13 +124,48 @@ def _time_value(series: Series, i: int) -> Any:
     return str(t) if series.is_datetime else int(t)
 
 
-def _seen_until(meta: dict[str, Any], series: Series) -> int:
-    """How many leading rows of `series` lie at or before the last timestamp seen in training."""
-    last = meta.get("last_seen")
-    if last is None or meta.get("time_kind") == "row":
-        return 0
-    key = pd.Timestamp(last) if series.is_datetime else int(last)
-    return int(series.times.searchsorted(key, side="right"))
+def _seen_until(run: LoadedForecaster, series: Series, seen_rows: int | None = None) -> int:
+    """How many first rows of `series` were seen in training.
+
+    With a time column: the rows at or before the last timestamp seen in training. In row order: the first
+    rows that repeat rows seen in training (`leading_rows_seen`), or `seen_rows` when the user gives more.
+    """
+    meta = run.meta
+    if meta["time_kind"] != "row":
+        if seen_rows is not None:
+            raise UserError(f"--seen-rows: the run has a time column ({meta['time_column']}), so forecasts start "
+                            f"after the last timestamp seen in training ({meta['last_seen']}); drop the option")
+        key = pd.Timestamp(meta["last_seen"]) if series.is_datetime else int(meta["last_seen"])
+        return int(series.times.searchsorted(key, side="right"))
+    if seen_rows is not None and seen_rows < 0:
+        raise UserError(f"--seen-rows: expected an integer >= 0; got {seen_rows}")
+    path = run.run_dir / SEEN_FILE
+    if not path.exists():
+        if seen_rows is None:
+            raise UserError(f"{path}: not found, so which rows of {series.path} were seen in training is unknown "
+                            "(the run has no time column); give --seen-rows N, the number of first rows of the "
+                            "file seen in training (0: none)")
+        return seen_rows
+    repeated = leading_rows_seen(series.values(), _seen_values(run, path))
+    if seen_rows is not None and seen_rows < repeated:
+        raise UserError(f"--seen-rows {seen_rows}: the first {repeated} rows of {series.path} (lines 2 to "
+                        f"{repeated + 1}) repeat rows seen in training; forecasts of them would score the "
+                        "training data")
+    return max(repeated, seen_rows or 0)
+
+
+def _seen_values(run: LoadedForecaster, path: Path) -> list[np.ndarray]:
+    """The values of the rows seen in training, per file, from `seen.npz`."""
+    try:
+        with np.load(path) as saved:
+            parts = [saved[k] for k in ("train", "valid") if k in saved.files]
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"{path}: not a readable numpy file ({e})") from None
+    width = len(run.meta["target"]) + len(run.meta["covariates"])
+    if not parts or any(p.ndim != 2 or p.shape[1] != width for p in parts):
+        raise UserError(f"{path}: expected the arrays 'train' (and 'valid') of rows with {width} values; got "
+                        f"{', '.join(str(p.shape) for p in parts) or 'none'}")
+    return parts
 
 
 def _check_same_kind(meta: dict[str, Any], series: Series) -> None:
@@ -185,9 +225,10 @@ def train(
                             o.gaps)
         if valid.is_datetime != series.is_datetime:
             raise UserError(f"{valid_path}: the time column holds other values than in {train_path}")
-        first = 0
         if o.time_column is not None:
             first = int(valid.times.searchsorted(series.times[-1], side="right"))
+        else:  # in row order, the first rows that repeat the training file's are not validation targets
+            first = leading_rows_seen(valid.values(), [series.values()])
         valid_origins = window_origins(len(valid), L, H, first)
         if len(valid_origins) == 0:
             raise UserError(f"{valid_path}: no validation window: it needs --lookback {L} rows of history and "
@@ -233,6 +274,10 @@ def train(
         buf = io.BytesIO()
         np.save(buf, series.targets[:n_train])
         atomic_write(out / INSAMPLE_FILE, buf.getvalue())
+        if o.time_column is None:
+            buf = io.BytesIO()
+            np.savez(buf, train=series.values(), **({} if valid is series else {"valid": valid.values()}))
+            atomic_write(out / SEEN_FILE, buf.getvalue())
         write_json(out / CONFIG_FILE, {**cfg.to_dict(), "versions": versions()})
     n_params = sum(p.numel() for p in model.parameters())
     say(f"forecaster: {o.mode} {cfg.model.cell} {cfg.model.num_layers}x{cfg.model.hidden_size}, "
@@ -348,13 +393,16 @@ def forecast(run: LoadedForecaster, series: Series, origins: np.ndarray) -> dict
 
 
 def evaluate(run_dir: str | Path, data_path: str | Path, stride: int | None = None, season: int | None = None,
-             plot: str | None = None) -> dict[str, Any]:
-    """Forecast from every origin whose horizon lies after the last timestamp seen in training, and score.
+             plot: str | None = None, seen_rows: int | None = None) -> dict[str, Any]:
+    """Forecast from every origin whose horizon lies after the rows seen in training, and score.
 
-    Origins step by `stride` (default: the horizon). Returns mae, rmse, mase, smape (data units; sMAPE a
-    fraction in [0, 2]), mse_scaled and mae_scaled (standardised units, as the ETT papers report), the
-    interval coverage for probabilistic runs, and the same four figures for the naive and seasonal-naive
-    forecasts under `baselines`.
+    The rows seen in training are those at or before the last timestamp seen in training; for a run in row
+    order (no time column), the first rows of the file that repeat, value for value, rows seen in training
+    (a file that continues the training file, or starts with its last rows as history), or the first
+    `seen_rows` rows when that is more. Origins step by `stride` (default: the horizon). Returns mae, rmse,
+    mase, smape (data units; sMAPE a fraction in [0, 2]), mse_scaled and mae_scaled (standardised units, as
+    the ETT papers report), the interval coverage for probabilistic runs, the number of origins and of rows
+    taken as seen, and the same figures for the naive and seasonal-naive forecasts under `baselines`.
     """
     run = load(run_dir)
     L, H = run.config.options.lookback, run.config.options.horizon
@@ -363,12 +411,14 @@ def evaluate(run_dir: str | Path, data_path: str | Path, stride: int | None = No
     if season is not None and season < 1:
         raise UserError(f"--season: expected an integer >= 1; got {season}")
     series = read_for_run(run, data_path)
-    first = _seen_until(run.meta, series)
+    first = _seen_until(run, series, seen_rows)
     origins = window_origins(len(series), L, H, first, stride or H)
     if len(origins) == 0:
+        seen = (f"after the last timestamp seen in training ({run.meta['last_seen']})"
+                if run.meta["time_kind"] != "row" else "after the rows seen in training")
         raise UserError(f"{data_path}: no forecast origin: each needs {L} rows of history (--lookback) and {H} "
-                        f"rows (--horizon) after the last timestamp seen in training ({run.meta['last_seen']}); "
-                        f"the file has {len(series)} rows, {len(series) - first} of them after it")
+                        f"rows (--horizon) {seen}; the file has {len(series)} rows, "
+                        f"{len(series) - first} of them after those seen")
     m = season or run.meta["season"]
     y = series.targets
     truth = y[origins[:, None] + np.arange(H)[None, :]]  # (B, H, C)
@@ -388,6 +438,7 @@ def evaluate(run_dir: str | Path, data_path: str | Path, stride: int | None = No
         qs = run.config.options.quantile_values()
         figures["interval_nominal"] = qs[-1] - qs[0]
     figures["origins"] = len(origins)
+    figures["seen_rows"] = first
     figures["season"] = m
     figures["baselines"] = {
         "naive": scores(naive_forecast(y, origins, H)),
