@@ -361,3 +361,31 @@ def test_seen_rows_is_refused_for_a_run_with_a_time_column(direct_run):
         forecast.evaluate(direct_run[0], direct_run[1], seen_rows=0)
 
 
+# -------------------------------------------------------------------------------- run directories
+
+
+RUN_FILES = ["config.json", "series.json", "scaler.json", "model.safetensors", "insample.npy", "anomaly.json"]
+
+
+@pytest.mark.parametrize("name, damage", [(name, damage) for name in RUN_FILES for damage in ("missing", "garbage")]
+                         + [(name, "wrong content") for name in RUN_FILES[1:] if name != "model.safetensors"])
+def test_a_damaged_run_directory_gives_a_message(tmp_path, capsys, direct_run, name, damage):
+    run = tmp_path / "run"
+    shutil.copytree(direct_run[0], run)
+    if damage == "missing":
+        (run / name).unlink()
+    elif damage == "garbage":
+        (run / name).write_text("garbage {")
+    elif name.endswith(".json"):
+        (run / name).write_text('{"columns": ["load"]}\n')
+    else:
+        np.save(run / name, np.zeros(5))  # a 1-D array where (rows, targets) is expected
+    data = tmp_path / "later.csv"
+    make_series(n=730).to_csv(data, index=False)
+    command = (["predict", str(run), "--input", str(data), "--anomalies", "--output", str(tmp_path / "f.csv")]
+               if name == "anomaly.json" else ["evaluate", str(run), "--data", str(data)])
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnkit: error: ") and name in err and err.count("\n") == 1, err
+
+

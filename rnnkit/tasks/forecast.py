@@ -67,6 +67,8 @@ SERIES_FILE = "series.json"
 INSAMPLE_FILE = "insample.npy"
 ANOMALY_FILE = "anomaly.json"
 SEEN_FILE = "seen.npz"
+SERIES_KEYS = ("target", "covariates", "time_column", "time_kind", "step", "season", "calendar", "input_size",
+               "last_seen")
 EVAL_BATCH = 512  # windows per forward pass when forecasting (no gradients)
 MAX_PLOTTED = 20  # forecasts drawn by `evaluate --plot`
 
@@ -166,6 +168,21 @@ def _seen_values(run: LoadedForecaster, path: Path) -> list[np.ndarray]:
         raise UserError(f"{path}: expected the arrays 'train' (and 'valid') of rows with {width} values; got "
                         f"{', '.join(str(p.shape) for p in parts) or 'none'}")
     return parts
+
+
+def _insample(run: LoadedForecaster) -> np.ndarray:
+    """(N, C) the training part's target values, the MASE scale's in-sample data."""
+    path = run.run_dir / INSAMPLE_FILE
+    try:
+        y = np.load(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (is this a forecast run directory?)") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"{path}: not a readable numpy file ({e})") from None
+    if y.ndim != 2 or y.shape[1] != run.target_size or not np.issubdtype(y.dtype, np.number):
+        raise UserError(f"{path}: expected a numeric array of shape (rows, {run.target_size}); got "
+                        f"{y.dtype} {y.shape}")
+    return y
 
 
 def _check_same_kind(meta: dict[str, Any], series: Series) -> None:
@@ -325,7 +342,15 @@ def load(run_dir: str | Path, device: str = "cpu") -> LoadedForecaster:
     meta = read_run_config(run_dir, task="forecast")
     cfg = RunConfig.from_dict(meta, str(run_dir / CONFIG_FILE))
     series_meta = read_json(run_dir / SERIES_FILE)
+    missing = [k for k in SERIES_KEYS if k not in series_meta] if isinstance(series_meta, dict) else SERIES_KEYS
+    if missing:
+        raise UserError(f"{run_dir / SERIES_FILE}: not a forecast run's series description (missing "
+                        f"{', '.join(missing)})")
     scaler = Scaler.load(run_dir / SCALER_FILE)
+    width = len(series_meta["target"]) + len(series_meta["covariates"])
+    if len(scaler.mean) != width or len(scaler.std) != width:
+        raise UserError(f"{run_dir / SCALER_FILE}: {len(scaler.mean)} columns; {SERIES_FILE} names {width} "
+                        "(targets and covariates)")
     model = build_model(cfg, series_meta["input_size"], len(series_meta["target"]), len(series_meta["calendar"]),
                         series_meta["season"])
     load_weights(run_dir / MODEL_FILE, model)
@@ -410,6 +435,7 @@ def evaluate(run_dir: str | Path, data_path: str | Path, stride: int | None = No
         raise UserError(f"--stride: expected an integer >= 1; got {stride}")
     if season is not None and season < 1:
         raise UserError(f"--season: expected an integer >= 1; got {season}")
+    insample = _insample(run)
     series = read_for_run(run, data_path)
     first = _seen_until(run, series, seen_rows)
     origins = window_origins(len(series), L, H, first, stride or H)
@@ -423,7 +449,7 @@ def evaluate(run_dir: str | Path, data_path: str | Path, stride: int | None = No
     y = series.targets
     truth = y[origins[:, None] + np.arange(H)[None, :]]  # (B, H, C)
     found = forecast(run, series, origins)
-    scale = mase_scale(np.load(run.run_dir / INSAMPLE_FILE), m)
+    scale = mase_scale(insample, m)
     std = run.scaler.std[:run.target_size]
 
     def scores(f: np.ndarray) -> dict[str, float]:
@@ -496,16 +522,23 @@ def anomaly_scores(run: LoadedForecaster, series: Series) -> dict[str, np.ndarra
     "predicted" (M, C) in data units, "threshold" (0-d)}.
     """
     L = run.config.options.lookback
-    info = read_json(run.run_dir / ANOMALY_FILE)
+    path = run.run_dir / ANOMALY_FILE
+    info = read_json(path)
+    try:
+        scale, threshold = np.asarray(info["scale"], dtype=np.float64), float(info["threshold"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: not a valid anomaly threshold file ({e!r})") from None
+    if scale.shape != (run.target_size,):
+        raise UserError(f"{path}: {scale.size} residual scale(s); the run forecasts {run.target_size} series")
     feats, _ = _features(series, run.scaler, run.meta["calendar"])
     rows = np.arange(L, len(series))
     residuals = _one_step_residuals(run, feats, rows)
-    z = np.abs(residuals / np.asarray(info["scale"]))
+    z = np.abs(residuals / scale)
     C = run.target_size
     predicted = run.scaler.inverse(feats[rows, :C].astype(np.float64) - residuals, slice(0, C))
     return {"rows": rows, "scores": z.max(axis=1) if len(rows) else np.zeros(0),
             "column": z.argmax(axis=1) if len(rows) else np.zeros(0, dtype=np.int64),
-            "predicted": predicted, "threshold": np.asarray(info["threshold"])}
+            "predicted": predicted, "threshold": np.asarray(threshold)}
 
 
 # -------------------------------------------------------------------------------------------- predict
