@@ -133,8 +133,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(figures))
     else:
         for k, v in figures.items():
-            print(f"{k:>20}  {v:.4f}" if isinstance(v, int | float) else f"{k:>20}  {json.dumps(v)}")
+            text = _figure_text(v)
+            print(f"{k:>20}  {text}".rstrip())
+            if isinstance(v, dict) and not text:  # groups of figures (forecast baselines): a line per group
+                for name, member in v.items():
+                    print(f"{name:>24}  {_figure_text(member) or json.dumps(member)}")
     return 0
+
+
+def _figure_text(v: Any) -> str:
+    """A figure for the plain-text report: numbers to four decimals, counts as they are, a dict of numbers as
+    'name value' pairs on one line (an empty string for other dicts, whose members get lines of their own)."""
+    if isinstance(v, bool) or not isinstance(v, int | float | dict):
+        return json.dumps(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if all(isinstance(x, int | float) and not isinstance(x, bool) for x in v.values()):
+        return "  ".join(f"{name} {_figure_text(x)}" for name, x in v.items())
+    return ""
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -134,7 +134,8 @@ class DataConfig:
     min_freq: int = _opt(1, "word tokenizer: words seen fewer times become <unk>")
     max_vocab: int | None = _opt(None, "word tokenizer: keep at most this many words")
     vocab_size: int = _opt(1000, "BPE tokenizer: vocabulary size")
-    valid_fraction: float = _opt(0.05, "without --valid, hold out this last fraction of the training text")
+    valid_fraction: float = _opt(0.05, "without --valid, hold out this fraction of the training data (forecast: "
+                                       "its last rows, at least one horizon's worth)")
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -389,3 +390,26 @@ def test_a_damaged_run_directory_gives_a_message(tmp_path, capsys, direct_run, n
     assert err.startswith("rnnkit: error: ") and name in err and err.count("\n") == 1, err
 
 
+def test_cli_evaluate_plot_and_plain_report(tmp_path, capsys, direct_run):
+    data = tmp_path / "later.csv"
+    make_series(n=760).to_csv(data, index=False)
+    png = tmp_path / "forecasts.png"
+    assert main(["evaluate", str(direct_run[0]), "--data", str(data), "--plot", str(png)]) == 0
+    image = png.read_bytes()
+    assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(image) > 1000
+    lines = capsys.readouterr().out.splitlines()
+    assert "{" not in "".join(lines)  # no raw JSON
+    assert re.fullmatch(r" +origins  10", lines[[line.split()[0] for line in lines].index("origins")])
+    naive = [line for line in lines if line.split()[0] == "naive"]
+    assert len(naive) == 1 and re.fullmatch(r" +naive  mae \d+\.\d{4}  rmse \d+\.\d{4}  mase .*", naive[0])
+
+
+def test_cli_help_describes_the_forecast_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "forecast", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "hold out this fraction of the training data (forecast: its last rows, at least one horizon's worth)" \
+        in text and "--gaps, --no-gaps" in text
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "--seen-rows N forecast runs without a time column" in " ".join(capsys.readouterr().out.split())

@@ -207,6 +207,15 @@ def test_regular_grids_and_irregular_events_have_no_gaps(tmp_path, times):
     assert len(s) == len(times)
 
 
+def test_mase_scale_falls_back_to_lag_one_below_two_seasonal_differences():
+    y = np.random.default_rng(1).normal(size=(10, 2))
+    lag = {k: np.abs(y[k:] - y[:-k]).mean(axis=0) for k in (1, 4)}
+    np.testing.assert_allclose(mase_scale(y[:5], 4), np.abs(y[1:5] - y[:4]).mean(axis=0))  # season + 1 values
+    np.testing.assert_allclose(mase_scale(y[:6], 4), np.abs(y[4:6] - y[:2]).mean(axis=0))  # season + 2 values
+    np.testing.assert_allclose(mase_scale(y, 4), lag[4])
+    np.testing.assert_allclose(mase_scale(y, 1), lag[1])
+
+
 def test_leading_rows_seen_against_brute_force():
     rng = np.random.default_rng(2)
     train, valid, new = rng.normal(size=(40, 2)), rng.normal(size=(15, 2)), rng.normal(size=(9, 2))

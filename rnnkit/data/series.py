@@ -483,8 +483,8 @@ def seasonal_naive_forecast(y: np.ndarray, origins: np.ndarray, horizon: int, se
 def mase_scale(y: np.ndarray, season: int) -> np.ndarray:
     """(C,) the in-sample mean absolute error of the seasonal-naive forecast (Hyndman & Koehler 2006).
 
-    Falls back to the lag-1 error when the series is shorter than a season and a half; columns whose
-    scale is zero get 1 so that MASE stays finite.
+    Falls back to the lag-1 error when the series has season + 1 values or fewer (fewer than two seasonal
+    differences to average); columns whose scale is zero get 1 so that MASE stays finite.
     """
     m = season if len(y) > season + 1 else 1
     scale = np.abs(y[m:] - y[:-m]).mean(axis=0) if len(y) > m else np.ones(y.shape[1])
