@@ -390,6 +390,84 @@ def test_a_damaged_run_directory_gives_a_message(tmp_path, capsys, direct_run, n
     assert err.startswith("rnnkit: error: ") and name in err and err.count("\n") == 1, err
 
 
+# ---------------------------------------------------------------------------------- the command line
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """An autoregressive run with two target columns, trained through the command line."""
+    tmp = tmp_path_factory.mktemp("cli")
+    frame = make_series(n=400)
+    frame["humidity"] = 60 + 10 * np.sin(np.arange(400) / 11.0)
+    frame.to_csv(tmp / "series.csv", index=False)
+    code = main(["train", "forecast", "--train", str(tmp / "series.csv"), "--out", str(tmp / "run"), "--target",
+                 "load", "humidity", "--time-column", "time", "--covariates", "temp", "--mode", "autoregressive",
+                 "--lookback", "24", "--horizon", "6", "--epochs", "2", "--hidden", "8", "--lr", "0.01",
+                 "--threads", "1"])
+    assert code == 0
+    return tmp / "run", tmp / "series.csv", frame
+
+
+def test_cli_several_targets(cli_run, tmp_path, capsys):
+    run_dir, data, frame = cli_run
+    out = tmp_path / "next.csv"
+    assert main(["predict", str(run_dir), "--input", str(data), "--output", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["time", "load", "humidity"] and len(table) == 6
+    # each column in its own units: the load near 10, the humidity near 60
+    assert table["load"].between(0, 20).all() and table["humidity"].between(40, 80).all()
+    assert np.load(run_dir / "insample.npy").shape == (400 - 20, 2)  # 5% held out for validation
+    later = tmp_path / "later.csv"
+    longer = make_series(n=460, seed=1)
+    longer["humidity"] = 60 + 10 * np.sin(np.arange(460) / 11.0)
+    pd.concat([frame, longer.iloc[400:]]).to_csv(later, index=False)  # the training rows, then 60 new ones
+    assert main(["evaluate", str(run_dir), "--data", str(later), "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["origins"] == len(range(400, 455, 6)) and figures["seen_rows"] == 400
+    run = forecast.load(run_dir)
+    series = forecast.read_for_run(run, later)
+    got = forecast.forecast(run, series, np.array([400]))["point"]  # (1, H, C)
+    assert got.shape == (1, 6, 2)
+    np.testing.assert_allclose(got[0], table[["load", "humidity"]].to_numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_cli_autoregressive_mode(cli_run):
+    run_dir, data, _ = cli_run
+    assert json.loads((run_dir / "config.json").read_text())["forecast"]["mode"] == "autoregressive"
+    run = forecast.load(run_dir)
+    assert run.model.mode == "autoregressive" and run.model.decoder is not None
+    series = forecast.read_for_run(run, data)
+    o = 300  # the decoder reads no value after the origin
+    before = forecast.forecast(run, series, np.array([o]))["point"]
+    after = forecast.forecast(run, perturbed(series, o, seed=1), np.array([o]))["point"]
+    np.testing.assert_array_equal(after, before)
+
+
+@pytest.mark.parametrize("horizon, held_out", [(6, 35), (48, 48)])  # 5% of 700 rows, or one horizon
+def test_cli_valid_fraction_default_and_its_one_horizon_minimum(tmp_path, capsys, horizon, held_out):
+    data = tmp_path / "series.csv"
+    make_series().to_csv(data, index=False)
+    assert main(["train", "forecast", "--train", str(data), "--out", str(tmp_path / "run"), "--target", "load",
+                 "--time-column", "time", "--lookback", "24", "--horizon", str(horizon), "--max-steps", "1",
+                 "--hidden", "8", "--threads", "1"]) == 0
+    assert f"holding out the last {held_out} rows of" in capsys.readouterr().err
+    meta = json.loads((tmp_path / "run" / "series.json").read_text())
+    assert meta["train_rows"] == 700 - held_out and meta["valid_windows"] == held_out - horizon + 1
+
+
+def test_cli_predict_anomalies(tmp_path, capsys, direct_run):
+    spikes = [(330, 3.0), (520, -3.5)]
+    data = tmp_path / "spiky.csv"
+    make_series(seed=4, spikes=spikes).to_csv(data, index=False)
+    out = tmp_path / "flags.json"
+    assert main(["predict", str(direct_run[0]), "--input", str(data), "--anomalies", "--output", str(out)]) == 0
+    flagged = json.loads(out.read_text())
+    assert {r["line"] - 2 for r in flagged} >= {row for row, _ in spikes}
+    assert set(flagged[0]) == {"time", "line", "column", "value", "predicted", "score"}
+    assert re.search(rf"^{len(flagged)} of {700 - 24} points flagged \(score > threshold \d+\.\d+\)$",
+                     capsys.readouterr().err, re.MULTILINE)
+
+
 def test_cli_evaluate_plot_and_plain_report(tmp_path, capsys, direct_run):
     data = tmp_path / "later.csv"
     make_series(n=760).to_csv(data, index=False)
