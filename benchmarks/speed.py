@@ -11,8 +11,9 @@ Measures, for each case, the median and min-max over --repeats runs after a warm
 - the machine's sgemm peak (a 2048-square matrix product), and each LSTM training step as a fraction of it
   (floating-point work counted as 3x the forward's matrix products).
 
-First-call times (compilation included, for Flax) are reported separately. Peers that are not installed are
-skipped with a note. Figures go to stdout and to --out as JSON.
+First-call times (compilation included, for Flax) are reported separately, and so is the time a fresh process
+takes to have rnnkit's native C++ kernels ready, with an empty cache (the build) and with a cached build.
+Peers that are not installed are skipped with a note. Figures go to stdout and to --out as JSON.
 
     python benchmarks/speed.py --threads 2 --repeats 5 --out benchmarks/results/speed.json
     python benchmarks/speed.py --grid full ...   # every H in {128,256,512,1024}, T in {50,200,1000}, B in {1,32,128}
@@ -25,6 +26,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rnnkit import Recurrent
+from rnnkit import Recurrent, native
 from rnnkit.cells import LayerNormLSTMCell
 
 CELLS = ["rnn", "lstm", "gru", "layernorm-lstm", "layernorm-gru", "peephole-lstm", "indrnn", "mingru", "minlstm"]
@@ -59,6 +63,30 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, 
         times.append(time.perf_counter() - t)
     return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times), "max_ms": 1000 * max(times),
             "first_call_ms": 1000 * first}
+
+
+def native_start_up() -> dict[str, object]:
+    """Seconds a fresh process (rnnkit already imported) takes to have rnnkit's native kernels ready: with an
+    empty cache (the C++ build included) and with the library already cached."""
+    code = "import time; from rnnkit import native; t = time.perf_counter(); s = native.status(); " \
+           "print(s, time.perf_counter() - t)"
+    out: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as cache:
+        for label in ("cold_s", "warm_s"):
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                  env={**os.environ, "RNNKIT_CACHE": cache}, check=True)
+            status, seconds = done.stdout.split()
+            out[label], out["status"] = round(float(seconds), 2), status
+    return out
+
+
+def without_native(run: Callable) -> Callable:
+    """`run` with rnnkit's native kernels switched off (the forward picks the path; its backward follows)."""
+    def wrapped(x):
+        with native.disabled():
+            return run(x)
+
+    return wrapped
 
 
 def sgemm_peak(repeats: int) -> float:
@@ -232,11 +260,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     L, I = args.layers, args.input_size
+    start_up = native_start_up()
+    print(f"native kernels: {start_up}", flush=True)
     peak = sgemm_peak(args.repeats)
     print(f"sgemm peak: {peak:.1f} GFLOP/s ({args.threads} threads)", flush=True)
     results: dict[str, object] = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                                               "torch": torch.__version__, "threads": args.threads,
-                                              "sgemm_gflops": peak}, "cases": []}
+                                              "sgemm_gflops": peak}, "native_start_up": start_up, "cases": []}
     sizes = [{"B": b, "T": t, "H": h} for b, t, h in args.size] if args.size else grid(args.grid)
     for size in sizes if "grid" in args.parts else []:
         B, T, H = size["B"], size["T"], size["H"]
@@ -246,6 +276,9 @@ def main() -> None:
             layer = Recurrent(cell, I, H, num_layers=L)
             rows[f"rnnkit {cell}"] = (layer, lambda x, layer=layer: layer(x)[0])
         if "layernorm-lstm" in args.cells:
+            layer = Recurrent("layernorm-lstm", I, H, num_layers=L)
+            rows["layernorm-lstm, ATen path (no native kernels)"] = (
+                layer, without_native(lambda x, layer=layer: layer(x)[0]))
             layer = Recurrent(StepwiseLayerNormLSTM, I, H, num_layers=L)
             rows["layernorm-lstm, autograd per step"] = (layer, lambda x, layer=layer: layer(x)[0])
         for kind in ("rnn", "lstm", "gru", "lstmcell-loop"):

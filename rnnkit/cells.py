@@ -106,6 +106,18 @@ class Cell(nn.Module):
         mask = params.get("recurrent_mask")
         return F.linear(h if mask is None else h * mask, params["weight_hh"], params.get("bias_hh"))
 
+    # A cell may define `sequence(x, state, params, mask) -> (outputs, state)`: the cell over a whole
+    # time-major sequence x (T, B, I), mask (T, B, 1) or None, with a hand-written backward through time
+    # (sequences.py). A layer uses it under autograd where `sequence_possible(x)` says it can run.
+    sequence: Callable[..., tuple[Tensor, State]] | None = None
+
+    def sequence_possible(self, x: Tensor) -> bool:
+        return self.sequence is not None
+
+    def sequence_native(self, x: Tensor) -> bool:
+        """Whether `sequence` runs in rnnkit's native kernels on x (then it pays for inference too)."""
+        return False
+
     def forward(self, input: Tensor, hx: Tensor | tuple[Tensor, ...] | None = None) -> Tensor | State:
         """One step on its own: input (B, I) and the state (h, or (h, c)) in, the new state out."""
         params = self.own_params()
@@ -162,6 +174,34 @@ class RNNCell(Cell):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", nonlinearity={self.nonlinearity!r}"
 
+    def sequence_possible(self, x: Tensor) -> bool:
+        return _native_possible(x)
+
+    def sequence_native(self, x: Tensor) -> bool:
+        return _native_possible(x)
+
+    def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
+                 ) -> tuple[Tensor, State]:
+        """The cell over a whole time-major sequence in rnnkit's native kernels (sequences.CellSequence)."""
+        kind = "rnn" if self.nonlinearity == "tanh" else "rnn-relu"
+        return _native_sequence(kind, F.linear(x, params["weight_ih"], _both_biases(params)), state, params, mask)
+
+
+def _native_possible(x: Tensor) -> bool:
+    from rnnkit.sequences import native_cell_sequence_possible
+
+    return native_cell_sequence_possible(x)
+
+
+def _native_sequence(kind: str, xp: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None,
+                     bias_hn: Tensor | None = None) -> tuple[Tensor, State]:
+    from rnnkit.sequences import CellSequence
+
+    c0 = state[1] if kind == "lstm" else None
+    out, *final = CellSequence.apply(kind, xp, state[0], c0, params["weight_hh"], bias_hn,
+                                     params.get("recurrent_mask"), mask)
+    return out, tuple(final)
+
 
 class LSTMCell(Cell):
     """Long short-term memory cell, torch's gate order (input, forget, cell, output):
@@ -206,6 +246,17 @@ class LSTMCell(Cell):
         state = self.zero_state(input.shape[0], input) if hx is None else tuple(hx)
         return self.recurrence(self.project(input, params), state, params)
 
+    def sequence_possible(self, x: Tensor) -> bool:
+        return _native_possible(x)
+
+    def sequence_native(self, x: Tensor) -> bool:
+        return _native_possible(x)
+
+    def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
+                 ) -> tuple[Tensor, State]:
+        """The cell over a whole time-major sequence in rnnkit's native kernels (sequences.CellSequence)."""
+        return _native_sequence("lstm", F.linear(x, params["weight_ih"], _both_biases(params)), state, params, mask)
+
 
 class GRUCell(Cell):
     """Gated recurrent unit, torch's formulation (reset gate applied after the recurrent product):
@@ -235,6 +286,25 @@ class GRUCell(Cell):
         params = self.own_params()
         state = self.zero_state(input.shape[0], input) if hx is None else (hx,)
         return self.recurrence(self.project(input, params), state, params)[0]
+
+    def sequence_possible(self, x: Tensor) -> bool:
+        return _native_possible(x)
+
+    def sequence_native(self, x: Tensor) -> bool:
+        return _native_possible(x)
+
+    def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
+                 ) -> tuple[Tensor, State]:
+        """The cell over a whole time-major sequence in rnnkit's native kernels (sequences.CellSequence):
+        b_hr and b_hz join the input half; b_hn stays inside the reset gate's product."""
+        H = self.hidden_size
+        b_ih, b_hh = params.get("bias_ih"), params.get("bias_hh")
+        bias = b_ih
+        if b_hh is not None:
+            rz = torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
+            bias = rz if b_ih is None else b_ih + rz
+        xp = F.linear(x, params["weight_ih"], bias)
+        return _native_sequence("gru", xp, state, params, mask, None if b_hh is None else b_hh[2 * H:])
 
 
 def _both_biases(params: Mapping[str, Tensor]) -> Tensor | None:
@@ -303,6 +373,11 @@ class LayerNormLSTMCell(Cell):
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(_layer_norm(c, params["ln_c_weight"], params["ln_c_bias"]))
         return h, c
+
+    def sequence_native(self, x: Tensor) -> bool:
+        from rnnkit.sequences import native_lnlstm_possible
+
+        return native_lnlstm_possible(x, self.hidden_size)
 
     def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
                  ) -> tuple[Tensor, State]:

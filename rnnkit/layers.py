@@ -118,12 +118,17 @@ class Recurrent(nn.Module):
         dropout: dropout on the outputs of every layer but the last, in training mode only.
         variational_dropout: use one dropout mask per sequence for all its steps (Gal & Ghahramani)
             instead of a fresh mask at every step; needs the loop path.
-        fused: None picks PyTorch's fused kernel when it computes the same function and rnnkit's own
-            loop otherwise; False forces the loop; True forces the fused kernel and fails if it cannot.
-            In rnnkit's loop, cells with a whole-sequence function (`layernorm-lstm`, `layernorm-gru`,
-            `peephole-lstm`: a hand-written backward through time, sequences.py) use it, except with
-            zoneout, which needs the step-by-step path, or when `layer.whole_sequence = False` (for
-            second-order gradients, which the hand-written backward refuses).
+        fused: which implementation runs the plain cells (`rnn`, `rnn-relu`, `lstm`, `gru`). None (the
+            default) picks, by measurement (benchmarks/speed.py): for training on the CPU, rnnkit's native
+            kernels (sequences.CellSequence: the time loop in C++, MKL's packed GEMM, a hand-written
+            backward), where they build; otherwise PyTorch's fused kernel when it computes the same
+            function, and rnnkit's loop when it does not. False forces rnnkit's loop (native kernels
+            included); True forces PyTorch's fused kernel and fails if it cannot.
+            In rnnkit's loop, cells with a whole-sequence function (the plain cells through the native
+            kernels; `layernorm-lstm`, `layernorm-gru`, `peephole-lstm`: a hand-written backward through
+            time, sequences.py) use it, except with zoneout, which needs the step-by-step path, or when
+            `layer.whole_sequence = False` (for second-order gradients, which the hand-written backward
+            refuses).
         recurrent_dropout: variational dropout on the state where it enters the recurrent product
             (Gal & Ghahramani 2016): one mask per sequence and layer, training only.
         zoneout: probability that a unit keeps its previous value at a step (Krueger et al. 2017),
@@ -341,7 +346,7 @@ class Recurrent(nn.Module):
 
         if self.export_mode:
             output, parts = self._forward_exportable(input, parts, lengths)
-        elif self._use_fused():
+        elif self._use_fused() and not self._prefer_native(input):
             output, parts = self._forward_fused(input, parts, lengths)
         else:
             output, parts = self._forward_loop(input, parts, lengths)
@@ -409,6 +414,13 @@ class Recurrent(nn.Module):
         if self._fused_mode is None:
             return False
         return self.fused is not False
+
+    def _prefer_native(self, x: Tensor) -> bool:
+        """Whether to train a plain cell in rnnkit's native kernels rather than PyTorch's fused kernel:
+        measured faster on the CPU for every plain cell under autograd (benchmarks/speed.py); PyTorch's
+        kernel stays for inference (it saves nothing for a backward pass), GPUs and forced `fused=True`."""
+        return (self.fused is None and self.whole_sequence and torch.is_grad_enabled()
+                and self._cells[0].sequence_possible(x))
 
     def _forward_fused(
         self, x: Tensor, parts: tuple[Tensor, ...], lengths: Tensor | None
@@ -515,13 +527,22 @@ class Recurrent(nn.Module):
         self, cell: Cell, params: dict[str, Tensor], x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """Run one cell over x (B, T, I) from `state`; returns outputs (B, T, H) and the final state."""
-        if (self.whole_sequence and self.zoneout == 0 and getattr(cell, "sequence", None) is not None
-                and torch.is_grad_enabled()):
+        if (self.whole_sequence and self.zoneout == 0 and cell.sequence_possible(x)
+                and (torch.is_grad_enabled() or cell.sequence_native(x))):
             # The cell's whole-sequence function with a hand-written backward through time; time-major
             # from the projection on, as its loop reads the steps. Without autograd the plain loop below
-            # is faster: it saves nothing for a backward pass (measured in benchmarks/speed.py).
-            out, state = cell.sequence(x.transpose(0, 1), state, params,
-                                       None if mask is None else mask.t().unsqueeze(2))
+            # is faster than a sequence function of ATen calls (it saves nothing for a backward pass),
+            # but not than one in rnnkit's native kernels (measured in benchmarks/speed.py).
+            time_mask = None if mask is None else mask.t().unsqueeze(2)
+            device = x.device.type
+            if torch.is_autocast_enabled(device):
+                # The hand-written recurrences keep their state and saved values in one dtype: under
+                # autocast they run in float32, outside it (their products would come out in bfloat16).
+                with torch.autocast(device, enabled=False):
+                    out, state = cell.sequence(x.float().transpose(0, 1), tuple(s.float() for s in state),
+                                               {k: v.float() for k, v in params.items()}, time_mask)
+            else:
+                out, state = cell.sequence(x.transpose(0, 1), state, params, time_mask)
             return out.transpose(0, 1), state
         xp = cell.project(x, params)  # (B, T, G*H)
         outputs = []

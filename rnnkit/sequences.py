@@ -22,8 +22,12 @@ outputs zeros. The gradients are checked against autograd through the step-by-st
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 from torch import Tensor
+
+from rnnkit import native
 
 aten = torch.ops.aten
 LN_EPS = 1e-5  # as cells._layer_norm
@@ -89,7 +93,11 @@ class LayerNormLSTMSequence(torch.autograd.Function):
         T, B, G = xp.shape
         H = G // 4
         new = xp.new_empty  # buffers of xp's dtype and device
-
+        lib = _native_library(xp, H)
+        ctx.native = lib is not None
+        if lib is not None:
+            return _lnlstm_forward_native(ctx, lib, xp, h0, c0, weight_hh, ln_hh_weight, ln_c_weight, ln_c_bias,
+                                          recurrent_mask, mask)
 
         # Every step writes into slices of these (no copies or stacking afterwards).
         hs, cs = new(T + 1, B, H), new(T + 1, B, H)  # the state before each step, and the last
@@ -127,6 +135,8 @@ class LayerNormLSTMSequence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
         _first_order_only()
+        if ctx.native:
+            return _lnlstm_backward_native(ctx, grad_out, grad_h, grad_c)
         weight_hh, ln_hh_weight, ln_c_weight, ln_c_bias, recurrent_mask, mask = ctx.saved_tensors
         hs, cs, r_hat, r_rstd, act, c_new, tanh_c, c_stats = ctx.steps
         T, B, G = act.shape
@@ -182,6 +192,211 @@ class LayerNormLSTMSequence(torch.autograd.Function):
         d_ln_c_weight = (d_ln_c * ((c_new - c_stats[0]) * c_stats[1])).sum((0, 1))
         d_ln_c_bias = d_ln_c.sum((0, 1))
         return d_gates, dh, dc, d_weight_hh, d_ln_hh, d_ln_c_weight, d_ln_c_bias, None, None
+
+
+def _native_library(xp: Tensor, H: int):
+    """rnnkit's fused C++ step kernels (rnnkit/native) where they apply: float32 or float64 on the CPU,
+    H <= 4096; None otherwise, or where they cannot be built (the ATen path below then runs)."""
+    if xp.device.type != "cpu" or xp.dtype not in (torch.float32, torch.float64) or H > 4096:
+        return None
+    return native.library()
+
+
+class _Slots:
+    """A kernel's int64 slot array (`names` in its order), from tensors (their data pointers), ints, or
+    None (0). It holds on to the tensors, so that a temporary (a `.contiguous()` copy, say) lives as long
+    as the kernel may read it; ctypes passes it as the array (`_as_parameter_`)."""
+
+    def __init__(self, names: tuple[str, ...], **values: Tensor | int | None) -> None:
+        slots = [0] * len(names)
+        for name, value in values.items():
+            slots[names.index(name)] = value.data_ptr() if isinstance(value, Tensor) else int(value or 0)
+        self.tensors = [v for v in values.values() if isinstance(v, Tensor)]
+        self._as_parameter_ = (ctypes.c_int64 * len(slots))(*slots)
+
+
+def _lnlstm_forward_native(ctx, lib, xp, h0, c0, weight_hh, ln_hh_weight, ln_c_weight, ln_c_bias,
+                           recurrent_mask, mask):
+    """LayerNormLSTMSequence.forward with each step's element-wise work in one fused C++ call
+    (native/lnlstm.cpp); the recurrent product stays with torch.mm."""
+    T, B, G = xp.shape
+    H = G // 4
+    new = xp.new_empty
+    xp = xp.contiguous()
+    hs, cs = new(T + 1, B, H), new(T + 1, B, H)
+    hs[0], cs[0] = h0, c0
+    h_in = None
+    if recurrent_mask is not None:
+        recurrent_mask = recurrent_mask.contiguous()
+        h_in = new(T + 1, B, H)
+        torch.mul(h0, recurrent_mask, out=h_in[0])
+    step_mask = None if mask is None else mask.reshape(T, B).contiguous()
+    buffers = dict(r_hat=new(T, B, G), r_rstd=new(T, B), act=new(T, B, G), c_mean=new(T, B), c_rstd=new(T, B),
+                   tanh_c=new(T, B, H), c_new=cs[1:] if mask is None else new(T, B, H),
+                   out=hs[1:] if mask is None else new(T, B, H))
+    product = new(B, G)
+    weights = (ln_hh_weight.contiguous(), ln_c_weight.contiguous(), ln_c_bias.contiguous())
+    keep: list[Tensor] = []
+    gemm = native.gemm_slots(weight_hh, B, keep)
+    slots = _Slots(native.LNLSTM_SLOTS, T=T, B=B, H=H, xp=xp, prod=product, gain_hh=weights[0], gain_c=weights[1],
+                   bias_c=weights[2], mask=step_mask, rmask=recurrent_mask, hs=hs, cs=cs, h_in=h_in, **buffers,
+                   **(gemm or {}))
+    f64 = xp.dtype == torch.float64
+    if gemm is not None:  # the whole loop in C++, the products through PyTorch's BLAS
+        (lib.rnnkit_lnlstm_forward_sequence_f64 if f64 else lib.rnnkit_lnlstm_forward_sequence_f32)(slots, LN_EPS)
+    else:
+        step = lib.rnnkit_lnlstm_forward_f64 if f64 else lib.rnnkit_lnlstm_forward_f32
+        weight_t = weight_hh.t()
+        inputs = (hs if h_in is None else h_in).unbind(0)
+        for t in range(T):
+            torch.mm(inputs[t], weight_t, out=product)
+            step(slots, t, LN_EPS)
+    ctx.gemm = (gemm, keep)
+    ctx.steps = (hs, cs, h_in, buffers, weights, step_mask)
+    ctx.save_for_backward(weight_hh, recurrent_mask)
+    return buffers["out"].clone(), hs[T].clone(), cs[T].clone()
+
+
+def _lnlstm_backward_native(ctx, grad_out, grad_h, grad_c):
+    """LayerNormLSTMSequence.backward with each step's element-wise work in one fused C++ call."""
+    lib = native.library()
+    weight_hh, recurrent_mask = ctx.saved_tensors
+    hs, cs, h_in, buffers, weights, step_mask = ctx.steps
+    act = buffers["act"]
+    T, B, G = act.shape
+    H = G // 4
+    new = act.new_empty
+    dh_mm = _zeros_if_none(grad_h, hs[0]).clone()  # the gradient of h_T enters where the product's would
+    dc = _zeros_if_none(grad_c, cs[0]).clone()
+    keep_h = None if step_mask is None else act.new_zeros(B, H)
+    d_gates, d_r = new(T, B, G), new(T, B, G)
+    d_gains = act.new_zeros(G + 2 * H, dtype=torch.float64)  # g_hh, g_c, b_c: summed over steps in the kernel
+    slots = _Slots(native.LNLSTM_SLOTS, T=T, B=B, H=H, gain_hh=weights[0], gain_c=weights[1], mask=step_mask,
+                   rmask=recurrent_mask, cs=cs, grad_out=None if grad_out is None else grad_out.contiguous(),
+                   dh_mm=dh_mm, keep_h=keep_h, dc=dc, d_gates=d_gates, d_r=d_r, d_gain_hh=d_gains[:G],
+                   d_gain_c=d_gains[G:G + H], d_bias_c=d_gains[G + H:], **buffers, **(ctx.gemm[0] or {}))
+    f64 = act.dtype == torch.float64
+    if ctx.gemm[0] is not None:
+        (lib.rnnkit_lnlstm_backward_sequence_f64 if f64 else lib.rnnkit_lnlstm_backward_sequence_f32)(slots)
+    else:
+        step = lib.rnnkit_lnlstm_backward_f64 if f64 else lib.rnnkit_lnlstm_backward_f32
+        drs = d_r.unbind(0)
+        for t in range(T - 1, -1, -1):
+            step(slots, t, int(t == T - 1))
+            torch.mm(drs[t], weight_hh, out=dh_mm)
+    dh = dh_mm if recurrent_mask is None else dh_mm * recurrent_mask
+    if keep_h is not None:
+        dh = dh + keep_h
+    inputs = hs[:T] if h_in is None else h_in[:T]
+    d_weight_hh = d_r.view(T * B, G).t().mm(inputs.reshape(T * B, H))
+    d_ln_hh, d_ln_c_weight, d_ln_c_bias = d_gains.to(act.dtype).split([G, H, H])
+    return d_gates, dh, dc, d_weight_hh, d_ln_hh, d_ln_c_weight, d_ln_c_bias, None, None
+
+
+class CellSequence(torch.autograd.Function):
+    """A plain cell (`rnn`, `rnn-relu`, `lstm`, `gru`; torch.nn's equations, in native/cells.cpp) over a
+    sequence: torch.mm for each step's recurrent product, one fused C++ call for its element-wise work,
+    forward and backward, and the recurrent weights' gradient for all steps in one product at the end.
+    Used where it beats PyTorch's fused kernel or where that kernel cannot go (a recurrent dropout mask).
+
+    forward(kind, xp (T, B, G) = W_ih x + b_ih + b_hh (GRU: + [b_hr, b_hz, 0]), h0 (B, H), c0 (B, H) or
+            None (LSTM only), weight_hh (G, H), bias_hn (H) or None (GRU only), recurrent_mask (B, H) or
+            None, mask (T, B, 1) or None) -> outputs (T, B, H), h_T[, c_T for the LSTM]
+    """
+
+    @staticmethod
+    def forward(ctx, kind, xp, h0, c0, weight_hh, bias_hn, recurrent_mask, mask):
+        lib = native.library()
+        T, B, G = xp.shape
+        H = h0.shape[1]
+        new = xp.new_empty
+        xp = xp.contiguous()
+        lstm, gru = kind == "lstm", kind == "gru"
+        hs = new(T + 1, B, H)
+        hs[0] = h0
+        cs = None
+        if lstm:
+            cs = new(T + 1, B, H)
+            cs[0] = c0
+        h_in = None
+        if recurrent_mask is not None:
+            recurrent_mask = recurrent_mask.contiguous()
+            h_in = new(T + 1, B, H)
+            torch.mul(h0, recurrent_mask, out=h_in[0])
+        step_mask = None if mask is None else mask.reshape(T, B).contiguous()
+        buffers = dict(act=new(T, B, G) if lstm or gru else None, aux=new(T, B, H) if lstm or gru else None,
+                       c_new=(cs[1:] if mask is None else new(T, B, H)) if lstm else None,
+                       out=hs[1:] if mask is None else new(T, B, H))
+        bias_hn = None if bias_hn is None else bias_hn.contiguous()
+        product = new(B, G)
+        keep: list[Tensor] = []
+        gemm = native.gemm_slots(weight_hh, B, keep)
+        slots = _Slots(native.CELL_SLOTS, T=T, B=B, H=H, cell=native.CELL_KINDS[kind], xp=xp, prod=product,
+                       bias_hn=bias_hn, mask=step_mask, rmask=recurrent_mask, hs=hs, cs=cs, h_in=h_in, **buffers,
+                       **(gemm or {}))
+        f64 = xp.dtype == torch.float64
+        if gemm is not None:  # the whole loop in C++, the products through PyTorch's BLAS
+            (lib.rnnkit_cell_forward_sequence_f64 if f64 else lib.rnnkit_cell_forward_sequence_f32)(slots)
+        else:
+            step = lib.rnnkit_cell_forward_f64 if f64 else lib.rnnkit_cell_forward_f32
+            weight_t = weight_hh.t()
+            inputs = (hs if h_in is None else h_in).unbind(0)
+            for t in range(T):
+                torch.mm(inputs[t], weight_t, out=product)
+                step(slots, t)
+        ctx.gemm = (gemm, keep)
+        ctx.kind = kind
+        ctx.steps = (hs, cs, h_in, buffers, step_mask, bias_hn is not None)
+        ctx.save_for_backward(weight_hh, recurrent_mask)
+        out = buffers["out"].clone()
+        return (out, hs[T].clone(), cs[T].clone()) if lstm else (out, hs[T].clone())
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_h, grad_c=None):
+        _first_order_only()
+        lib = native.library()
+        weight_hh, recurrent_mask = ctx.saved_tensors
+        hs, cs, h_in, buffers, step_mask, has_bias_hn = ctx.steps
+        kind = ctx.kind
+        T1, B, H = hs.shape
+        T, G = T1 - 1, weight_hh.shape[0]
+        new = hs.new_empty
+        dh_mm = _zeros_if_none(grad_h, hs[0]).clone()  # the gradient of h_T enters where the product's would
+        keep_h = hs.new_zeros(B, H)
+        dc = _zeros_if_none(grad_c, hs[0]).clone() if kind == "lstm" else None
+        d_xp = new(T, B, G)
+        d_prod = new(T, B, G) if kind == "gru" else d_xp
+        d_bias_hn = hs.new_zeros(H, dtype=torch.float64) if has_bias_hn else None
+        slots = _Slots(native.CELL_SLOTS, T=T, B=B, H=H, cell=native.CELL_KINDS[kind], mask=step_mask,
+                       rmask=recurrent_mask, hs=hs, cs=cs, grad_out=None if grad_out is None else grad_out.contiguous(),
+                       dh_mm=dh_mm, keep_h=keep_h, dc=dc, d_xp=d_xp, d_prod=d_prod, d_bias_hn=d_bias_hn,
+                       **buffers, **(ctx.gemm[0] or {}))
+        f64 = hs.dtype == torch.float64
+        if ctx.gemm[0] is not None:
+            (lib.rnnkit_cell_backward_sequence_f64 if f64 else lib.rnnkit_cell_backward_sequence_f32)(slots)
+        else:
+            step = lib.rnnkit_cell_backward_f64 if f64 else lib.rnnkit_cell_backward_f32
+            dps = d_prod.unbind(0)
+            for t in range(T - 1, -1, -1):
+                step(slots, t, int(t == T - 1))
+                torch.mm(dps[t], weight_hh, out=dh_mm)
+        dh = dh_mm if recurrent_mask is None else dh_mm * recurrent_mask
+        dh = dh + keep_h
+        inputs = hs[:T] if h_in is None else h_in[:T]
+        d_weight_hh = d_prod.view(T * B, G).t().mm(inputs.reshape(T * B, H))
+        return (None, d_xp, dh, dc, d_weight_hh, None if d_bias_hn is None else d_bias_hn.to(hs.dtype), None, None)
+
+
+def native_lnlstm_possible(x: Tensor, H: int) -> bool:
+    """Whether LayerNormLSTMSequence runs in the native kernels on x (else its ATen steps)."""
+    return _native_library(x, H) is not None
+
+
+def native_cell_sequence_possible(x: Tensor) -> bool:
+    """Whether CellSequence can run on x: float32 or float64 on the CPU, outside autocast (whose products
+    come out in bfloat16), with the native kernels built."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled("cpu") and native.library() is not None)
 
 
 class LayerNormGRUSequence(torch.autograd.Function):

@@ -1,4 +1,9 @@
-"""`Recurrent` against nn.RNN / nn.LSTM / nn.GRU with copied weights, on both paths."""
+"""`Recurrent` against nn.RNN / nn.LSTM / nn.GRU with copied weights, on every path: PyTorch's fused kernel
+(`fused=True`), the default (for training on the CPU: rnnkit's native kernels with the time loop in C++),
+the native kernels driven from a Python time loop (where PyTorch's library has no usable GEMM), and rnnkit's
+loop of ATen calls (where the native kernels cannot be built)."""
+
+import contextlib
 
 import pytest
 import torch
@@ -6,7 +11,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.testing import assert_close
 
-from rnnkit import Recurrent, detach_state, reset_state
+from rnnkit import Recurrent, detach_state, native, reset_state
 
 TORCH = {
     "rnn": lambda **kw: nn.RNN(nonlinearity="tanh", **kw),
@@ -19,6 +24,15 @@ LENGTHS = {
     "none": None,
     "all-equal": torch.tensor([T, T, T, T]),
     "variable": torch.tensor([T, 1, 3, 5]),
+}
+
+
+# path -> (the layer's `fused` argument, the context it runs in)
+PATHS = {
+    "fused": (True, contextlib.nullcontext),
+    "default": (None, contextlib.nullcontext),
+    "native-python-loop": (False, native.python_loop),
+    "aten-loop": (False, native.disabled),
 }
 
 
@@ -47,9 +61,15 @@ def _flat(state):
 @pytest.mark.parametrize("cell", list(TORCH))
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 @pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("lengths_kind", list(LENGTHS))
-def test_matches_torch(cell, num_layers, bidirectional, fused, lengths_kind):
+def test_matches_torch(cell, num_layers, bidirectional, path, lengths_kind):
+    fused, context = PATHS[path]
+    with context():
+        _check_matches_torch(cell, num_layers, bidirectional, fused, lengths_kind)
+
+
+def _check_matches_torch(cell, num_layers, bidirectional, fused, lengths_kind):
     ours, ref = _pair(cell, num_layers, bidirectional, fused)
     lengths = LENGTHS[lengths_kind]
     D = 2 if bidirectional else 1
@@ -91,7 +111,13 @@ def test_state_dict_keys_shapes_both_ways(cell):
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_gradcheck_loop_float64(cell, bidirectional):
+@pytest.mark.parametrize("path", ["default", "native-python-loop", "aten-loop"])
+def test_gradcheck_loop_float64(cell, bidirectional, path):
+    with PATHS[path][1]():
+        _check_gradcheck(cell, bidirectional)
+
+
+def _check_gradcheck(cell, bidirectional):
     layer = Recurrent(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=bidirectional,
                       fused=False).double()
     x = torch.randn(3, 4, 3, dtype=torch.float64, requires_grad=True)
@@ -232,7 +258,16 @@ def test_variational_mask_is_shared_over_time():
 
 
 def test_fused_choice():
-    assert Recurrent("lstm", I, H)._use_fused()
+    x = torch.randn(B, T, I)
+    layer = Recurrent("lstm", I, H)
+    assert layer._use_fused()
+    # Training on the CPU goes to the native kernels where they build; inference stays with PyTorch's.
+    assert layer._prefer_native(x) == (native.library() is not None)
+    with torch.no_grad():
+        assert not layer._prefer_native(x)
+    assert not Recurrent("lstm", I, H, fused=True)._prefer_native(x)
+    with native.disabled():
+        assert not layer._prefer_native(x)
     assert not Recurrent("lstm", I, H, fused=False)._use_fused()
     assert not Recurrent("lstm", I, H, num_layers=2, dropout=0.3, variational_dropout=True)._use_fused()
     with pytest.raises(ValueError, match="fused=True is impossible.*variational"):
@@ -297,3 +332,19 @@ def test_bad_constructor_arguments():
         Recurrent("lstm", I, H, num_layers=0)
     with pytest.raises(ValueError, match="dropout"):
         Recurrent("lstm", I, H, dropout=1.5)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "layernorm-lstm", "layernorm-gru", "peephole-lstm", "indrnn",
+                                  "mingru", "minlstm"])
+def test_every_cell_trains_under_bfloat16_autocast(cell):
+    """Under CPU autocast the products come out in bfloat16; the hand-written recurrences run in float32
+    outside it, the others under it. Outputs stay close to a float32 run and every weight gets a gradient."""
+    torch.manual_seed(0)
+    layer = Recurrent(cell, I, H, num_layers=2)
+    x = torch.randn(B, T, I)
+    reference, _ = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = layer(x, lengths=torch.tensor([T, 2, 4, 6]))
+        out.float().square().sum().backward()
+    assert_close(out[0].float(), reference[0], atol=0.05, rtol=0.05)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())

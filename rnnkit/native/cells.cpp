@@ -1,0 +1,254 @@
+// rnnkit's fused step kernels for the plain cells (vanilla RNN, LSTM, GRU), forward and backward.
+//
+// As for the layer-normalised LSTM (lnlstm.cpp): the Python side (rnnkit/sequences.py) runs the loop over
+// time, computes each step's recurrent product with torch.mm, and calls one function here for all of the
+// step's element-wise work, one pass over each batch row. The equations are torch.nn's:
+//
+//   p = (h * rmask) W_hh^T                        (computed outside, by torch.mm)
+//   rnn:  h' = tanh(xp + p)  or relu(xp + p)      (xp = W_ih x + b_ih + b_hh)
+//   lstm: i, f, o = sigmoid(xp + p)_{i,f,o};  g = tanh(xp + p)_g;  c' = f c + i g;  h' = o tanh(c')
+//   gru:  r, z = sigmoid(xp + p)_{r,z};  n = tanh(xp_n + r (p_n + b_hn));  h' = (1 - z) n + z h
+//                                                 (xp = W_ih x + b_ih + [b_hr, b_hz, 0])
+//
+// Rows past their end (mask false) keep their state and output zeros.
+
+#include <cmath>
+#include <cstdint>
+
+#include "gemm.h"
+
+namespace {
+
+enum Cell : int64_t { kRnnTanh = 0, kRnnRelu = 1, kLstm = 2, kGru = 3 };
+
+// Positions in the int64 slot array filled by the Python side (rnnkit.native.CELL_SLOTS).
+enum Slot : int {
+  kT, kB, kH, kCell,
+  kXp,       // (T, B, G)  input half of the gates (G = H, 4H or 3H)
+  kProd,     // (B, G)     this step's recurrent product, written by torch.mm before each forward step
+  kBiasHN,   // (H) or 0   GRU: b_hn, inside the reset gate's product
+  kMask,     // (T, B) bool, or 0
+  kRMask,    // (B, H), or 0: dropout mask on the state where it enters the recurrent product
+  kHs,       // (T+1, B, H) h before each step, and the last
+  kCs,       // (T+1, B, H) LSTM: c before each step, and the last
+  kHIn,      // (T+1, B, H) h * rmask, or 0 without rmask
+  kAct,      // (T, B, G)  LSTM: i, f, g, o; GRU: r, z, n; RNN: unused
+  kAux,      // (T, B, H)  LSTM: tanh(c'); GRU: p_n + b_hn
+  kCNew,     // (T, B, H)  LSTM: c' (the same memory as Cs[1:] without a mask)
+  kOut,      // (T, B, H)  outputs (the same memory as Hs[1:] without a mask)
+  kGradOut,  // (T, B, H) or 0
+  kDhMM,     // (B, H)     gradient reaching h_{t+1} through step t+1's product (before rmask), or of h_T
+  kKeepH,    // (B, H)     gradient reaching h_{t+1} other than through the product
+  kDc,       // (B, H)     LSTM: gradient of c, updated in place from c_{t+1} to c_t
+  kDXp,      // (T, B, G)  gradient of xp
+  kDProd,    // (T, B, G)  gradient of the product p (the same memory as DXp except for the GRU)
+  kDBiasHN,  // (H) float64, GRU: gradient of b_hn, accumulated
+  kGemmKind,  // rnnkit::GemmKind: how the sequence functions below multiply (0: they are not used)
+  kGemmFn,    // the GEMM function (gemm.h)
+  kWeightHH,  // (G, H) W_hh, row-major
+  kPackedWT,  // W_hh^T packed for the forward products, or 0
+  kPackedW,   // W_hh packed for the backward products, or 0
+  kSlots
+};
+
+rnnkit::Gemm gemm_of(const int64_t* p) {
+  return {p[kGemmKind], reinterpret_cast<void*>(p[kGemmFn]), reinterpret_cast<const void*>(p[kWeightHH]),
+          reinterpret_cast<const void*>(p[kPackedWT]), reinterpret_cast<const void*>(p[kPackedW])};
+}
+
+template <typename S>
+inline S* at(const int64_t* p, int slot) { return reinterpret_cast<S*>(p[slot]); }
+
+template <typename S>
+inline S sigmoid(S x) { return S(1) / (S(1) + std::exp(-x)); }
+
+template <typename S>
+void forward_step(const int64_t* p, int64_t t) {
+  const int64_t B = p[kB], H = p[kH], cell = p[kCell];
+  const int64_t G = cell == kLstm ? 4 * H : cell == kGru ? 3 * H : H;
+  const S* prod_all = at<S>(p, kProd);
+  const bool* mask = p[kMask] ? at<bool>(p, kMask) + t * B : nullptr;
+  const S* rmask = p[kRMask] ? at<S>(p, kRMask) : nullptr;
+  const S* b_hn = p[kBiasHN] ? at<S>(p, kBiasHN) : nullptr;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t row = t * B + b;
+    const S* xp = at<S>(p, kXp) + row * G;
+    const S* pr = prod_all + b * G;
+    const S* h = at<S>(p, kHs) + row * H;  // hs[t] row b: (t * B + b) * H
+    S* out = at<S>(p, kOut) + row * H;
+    S* hn = at<S>(p, kHs) + (row + B) * H;
+    if (cell == kRnnTanh) {
+      for (int64_t k = 0; k < H; ++k) out[k] = std::tanh(xp[k] + pr[k]);
+    } else if (cell == kRnnRelu) {
+      for (int64_t k = 0; k < H; ++k) { S v = xp[k] + pr[k]; out[k] = v > S(0) ? v : S(0); }
+    } else if (cell == kLstm) {
+      S* act = at<S>(p, kAct) + row * G;
+      S* tanh_c = at<S>(p, kAux) + row * H;
+      S* c_new = at<S>(p, kCNew) + row * H;
+      const S* c = at<S>(p, kCs) + row * H;
+      for (int64_t k = 0; k < G; ++k) act[k] = xp[k] + pr[k];
+      for (int64_t k = 0; k < 2 * H; ++k) act[k] = sigmoid(act[k]);
+      for (int64_t k = 2 * H; k < 3 * H; ++k) act[k] = std::tanh(act[k]);
+      for (int64_t k = 3 * H; k < G; ++k) act[k] = sigmoid(act[k]);
+      for (int64_t k = 0; k < H; ++k) c_new[k] = act[H + k] * c[k] + act[k] * act[2 * H + k];
+      for (int64_t k = 0; k < H; ++k) {
+        S y = std::tanh(c_new[k]);
+        tanh_c[k] = y;
+        out[k] = act[3 * H + k] * y;
+      }
+    } else {  // GRU
+      S* act = at<S>(p, kAct) + row * G;
+      S* hn_saved = at<S>(p, kAux) + row * H;
+      for (int64_t k = 0; k < 2 * H; ++k) act[k] = sigmoid(xp[k] + pr[k]);
+      for (int64_t k = 0; k < H; ++k) {
+        S q = pr[2 * H + k] + (b_hn ? b_hn[k] : S(0));
+        hn_saved[k] = q;
+        act[2 * H + k] = std::tanh(xp[2 * H + k] + act[k] * q);
+      }
+      for (int64_t k = 0; k < H; ++k) {
+        S z = act[H + k];
+        out[k] = (S(1) - z) * act[2 * H + k] + z * h[k];
+      }
+    }
+    if (mask) {
+      if (!mask[b]) {  // past its end: keep the state, output zeros
+        for (int64_t k = 0; k < H; ++k) { hn[k] = h[k]; out[k] = 0; }
+        if (cell == kLstm) {
+          const S* c = at<S>(p, kCs) + row * H;
+          S* cn = at<S>(p, kCs) + (row + B) * H;
+          for (int64_t k = 0; k < H; ++k) cn[k] = c[k];
+        }
+      } else {
+        for (int64_t k = 0; k < H; ++k) hn[k] = out[k];
+        if (cell == kLstm) {
+          const S* c_new = at<S>(p, kCNew) + row * H;
+          S* cn = at<S>(p, kCs) + (row + B) * H;
+          for (int64_t k = 0; k < H; ++k) cn[k] = c_new[k];
+        }
+      }
+    }  // without a mask, out and c_new are already the next h and c
+    if (rmask) {
+      const S* m = rmask + b * H;
+      S* hi = at<S>(p, kHIn) + (row + B) * H;
+      for (int64_t k = 0; k < H; ++k) hi[k] = hn[k] * m[k];
+    }
+  }
+}
+
+// One step back in time. On entry DhMM holds the gradient reaching h_{t+1} through step t+1's product
+// (before the rmask; with `last` set, the gradient of h_T itself and no rmask), KeepH what reached h_{t+1}
+// other than through that product, Dc (LSTM) the gradient of c_{t+1}. On return KeepH and Dc hold the same
+// for h_t and c_t; the caller adds DProd[t] W_hh (the product) to reach h_t.
+template <typename S>
+void backward_step(const int64_t* p, int64_t t, int64_t last) {
+  const int64_t B = p[kB], H = p[kH], cell = p[kCell];
+  const int64_t G = cell == kLstm ? 4 * H : cell == kGru ? 3 * H : H;
+  const bool* mask = p[kMask] ? at<bool>(p, kMask) + t * B : nullptr;
+  const S* rmask = (p[kRMask] && !last) ? at<S>(p, kRMask) : nullptr;
+  const S* grad_out = p[kGradOut] ? at<S>(p, kGradOut) + t * B * H : nullptr;
+  const S* dh_mm = at<S>(p, kDhMM);
+  S* keep_h = at<S>(p, kKeepH);
+  double* d_b_hn = p[kDBiasHN] ? at<double>(p, kDBiasHN) : nullptr;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t row = t * B + b;
+    S* d_xp = at<S>(p, kDXp) + row * G;
+    S* d_prod = at<S>(p, kDProd) + row * G;
+    S* kh = keep_h + b * H;
+    const S* dm = dh_mm + b * H;
+    const S* rm = rmask ? rmask + b * H : nullptr;
+    if (mask && !mask[b]) {  // past its end: the gradients of the state pass straight through
+      for (int64_t k = 0; k < H; ++k) kh[k] += rm ? dm[k] * rm[k] : dm[k];
+      for (int64_t k = 0; k < G; ++k) d_xp[k] = 0;
+      if (d_prod != d_xp)
+        for (int64_t k = 0; k < G; ++k) d_prod[k] = 0;
+      continue;  // Dc unchanged
+    }
+    const S* go = grad_out ? grad_out + b * H : nullptr;
+    const S* out = at<S>(p, kOut) + row * H;
+    // kh becomes the gradient of h_t other than through the product: zero except for the GRU's z h term.
+    if (cell == kRnnTanh || cell == kRnnRelu) {
+      for (int64_t k = 0; k < H; ++k) {
+        S dh = (rm ? dm[k] * rm[k] : dm[k]) + kh[k] + (go ? go[k] : S(0));
+        S y = out[k];
+        d_xp[k] = cell == kRnnTanh ? dh * (S(1) - y * y) : (y > S(0) ? dh : S(0));
+        kh[k] = 0;
+      }
+    } else if (cell == kLstm) {
+      const S* act = at<S>(p, kAct) + row * G;
+      const S* tanh_c = at<S>(p, kAux) + row * H;
+      const S* c = at<S>(p, kCs) + row * H;
+      S* dc = at<S>(p, kDc) + b * H;
+      for (int64_t k = 0; k < H; ++k) {
+        S dh = (rm ? dm[k] * rm[k] : dm[k]) + kh[k] + (go ? go[k] : S(0));
+        S i = act[k], f = act[H + k], g = act[2 * H + k], o = act[3 * H + k], y = tanh_c[k];
+        S dcn = dh * o * (S(1) - y * y) + dc[k];
+        d_xp[k] = dcn * g * i * (S(1) - i);
+        d_xp[H + k] = dcn * c[k] * f * (S(1) - f);
+        d_xp[2 * H + k] = dcn * i * (S(1) - g * g);
+        d_xp[3 * H + k] = dh * y * o * (S(1) - o);
+        dc[k] = dcn * f;
+        kh[k] = 0;
+      }
+    } else {  // GRU
+      const S* act = at<S>(p, kAct) + row * G;
+      const S* hn = at<S>(p, kAux) + row * H;
+      const S* h = at<S>(p, kHs) + row * H;
+      for (int64_t k = 0; k < H; ++k) {
+        S dh = (rm ? dm[k] * rm[k] : dm[k]) + kh[k] + (go ? go[k] : S(0));
+        S r = act[k], z = act[H + k], n = act[2 * H + k];
+        S dn = dh * (S(1) - z) * (S(1) - n * n);
+        S dr = dn * hn[k] * r * (S(1) - r);
+        S dz = dh * (h[k] - n) * z * (S(1) - z);
+        S d_hn = dn * r;
+        d_xp[k] = dr;
+        d_xp[H + k] = dz;
+        d_xp[2 * H + k] = dn;
+        d_prod[k] = dr;
+        d_prod[H + k] = dz;
+        d_prod[2 * H + k] = d_hn;
+        if (d_b_hn) d_b_hn[k] += double(d_hn);
+        kh[k] = dh * z;
+      }
+    }
+  }
+}
+
+inline int64_t gates(const int64_t* p) {
+  return p[kCell] == kLstm ? 4 * p[kH] : p[kCell] == kGru ? 3 * p[kH] : p[kH];
+}
+
+// The whole sequence, the recurrent products included (gemm.h): no return to Python between steps.
+template <typename S>
+void forward_sequence(const int64_t* p) {
+  const int64_t T = p[kT], B = p[kB], H = p[kH], G = gates(p);
+  const rnnkit::Gemm g = gemm_of(p);
+  const S* inputs = at<S>(p, p[kHIn] ? kHIn : kHs);
+  for (int64_t t = 0; t < T; ++t) {
+    rnnkit::product_wt<S>(g, int(B), int(G), int(H), inputs + t * B * H, at<S>(p, kProd));
+    forward_step<S>(p, t);
+  }
+}
+
+template <typename S>
+void backward_sequence(const int64_t* p) {
+  const int64_t T = p[kT], B = p[kB], H = p[kH], G = gates(p);
+  const rnnkit::Gemm g = gemm_of(p);
+  for (int64_t t = T - 1; t >= 0; --t) {
+    backward_step<S>(p, t, t == T - 1);
+    rnnkit::product_w<S>(g, int(B), int(G), int(H), at<S>(p, kDProd) + t * B * G, at<S>(p, kDhMM));
+  }
+}
+
+}  // namespace
+
+extern "C" {
+void rnnkit_cell_forward_sequence_f32(const int64_t* p) { forward_sequence<float>(p); }
+void rnnkit_cell_forward_sequence_f64(const int64_t* p) { forward_sequence<double>(p); }
+void rnnkit_cell_backward_sequence_f32(const int64_t* p) { backward_sequence<float>(p); }
+void rnnkit_cell_backward_sequence_f64(const int64_t* p) { backward_sequence<double>(p); }
+int64_t rnnkit_cell_slots() { return kSlots; }
+void rnnkit_cell_forward_f32(const int64_t* p, int64_t t) { forward_step<float>(p, t); }
+void rnnkit_cell_forward_f64(const int64_t* p, int64_t t) { forward_step<double>(p, t); }
+void rnnkit_cell_backward_f32(const int64_t* p, int64_t t, int64_t last) { backward_step<float>(p, t, last); }
+void rnnkit_cell_backward_f64(const int64_t* p, int64_t t, int64_t last) { backward_step<double>(p, t, last); }
+}

@@ -1,0 +1,70 @@
+// The recurrent matrix products of rnnkit's native kernels, through the BLAS that PyTorch's CPU library
+// carries (Intel MKL in the x86-64 builds), found by the Python side and handed over as function pointers:
+//
+// - float32: MKL's packed GEMM. W_hh is packed once per sequence call (cblas_sgemm_pack, on the Python
+//   side) and every step multiplies by the packed copy (cblas_sgemm_compute): a small-batch product no
+//   longer re-packs the whole weight matrix at every step, as a plain GEMM call does;
+// - float64 (and float32 without the packed API): the Fortran GEMM (dgemm_ / sgemm_).
+//
+// Without them (another BLAS), the Python side runs the time loop itself with torch.mm and calls the step
+// functions one at a time.
+
+#pragma once
+
+#include <cstdint>
+
+namespace rnnkit {
+
+enum GemmKind : int64_t { kGemmNone = 0, kGemmPacked = 1, kGemmFortran = 2 };
+
+// cblas_sgemm_compute (CBLAS enums are ints; MKL_INT is 32-bit in the LP64 interface).
+using PackedCompute = void (*)(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
+                               const float* b, int ldb, float beta, float* c, int ldc);
+template <typename S>
+using FortranGemm = void (*)(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                             const S* alpha, const S* a, const int* lda, const S* b, const int* ldb, const S* beta,
+                             S* c, const int* ldc);
+
+constexpr int kRowMajor = 101, kNoTrans = 111, kPacked = 151;
+
+struct Gemm {
+  int64_t kind;
+  void* fn;            // cblas_sgemm_compute, or the Fortran gemm of the dtype
+  const void* weight;  // W (N, K) row-major
+  const void* packed_wt;  // W^T packed as the right-hand matrix of x (B, K) @ W^T (packed kind)
+  const void* packed_w;   // W packed as the right-hand matrix of d (B, N) @ W (packed kind)
+};
+
+// out (B, N) = x (B, K) @ W^T, W (N, K) row-major: a step's recurrent product.
+template <typename S>
+inline void product_wt(const Gemm& g, int B, int N, int K, const S* x, S* out) {
+  if (g.kind == kGemmPacked) {
+    reinterpret_cast<PackedCompute>(g.fn)(kRowMajor, kNoTrans, kPacked, B, N, K,
+                                           reinterpret_cast<const float*>(x), K,
+                                           reinterpret_cast<const float*>(g.packed_wt), K, 0.0f,
+                                           reinterpret_cast<float*>(out), N);
+  } else {
+    // Column-major view: out^T (N, B) = W (N, K) @ x^T (K, B); W row-major is W^T column-major.
+    const S one = 1, zero = 0;
+    reinterpret_cast<FortranGemm<S>>(g.fn)("T", "N", &N, &B, &K, &one, reinterpret_cast<const S*>(g.weight), &K,
+                                           x, &K, &zero, out, &N);
+  }
+}
+
+// out (B, K) = d (B, N) @ W, W (N, K) row-major: a step's gradient back through the product.
+template <typename S>
+inline void product_w(const Gemm& g, int B, int N, int K, const S* d, S* out) {
+  if (g.kind == kGemmPacked) {
+    reinterpret_cast<PackedCompute>(g.fn)(kRowMajor, kNoTrans, kPacked, B, K, N,
+                                           reinterpret_cast<const float*>(d), N,
+                                           reinterpret_cast<const float*>(g.packed_w), K, 0.0f,
+                                           reinterpret_cast<float*>(out), K);
+  } else {
+    // Column-major view: out^T (K, B) = W^T (K, N) @ d^T (N, B).
+    const S one = 1, zero = 0;
+    reinterpret_cast<FortranGemm<S>>(g.fn)("N", "N", &K, &B, &N, &one, reinterpret_cast<const S*>(g.weight), &K,
+                                           d, &N, &zero, out, &K);
+  }
+}
+
+}  // namespace rnnkit
