@@ -19,6 +19,7 @@ import io
 import json
 import os
 import platform
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -92,30 +93,57 @@ def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], s
         raise UserError(f"{source}: the weights do not fit the model: " + "; ".join(problems))
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write the resumable training state atomically; the previous one is kept as `.prev`."""
+def save_checkpoint(path: str | Path, payload: dict[str, Any], keep_previous: bool = True) -> None:
+    """Write the resumable training state atomically; the previous one is kept as `.prev`.
+
+    `keep_previous=False` overwrites `path` without moving it to `.prev`: for a `path` known to be
+    damaged, so that the good `.prev` it was resumed from stays.
+    """
     path = Path(path)
     buf = io.BytesIO()
     torch.save(payload, buf)
-    if path.exists():
+    if keep_previous and path.exists():
         os.replace(path, path.with_name(path.name + ".prev"))
     atomic_write(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read the training state; a damaged file falls back to the previous good one, or says why not."""
+CHECKPOINT_KEYS = ("model", "optimizer", "schedule", "train_state", "rng")
+
+
+def read_checkpoint(path: str | Path, warn: bool = True) -> tuple[dict[str, Any], Path]:
+    """The training state and the file it came from: `path`, or `path.prev` when `path` is damaged
+    (truncated, corrupted, or not a checkpoint), with a warning naming both.
+
+    Raises:
+        UserError: neither file is there, or both are damaged.
+    """
     path = Path(path)
-    errors = []
-    for candidate in (path, path.with_name(path.name + ".prev")):
+    previous = path.with_name(path.name + ".prev")
+    damaged: list[Path] = []
+    for candidate in (path, previous):
         if not candidate.exists():
             continue
         try:
-            return torch.load(candidate, map_location="cpu", weights_only=False)
-        except Exception as e:  # a truncated or corrupted file: try the previous one
-            errors.append(f"{candidate}: {type(e).__name__}: {e}")
-    if errors:
-        raise UserError("cannot resume: every checkpoint is damaged: " + "; ".join(errors))
+            payload = torch.load(candidate, map_location="cpu", weights_only=False)
+        except Exception:  # a truncated or corrupted file raises whatever the unpickler meets: try the previous one
+            payload = None
+        if not isinstance(payload, dict) or any(k not in payload for k in CHECKPOINT_KEYS):
+            damaged.append(candidate)
+            continue
+        if damaged and warn:
+            warnings.warn(f"{damaged[0]} is damaged (truncated or corrupted); resuming from the previous "
+                          f"checkpoint, {candidate}", stacklevel=2)
+        return payload, candidate
+    if damaged:
+        raise UserError(f"cannot resume: every checkpoint is damaged (truncated or corrupted): "
+                        f"{' and '.join(str(d) for d in damaged)}; nothing is left to resume from, so train again "
+                        "without --resume into a new --out")
     raise UserError(f"cannot resume: no checkpoint in {path.parent} (expected {path.name})")
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read the training state; a damaged file falls back to the previous good one, or says why not."""
+    return read_checkpoint(path)[0]
 
 
 def check_run_dir(run_dir: str | Path) -> Path:

@@ -35,7 +35,8 @@ from rnnkit.checkpoint import (
     CHECKPOINT_FILE,
     METRICS_FILE,
     MODEL_FILE,
-    load_checkpoint,
+    check_state_dict,
+    read_checkpoint,
     save_checkpoint,
     save_weights,
     start_or_resume,
@@ -269,6 +270,7 @@ class Trainer:
         self.total_steps = total
         self.schedule = LRSchedule(self.optimizer, cfg, total)
         self.state = TrainState()
+        self._resumed_from_previous = False  # checkpoint.pt was damaged: the next save must keep .prev
         self._log = log
         self.progress: Progress | None = None
         metric, mode = getattr(model, "monitor", ("loss", "min"))
@@ -323,13 +325,20 @@ class Trainer:
             "carried": _to_cpu(carried),
             "rng": self._rng_state(),
         }
-        save_checkpoint(self.run_dir / CHECKPOINT_FILE, payload)
+        save_checkpoint(self.run_dir / CHECKPOINT_FILE, payload, keep_previous=not self._resumed_from_previous)
+        self._resumed_from_previous = False
 
     def resume(self) -> None:
         """Continue from the run directory's checkpoint: weights, optimizer, schedule, position, RNG."""
-        payload = load_checkpoint(self.run_dir / CHECKPOINT_FILE)
+        path = self.run_dir / CHECKPOINT_FILE
+        payload, used = read_checkpoint(path, warn=self.main)
+        self._resumed_from_previous = used != path
+        check_state_dict(self.model, payload["model"], f"{used} (--resume)")
         self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        try:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        except ValueError as e:
+            raise UserError(f"{used} (--resume): the optimizer state does not fit the model ({e})") from None
         self.schedule.load_state_dict(payload["schedule"])
         saved = payload["train_state"]
         self.state = TrainState(**saved)
@@ -379,6 +388,7 @@ class Trainer:
             "train_loss": train_loss,
             "lr": self.optimizer.param_groups[0]["lr"],
             "clip_fraction": s.clipped / max(s.step, 1),
+            "skipped_batches": s.skipped,
             "elapsed_s": round(s.elapsed + self._session_time(), 1),
         }
         stop = False
@@ -530,6 +540,11 @@ class Trainer:
         self.plot_curves()
         return s
 
+    def summary(self) -> dict[str, Any]:
+        """The figures every task's result reports about its training: steps, clipping, skipped batches."""
+        s = self.state
+        return {"steps": s.step, "clip_fraction": s.clipped / max(s.step, 1), "skipped_batches": s.skipped}
+
     def _checkpoint_now(self) -> None:
         elapsed_before = self.state.elapsed
         self.state.elapsed = elapsed_before + self._session_time()
@@ -543,10 +558,16 @@ class Trainer:
 
     def _stop_nonfinite(self, loss: torch.Tensor) -> None:
         s = self.state
+        kept = []
+        if (self.run_dir / MODEL_FILE).exists():
+            which = "best" if self.valid_data is not None else "last"
+            kept.append(f"the weights of the {which} evaluation so far are kept in {self.run_dir / MODEL_FILE}")
+        if (self.run_dir / CHECKPOINT_FILE).exists():
+            kept.append(f"the last checkpoint in {self.run_dir / CHECKPOINT_FILE}")
+        saved = " and ".join(kept) if kept else "nothing was saved yet (no evaluation or checkpoint came before it)"
         raise TrainingError(
             f"the training loss or its gradient became non-finite (loss {float(loss.detach())}) at step "
-            f"{s.step + 1} (epoch {s.epoch + 1}, batch {s.batch + 1}); the weights of the best evaluation so "
-            f"far are kept in {self.run_dir / MODEL_FILE} and the last checkpoint in {self.run_dir / CHECKPOINT_FILE}. "
+            f"{s.step + 1} (epoch {s.epoch + 1}, batch {s.batch + 1}); {saved}. "
             f"Try a lower --lr or a smaller --clip, or --skip-nonfinite to skip such batches."
         )
 

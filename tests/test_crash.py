@@ -88,3 +88,12 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, corpus):
     good_prev = load_checkpoint(run / (CHECKPOINT_FILE + ".prev"))["train_state"]["step"]
     (run / CHECKPOINT_FILE).write_bytes((run / CHECKPOINT_FILE).read_bytes()[:100])  # truncated
     assert load_checkpoint(run / CHECKPOINT_FILE)["train_state"]["step"] == good_prev
+    resumed = _train(corpus, run, "--resume", "--checkpoint-minutes", "0.0005", "--epochs", "1")
+    assert resumed.wait(timeout=300) == 0
+    err = resumed.stderr.read().decode()
+    assert f"rnnkit: warning: {run / CHECKPOINT_FILE} is damaged (truncated or corrupted); resuming from the " \
+           f"previous checkpoint, {run / CHECKPOINT_FILE}.prev" in err
+    assert f"resuming at epoch 1, step {good_prev}" in err
+    # The damaged file was overwritten, never kept as the previous checkpoint.
+    for name in (CHECKPOINT_FILE, CHECKPOINT_FILE + ".prev"):
+        assert load_checkpoint(run / name)["train_state"]["step"] >= good_prev

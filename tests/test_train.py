@@ -113,8 +113,30 @@ def test_early_stopping_and_nonfinite(tmp_path):
     bad = _setup(tmp_path, "bad", epochs=1)
     with torch.no_grad():
         bad.model.decoder.bias.fill_(float("nan"))
-    with pytest.raises(TrainingError, match=r"non-finite \(loss nan\) at step 1 \(epoch 1, batch 1\)"):
+    with pytest.raises(TrainingError, match=r"non-finite \(loss nan\) at step 1 \(epoch 1, batch 1\); nothing was "
+                                            r"saved yet"):
         bad.fit()
+    assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
+def test_a_nonfinite_loss_names_the_files_that_were_kept(tmp_path):
+    t = _setup(tmp_path, "run", epochs=1, eval_every=5, checkpoint_minutes=1e-9)
+    loss = t.model.loss
+
+    def poisoned_loss(batch, state=None):
+        out = loss(batch, state)
+        if batch.get("poison"):
+            out.loss = out.loss * float("nan")
+        return out
+
+    t.model.loss = poisoned_loss
+    t.train_data = _PoisonedSource(t.train_data, poisoned={12})
+    with pytest.raises(TrainingError, match="at step 13 .*best evaluation so far are kept in .*model.safetensors and "
+                                            "the last checkpoint in .*checkpoint.pt") as e:
+        t.fit()
+    for name in ("model.safetensors", "checkpoint.pt"):
+        assert (tmp_path / "run" / name).exists() and name in str(e.value)
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE)["train_state"]["step"] == 12
 
 
 def test_lr_schedules():
@@ -142,9 +164,39 @@ def test_checkpoint_falls_back_to_previous_when_damaged(tmp_path):
     assert load_checkpoint(path)["train_state"]["step"] == 99
     path.write_bytes(path.read_bytes()[:100])  # truncated
     assert load_checkpoint(path)["train_state"]["step"] == 5
-    path.with_name(CHECKPOINT_FILE + ".prev").write_bytes(b"garbage")
-    with pytest.raises(UserError, match="every checkpoint is damaged"):
+    path.with_name(CHECKPOINT_FILE + ".prev").write_bytes(b"garbage")  # unpickles to a ValueError
+    with pytest.raises(UserError, match=r"every checkpoint is damaged \(truncated or corrupted\): .*checkpoint.pt and "
+                                        r".*checkpoint.pt.prev; nothing is left to resume from") as e:
         load_checkpoint(path)
+    assert "invalid literal" not in str(e.value)
+
+
+def test_resuming_from_the_previous_checkpoint_warns_and_keeps_it(tmp_path):
+    _setup(tmp_path, "run", epochs=1, max_steps=5).fit()
+    again = _setup(tmp_path, "run", epochs=1, max_steps=10)
+    again.resume()
+    again.fit()  # checkpoint.pt at step 10, checkpoint.pt.prev at step 5
+    path = tmp_path / "run" / CHECKPOINT_FILE
+    path.write_bytes(path.read_bytes()[:1000])  # truncated
+    resumed = _setup(tmp_path, "run", epochs=1, max_steps=12)
+    with pytest.warns(UserWarning, match=r"checkpoint.pt is damaged \(truncated or corrupted\); resuming from the "
+                                         r"previous checkpoint, .*checkpoint.pt.prev"):
+        resumed.resume()
+    assert resumed.state.step == 5
+    resumed.fit()
+    # The damaged file was replaced, not rotated into .prev: the good previous checkpoint is still there.
+    assert load_checkpoint(path)["train_state"]["step"] == 12
+    assert load_checkpoint(path.with_name(CHECKPOINT_FILE + ".prev"))["train_state"]["step"] == 5
+
+
+def test_resume_with_other_shapes_says_what_does_not_fit(tmp_path):
+    _setup(tmp_path, "run", epochs=1, max_steps=3).fit()
+    other = _setup(tmp_path, "run", epochs=1)
+    other.model = LanguageModel(12, 8, 20, 2, "lstm")  # hidden 20, not 16
+    other.optimizer = torch.optim.Adam(other.model.parameters())
+    with pytest.raises(UserError, match=r"checkpoint.pt \(--resume\): the weights do not fit the model: .*"
+                                        r"rnn.weight_hh_l0 has shape \(64, 16\), the model expects \(80, 20\)"):
+        other.resume()
 
 
 def test_line_source_full_bptt(tmp_path):
@@ -195,6 +247,9 @@ def test_skip_nonfinite_skips_and_counts_the_bad_batches(tmp_path):
     assert t.state.skipped == 2
     assert t.state.step == 80 - 2  # every other batch made an update
     assert all(torch.isfinite(p).all() for p in t.model.parameters())
+    assert t.summary()["skipped_batches"] == 2  # every task's result reports it
+    last = json.loads((tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["skipped_batches"] == 2
 
 
 def test_bf16_mixed_precision_trains_with_fp32_weights(tmp_path):

@@ -339,7 +339,7 @@ def train(
 
     trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
     state = trainer.run(resume)
-    result: dict[str, Any] = {"steps": state.step, "best_valid_accuracy": state.best}
+    result: dict[str, Any] = {**trainer.summary(), "best_valid_accuracy": state.best}
     if test_path is not None:
         report = evaluate(out, test_path)
         result["test"] = {k: report[k] for k in ("accuracy", "macro_f1", "count")}

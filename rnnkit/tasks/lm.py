@@ -176,8 +176,7 @@ def train(
 
     trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
     state = trainer.run(resume)
-    result: dict[str, Any] = {"steps": state.step, "best_valid_loss": state.best,
-                              "clip_fraction": state.clipped / max(state.step, 1)}
+    result: dict[str, Any] = {**trainer.summary(), "best_valid_loss": state.best}
     if test_path is not None:
         result["test"] = evaluate(out, test_path)
         say("test: " + " ".join(f"{k} {v:.4f}" for k, v in result["test"].items()))

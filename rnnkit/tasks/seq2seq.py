@@ -173,8 +173,7 @@ def train(
 
     trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
     state = trainer.run(resume)
-    result: dict[str, Any] = {"steps": state.step, "best_valid_loss": state.best, "pairs_dropped": dropped,
-                              "clip_fraction": state.clipped / max(state.step, 1)}
+    result: dict[str, Any] = {**trainer.summary(), "best_valid_loss": state.best, "pairs_dropped": dropped}
     if test_path is not None:
         result["test"] = evaluate(out, test_path)
         say("test: " + " ".join(f"{k} {v:.4f}" for k, v in result["test"].items()))

@@ -322,7 +322,7 @@ def train(
     trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
     state = trainer.run(resume)
     metric = model.monitor[0]
-    result: dict[str, Any] = {"steps": state.step, f"best_valid_{metric}": state.best, "scheme": scheme}
+    result: dict[str, Any] = {**trainer.summary(), f"best_valid_{metric}": state.best, "scheme": scheme}
     if test_path is not None:
         result["test"] = evaluate(out, test_path)
         t = result["test"]
