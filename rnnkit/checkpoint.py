@@ -156,27 +156,39 @@ def check_run_dir(run_dir: str | Path) -> Path:
 
 
 def refuse_existing_run(out: str | Path) -> None:
-    """A new run must not overwrite one: refuse an --out that holds a run (checked on rank 0 only under
-    torchrun, since the other ranks may already see the files rank 0 has just written)."""
+    """A new run must not overwrite one: refuse an --out that holds a run.
+
+    Under torchrun every rank refuses on rank 0's word, before any rank writes: a rank that checked for
+    itself could see the files rank 0 has just written, or (several machines) a different disk.
+    """
     from rnnkit import distributed
 
-    if (Path(out) / CONFIG_FILE).exists() and distributed.is_main():
+    taken = (Path(out) / CONFIG_FILE).exists()
+    ctx = distributed.current()
+    if ctx is not None:
+        taken = ctx.from_main(taken)
+    if taken:
         raise UserError(f"--out {out}: already holds a run; pass --resume to continue it or choose another folder")
 
 
-def start_or_resume(cfg: Any, out: str | Path, resume: bool) -> Any:
-    """The configuration a `train` call runs with: the given one for a new run (after refusing an --out that
-    holds a run), or the saved one for --resume, with the new call's epochs, time and step limits."""
+def resumed_config(cfg: Any, out: str | Path) -> Any:
+    """The saved configuration of the run in `out`, with the new call's epochs, time and step limits."""
     from rnnkit.config import RunConfig
 
-    if not resume:
-        refuse_existing_run(out)
-        return cfg
     out = Path(out)
     saved = RunConfig.from_dict(read_run_config(out, task=cfg.task), str(out / CONFIG_FILE))
     saved.train.epochs, saved.train.max_minutes = cfg.train.epochs, cfg.train.max_minutes
     saved.train.max_steps = cfg.train.max_steps
     return saved
+
+
+def start_or_resume(cfg: Any, out: str | Path, resume: bool) -> Any:
+    """The configuration a `train` call runs with: the given one for a new run (after refusing an --out that
+    holds a run), or the saved one for --resume, with the new call's epochs, time and step limits."""
+    if resume:
+        return resumed_config(cfg, out)
+    refuse_existing_run(out)
+    return cfg
 
 
 def read_run_config(run_dir: str | Path, task: str | None = None) -> dict[str, Any]:

@@ -118,9 +118,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = run_config_from_args(args.task, args)
     from rnnkit import distributed
 
-    distributed.setup(cfg.train.device)  # under torchrun: join the group before any rank writes files
+    # Under torchrun, the task's train joins the process group first thing (train.open_run).
     result = module.train(cfg, args.train, args.out, valid_path=args.valid, test_path=args.test, resume=args.resume)
-    print(json.dumps(result, indent=2))
+    if distributed.is_main():
+        print(json.dumps(result, indent=2))
+    distributed.close()
     return 0
 
 

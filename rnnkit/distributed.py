@@ -6,16 +6,20 @@ operations the trainer needs), and `shard` (this rank's rows of a global batch).
 training loop (train.py uses these) or anything about tasks.
 
 Every rank reads the same data and builds the same batches; each takes an equal share of the rows
-of every global batch, so a stream for truncated BPTT is split by rows (each rank carries the state
-of its own rows) and `--batch-size` stays the global batch size. Gradients are averaged by DDP with
-each rank's loss weighted by its share of the counted units, so N processes compute the same update
-as one process with the whole batch.
+of every global batch (the first ranks one row more when it does not divide), so a stream for
+truncated BPTT is split by rows (each rank carries the state of its own rows) and `--batch-size`
+stays the global batch size. Gradients are averaged by DDP with each rank's loss weighted by its
+share of the weight of the counted units, so N processes compute the same update as one process with
+the whole batch.
+
+Only rank 0 writes a run's files and prints; where a decision depends on what a rank sees on disk
+(does --out already hold a run?), rank 0 decides and the others follow (`Context.from_main`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,20 +31,48 @@ def requested() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(device: str = "cpu") -> Context | None:
-    """Join the process group described by the environment; None when training in one process."""
+def backend_for(device: torch.device) -> str:
+    """The process-group backend for a training device: NCCL for CUDA, gloo otherwise."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def local_device(device: torch.device) -> torch.device:
+    """The device this process trains on: under torchrun a CUDA device is the GPU `LOCAL_RANK` names, so
+    that the processes of a machine take one GPU each."""
+    if requested() and device.type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def setup(device: torch.device) -> Context | None:
+    """Join the process group described by the environment; None when training in one process.
+
+    Args:
+        device: the resolved training device (not "auto"): it picks the backend.
+    """
+    assert isinstance(device, torch.device), "resolve the device (train.resolve_device) before choosing a backend"
     if not requested():
         return None
+    device = local_device(device)
     if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    return Context(dist.get_rank(), dist.get_world_size())
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL's collectives run on the current device
+        dist.init_process_group(backend=backend_for(device))
+    return current()
+
+
+def close() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def current() -> Context | None:
     """The context of an initialised process group, else None."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return Context(dist.get_rank(), dist.get_world_size())
+        nccl = dist.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        return Context(dist.get_rank(), dist.get_world_size(), device)
     return None
 
 
@@ -54,6 +86,7 @@ def is_main() -> bool:
 class Context:
     rank: int
     world: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where collectives run
 
     @property
     def main(self) -> bool:
@@ -65,25 +98,51 @@ class Context:
         start = self.rank * base + min(self.rank, extra)
         return start, start + base + (1 if self.rank < extra else 0)
 
-    def sum(self, values: list[float], device: torch.device | str = "cpu") -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=device)
+    def sum(self, values: list[float], device: torch.device | str | None = None) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=device or self.device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.tolist()
 
-    def any(self, flag: bool, device: torch.device | str = "cpu") -> bool:
-        t = torch.tensor([1.0 if flag else 0.0], device=device)
+    def any(self, flag: bool, device: torch.device | str | None = None) -> bool:
+        t = torch.tensor([1.0 if flag else 0.0], device=device or self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def from_main(self, flag: bool) -> bool:
+        """Rank 0's `flag` on every rank (a decision about what rank 0 sees, which every rank then follows)."""
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.broadcast(t, src=0)
+        return bool(t.item() > 0)
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's `obj` (picklable), in rank order."""
+        found: list[Any] = [None] * self.world
+        dist.all_gather_object(found, obj)
+        return found
+
     def gather_rows(self, state: Any) -> Any:
-        """All ranks' rows of a recurrent state (batch on dim 1), in rank order; equal shares assumed."""
+        """All ranks' rows of a recurrent state (batch on dim 1), in rank order.
+
+        The shares may differ by a row (a batch size the world size does not divide): each rank's part is
+        padded to the largest share for the collective and cut back after it.
+        """
         if state is None:
             return None
         if isinstance(state, tuple | list):
             return type(state)(self.gather_rows(s) for s in state)
-        parts = [torch.empty_like(state) for _ in range(self.world)]
-        dist.all_gather(parts, state.contiguous())
-        return torch.cat(parts, dim=1)
+        state = state.contiguous()
+        sizes = torch.tensor([state.shape[1]], dtype=torch.int64, device=state.device)
+        found = [torch.empty_like(sizes) for _ in range(self.world)]
+        dist.all_gather(found, sizes)
+        counts = [int(n) for n in found]
+        width = max(counts)
+        padded = state
+        if state.shape[1] < width:
+            pad = state.new_zeros(state.shape[0], width - state.shape[1], *state.shape[2:])
+            padded = torch.cat([state, pad], dim=1)
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:, :n] for p, n in zip(parts, counts, strict=True)], dim=1)
 
     def take_rows(self, state: Any) -> Any:
         """This rank's rows of a whole recurrent state (batch on dim 1)."""
@@ -95,7 +154,10 @@ class Context:
         return state[:, start:end]
 
     def barrier(self) -> None:
-        dist.barrier()
+        if self.device.type == "cuda":
+            dist.barrier(device_ids=[self.device.index])
+        else:
+            dist.barrier()
 
 
 def batch_rows(batch: dict[str, Any]) -> int:

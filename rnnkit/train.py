@@ -37,9 +37,10 @@ from rnnkit.checkpoint import (
     MODEL_FILE,
     check_state_dict,
     read_checkpoint,
+    refuse_existing_run,
+    resumed_config,
     save_checkpoint,
     save_weights,
-    start_or_resume,
 )
 from rnnkit.config import TrainConfig, UserError
 from rnnkit.data.text import atomic_write
@@ -71,18 +72,39 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def training_device(name: str) -> torch.device:
+    """The device this process trains on: `resolve_device`, and under torchrun the GPU of this process's
+    LOCAL_RANK for a CUDA device."""
+    return distributed.local_device(resolve_device(name))
+
+
 def open_run(cfg: Any, out: str | Path, resume: bool,
              log: Callable[[str], None] | None = None) -> tuple[Any, Path, Callable[[str], None]]:
     """What every task's `train` does first: the configuration to run with (the saved one on resume, see
-    `checkpoint.start_or_resume`), the device checked, threads and seed set; returns it with the run
-    directory and where progress lines go (stderr unless `log` is given)."""
+    `checkpoint.resumed_config`), the device checked, under torchrun the process group joined (its
+    backend chosen by the resolved device) and an --out that holds a run refused on every rank, threads
+    and seed set; returns it with the run directory and where progress lines go (stderr unless `log` is
+    given; nowhere on ranks other than 0, so that every line shows once).
+
+    Under torchrun, a task writes the run's files only where `distributed.is_main()`; the trainer waits
+    for every rank at the end of training, so that what follows it may read what rank 0 wrote.
+    """
     out = Path(out)
-    cfg = start_or_resume(cfg, out, resume)
-    resolve_device(cfg.train.device)
+    if resume:
+        cfg = resumed_config(cfg, out)
+    ctx = distributed.setup(training_device(cfg.train.device))  # before any rank reads or writes the run
+    if not resume:
+        refuse_existing_run(out)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
+    if ctx is not None and not ctx.main:
+        return cfg, out, _nowhere
     return cfg, out, log or _to_stderr
+
+
+def _nowhere(line: str) -> None:
+    pass
 
 
 def _to_stderr(line: str) -> None:
@@ -249,10 +271,13 @@ class Trainer:
         self.valid_data = valid_data
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.device = resolve_device(cfg.device)
-        self.dist = distributed.setup(str(self.device))
-        if self.dist is not None and self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = training_device(cfg.device)
+        self.dist = distributed.setup(self.device)
+        if self.dist is not None and not self.dist.main:
+            # Dropout (and every other random choice in training) differs between ranks, as it would between
+            # the rows of one batch; initial weights are rank 0's (DDP broadcasts them) and batches are drawn
+            # from generators of their own, the same on every rank.
+            seed_everything(_rank_seed(cfg.seed, self.dist.rank))
         self.model.to(self.device)
         self.forward: nn.Module = _LossModule(model)
         if self.dist is not None:
@@ -315,6 +340,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         s = self.state
         carried = s.carried if self.dist is None else self.dist.gather_rows(s.carried)  # every rank's rows
+        rng = self._rng_state()
+        rng_ranks = None if self.dist is None else self.dist.gather_objects(rng)  # every rank's own dropout
         if not self.main:
             return
         payload = {
@@ -323,8 +350,10 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "train_state": {k: v for k, v in vars(s).items() if k != "carried"},
             "carried": _to_cpu(carried),
-            "rng": self._rng_state(),
+            "rng": rng,
         }
+        if rng_ranks is not None:
+            payload["rng_ranks"] = rng_ranks
         save_checkpoint(self.run_dir / CHECKPOINT_FILE, payload, keep_previous=not self._resumed_from_previous)
         self._resumed_from_previous = False
 
@@ -345,7 +374,13 @@ class Trainer:
         carried = payload["carried"] if self.dist is None else self.dist.take_rows(payload["carried"])
         self.state.carried = _to_device(carried, self.device)
         self.state.done = False
-        self._set_rng_state(payload["rng"])
+        ranks = payload.get("rng_ranks")
+        if self.dist is not None and ranks is not None and len(ranks) == self.dist.world:
+            self._set_rng_state(ranks[self.dist.rank])
+        else:
+            self._set_rng_state(payload["rng"])
+            if self.dist is not None and not self.dist.main:  # saved by another world size: a fresh stream
+                seed_everything(_rank_seed(self.cfg.seed + self.state.step, self.dist.rank))
         if self.main:
             # Checkpoints from before the count was kept fall back to the step of each line.
             self._drop_metrics_after(self.state.step, self.state.evaluations if "evaluations" in saved else None)
@@ -435,7 +470,8 @@ class Trainer:
     def fit(self) -> TrainState:
         """Train until the epochs, the step limit, the time limit or early stopping end it."""
         cfg, s = self.cfg, self.state
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self._start = time.monotonic()
         last_checkpoint = time.monotonic()
         steps_per_epoch = len(self.train_data)
@@ -443,7 +479,7 @@ class Trainer:
                                  stream=None if self.main else open(os.devnull, "w"))  # noqa: SIM115
         first_step = s.step
         self.model.train()
-        window_loss, window_count, window_tokens, window_start = 0.0, 0, 0, time.monotonic()
+        window_loss, window_count, window_tokens, window_start = 0.0, 0.0, 0, time.monotonic()
         interrupted = False
         try:
             while s.epoch < cfg.epochs and not s.done:
@@ -460,12 +496,17 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     loss = out.loss
                     finite = bool(torch.isfinite(out.loss))
+                    weight = float(out.count if out.weight is None else out.weight)  # what the mean divides by
+                    count, total = out.count, weight
+                    loss_sum = float(out.loss.detach()) * weight if finite else 0.0
                     if self.dist is not None:
-                        # Weight each rank's mean by its share of the units, so that DDP's average of the
-                        # gradients is the gradient of the mean over the whole global batch.
-                        total, bad = self.dist.sum([out.count, 0.0 if finite else 1.0], self.device)
-                        finite = bad == 0
-                        loss = out.loss * (out.count * self.dist.world / max(total, 1.0))
+                        # Weight each rank's mean by its share of the weight of the units, so that DDP's
+                        # average of the gradients is the gradient of the mean over the whole global batch;
+                        # the same reduction gives the global batch's loss and count for the logs.
+                        count, total, bad, loss_sum = self.dist.sum(
+                            [out.count, weight, 0.0 if finite else 1.0, loss_sum], self.device)
+                        count, finite = int(count), bad == 0
+                        loss = out.loss * (weight * self.dist.world / (total if total > 0 else 1.0))
                     if finite:
                         loss.backward()
                         if cfg.clip > 0:
@@ -488,10 +529,10 @@ class Trainer:
                     s.carried = state
                     s.step += 1
                     s.batch += 1
-                    s.tokens += out.count
-                    window_loss += float(out.loss.detach()) * out.count
-                    window_count += out.count
-                    window_tokens += out.count
+                    s.tokens += count
+                    window_loss += loss_sum
+                    window_count += total
+                    window_tokens += count
 
                     now = time.monotonic()
                     elapsed_total = s.elapsed + now - self._start
@@ -500,11 +541,11 @@ class Trainer:
                     if cfg.max_minutes is not None:
                         remaining = min(remaining, cfg.max_minutes * 60 - elapsed_total)
                     self.progress.update(s.step, self.total_steps, {
-                        "loss": f"{window_loss / max(window_count, 1):.4f}", "tok/s": f"{rate:,.0f}",
+                        "loss": f"{self._recent_loss(window_loss, window_count):.4f}", "tok/s": f"{rate:,.0f}",
                         "lr": f"{lr:.2e}", "eta": _fmt_time(remaining)})
                     if s.step % cfg.log_every == 0:
-                        s.history.append({"step": s.step, "loss": window_loss / max(window_count, 1)})
-                        window_loss, window_count, window_tokens, window_start = 0.0, 0, 0, now
+                        s.history.append({"step": s.step, "loss": self._recent_loss(window_loss, window_count)})
+                        window_loss, window_count, window_tokens, window_start = 0.0, 0.0, 0, now
 
                     limit_hit = (cfg.max_steps is not None and s.step >= cfg.max_steps) or (
                         cfg.max_minutes is not None and elapsed_total >= cfg.max_minutes * 60)
@@ -538,6 +579,8 @@ class Trainer:
         if interrupted:
             self._validate(self._recent_loss(window_loss, window_count))
         self.plot_curves()
+        if self.dist is not None:
+            self.dist.barrier()  # rank 0's files are written before any rank goes on to what follows training
         return s
 
     def summary(self) -> dict[str, Any]:
@@ -551,7 +594,7 @@ class Trainer:
         self.save_checkpoint()
         self.state.elapsed = elapsed_before
 
-    def _recent_loss(self, window_loss: float, window_count: int) -> float:
+    def _recent_loss(self, window_loss: float, window_count: float) -> float:
         if window_count:
             return window_loss / window_count
         return self.state.history[-1]["loss"] if self.state.history else float("nan")
@@ -645,6 +688,11 @@ def evaluate_model(model: nn.Module, source: BatchSource, device: torch.device |
         count = int(counted.item())
     model.train(was_training)
     return model.metrics(stats, count)
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """The seed of a non-zero rank's random stream: its own, and fixed by the run's seed."""
+    return (seed * 1_000_003 + rank) % 2**63
 
 
 def _better(value: float, best: float, lower_is_better: bool, rel_tol: float = 1e-4) -> bool:

@@ -20,16 +20,22 @@ class LossOutput:
     """A model's report on one batch.
 
     Attributes:
-        loss: the scalar to minimise: the mean over the batch's counted units (tokens, sequences).
-        count: how many units the mean is over (the trainer weights batches by it).
+        loss: the scalar to minimise: the mean over the batch's counted units (tokens, sequences), or their
+            weighted mean when the units carry weights.
+        count: how many units the mean is over.
         stats: sums over the batch that the model's `metrics` turns into figures (e.g. summed loss).
         state: the recurrent state to carry into the next chunk (truncated BPTT), else None.
+        weight: for a weighted mean, the sum of the weights it divides by (e.g. class weights); None when
+            every unit weighs 1. The trainer weights batches, and the shares of a batch in distributed
+            training, by it (by `count` when None), so that the loss of several shares is the loss of the
+            whole batch.
     """
 
     loss: Tensor
     count: int
     stats: dict[str, float] = field(default_factory=dict)
     state: Any = None
+    weight: float | None = None
 
 
 class SequenceDropout(nn.Module):

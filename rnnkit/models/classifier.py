@@ -179,7 +179,8 @@ class SequenceClassifier(nn.Module):
         loss = losses.sum() / weights.sum()
         correct = int((logits.argmax(dim=1) == targets).sum())
         unweighted = float(F.cross_entropy(logits.detach(), targets, reduction="sum"))
-        return LossOutput(loss=loss, count=targets.shape[0], stats={"loss_sum": unweighted, "correct": correct})
+        return LossOutput(loss=loss, count=targets.shape[0], stats={"loss_sum": unweighted, "correct": correct},
+                          weight=float(weights.sum()))
 
     @staticmethod
     def metrics(stats: dict[str, float], count: int) -> dict[str, float]:

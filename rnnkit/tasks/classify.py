@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rnnkit import distributed
 from rnnkit.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -321,8 +322,8 @@ def train(
 
     train_src = SequenceSource(train_in, train_t, tc.batch_size, shuffle=True, seed=tc.seed)
     valid_src = SequenceSource(valid_in, valid_t, EVAL_BATCH, shuffle=False)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if not resume and distributed.is_main():  # under torchrun, rank 0 writes the run's files
+        out.mkdir(parents=True, exist_ok=True)
         write_json(out / LABELS_FILE, {"labels": labels})
         if tokenizer is not None:
             tokenizer.save(out)
@@ -340,7 +341,7 @@ def train(
     trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
     state = trainer.run(resume)
     result: dict[str, Any] = {**trainer.summary(), "best_valid_accuracy": state.best}
-    if test_path is not None:
+    if test_path is not None and trainer.main:
         report = evaluate(out, test_path)
         result["test"] = {k: report[k] for k in ("accuracy", "macro_f1", "count")}
         say(f"test: accuracy {report['accuracy']:.4f} macro_f1 {report['macro_f1']:.4f}")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rnnkit import decoding
+from rnnkit import decoding, distributed
 from rnnkit.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -165,8 +165,8 @@ def train(
             model.embedding.weight.copy_(torch.from_numpy(matrix))
         say(f"--embeddings {cfg.model.embeddings}: {found:,} of {len(words) - len(SPECIAL_TOKENS):,} tokens start "
             "from a pre-trained vector")
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if not resume and distributed.is_main():  # under torchrun, rank 0 writes the run's files
+        out.mkdir(parents=True, exist_ok=True)
         tokenizer.save(out)
         write_json(out / CONFIG_FILE, {**cfg.to_dict(), "vocab_size": tokenizer.vocab_size, "versions": versions()})
     n_params = sum(p.numel() for p in model.parameters())
@@ -177,7 +177,7 @@ def train(
     trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
     state = trainer.run(resume)
     result: dict[str, Any] = {**trainer.summary(), "best_valid_loss": state.best}
-    if test_path is not None:
+    if test_path is not None and trainer.main:
         result["test"] = evaluate(out, test_path)
         say("test: " + " ".join(f"{k} {v:.4f}" for k, v in result["test"].items()))
     return result

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from rnnkit import decoding
+from rnnkit import decoding, distributed
 from rnnkit.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -157,8 +157,8 @@ def train(
                            seed=tc.seed)
 
     model = build_model(cfg, source_tok.vocab_size, target_tok.vocab_size)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if not resume and distributed.is_main():  # under torchrun, rank 0 writes the run's files
+        out.mkdir(parents=True, exist_ok=True)
         source_tok.save(out / SOURCE_DIR)
         target_tok.save(out / TARGET_DIR)
         write_json(out / CONFIG_FILE, {
@@ -174,7 +174,7 @@ def train(
     trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
     state = trainer.run(resume)
     result: dict[str, Any] = {**trainer.summary(), "best_valid_loss": state.best, "pairs_dropped": dropped}
-    if test_path is not None:
+    if test_path is not None and trainer.main:
         result["test"] = evaluate(out, test_path)
         say("test: " + " ".join(f"{k} {v:.4f}" for k, v in result["test"].items()))
     return result

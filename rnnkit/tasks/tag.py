@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from seqeval.metrics import classification_report
 
+from rnnkit import distributed
 from rnnkit.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -307,8 +308,8 @@ def train(
             model.embedding.weight.copy_(torch.from_numpy(matrix))
         say(f"--embeddings {cfg.model.embeddings}: {found:,} of {len(vocab.words) - len(SPECIALS):,} words start "
             "from a pre-trained vector")
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if not resume and distributed.is_main():  # under torchrun, rank 0 writes the run's files
+        out.mkdir(parents=True, exist_ok=True)
         vocab.save(out)
         write_json(out / CONFIG_FILE, {**cfg.to_dict(), "num_tags": len(vocab.tags), "scheme": vocab.scheme,
                                        "versions": versions()})
@@ -323,7 +324,7 @@ def train(
     state = trainer.run(resume)
     metric = model.monitor[0]
     result: dict[str, Any] = {**trainer.summary(), f"best_valid_{metric}": state.best, "scheme": scheme}
-    if test_path is not None:
+    if test_path is not None and trainer.main:
         result["test"] = evaluate(out, test_path)
         t = result["test"]
         say(f"test: f1 {t['f1']:.4f} precision {t['precision']:.4f} recall {t['recall']:.4f} "
