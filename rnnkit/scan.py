@@ -61,6 +61,15 @@ def linear_scan_loop(a: Tensor, b: Tensor, h0: Tensor, mask: Tensor | None = Non
     return torch.stack(outputs, dim=1)  # (B, T, H)
 
 
+def _native(a: Tensor):
+    """rnnkit's native kernels for the loops below, where they apply (float32/float64 on the CPU)."""
+    if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64):
+        return None
+    from rnnkit import native
+
+    return native.library()
+
+
 class _LinearRecurrence(torch.autograd.Function):
     """h_t = a_t * h_{t-1} + b_t over time, with backpropagation through time written out.
 
@@ -73,9 +82,15 @@ class _LinearRecurrence(torch.autograd.Function):
     def forward(ctx, a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
         # a, b: (T, B, H) contiguous, time-major, so each step reads and writes one contiguous block.
         out = torch.empty_like(b)
-        h = h0
-        for t in range(a.shape[0]):
-            h = torch.addcmul(b[t], a[t], h, out=out[t])
+        lib = _native(a)
+        if lib is not None:  # the loop in C++ (rnnkit/native/cells.cpp)
+            T, N = a.shape[0], a[0].numel()
+            f = lib.rnnkit_linear_forward_f64 if a.dtype == torch.float64 else lib.rnnkit_linear_forward_f32
+            f(a.data_ptr(), b.data_ptr(), h0.data_ptr(), out.data_ptr(), T, N)
+        else:
+            h = h0
+            for t in range(a.shape[0]):
+                h = torch.addcmul(b[t], a[t], h, out=out[t])
         ctx.save_for_backward(a, h0, out)
         return out
 
@@ -85,9 +100,14 @@ class _LinearRecurrence(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         T = a.shape[0]
         g = torch.empty_like(grad_out)
-        running = g[T - 1].copy_(grad_out[T - 1])
-        for t in range(T - 2, -1, -1):
-            running = torch.addcmul(grad_out[t], a[t + 1], running, out=g[t])
+        lib = _native(a)
+        if lib is not None:
+            f = lib.rnnkit_linear_backward_f64 if a.dtype == torch.float64 else lib.rnnkit_linear_backward_f32
+            f(grad_out.data_ptr(), a.data_ptr(), g.data_ptr(), T, a[0].numel())
+        else:
+            running = g[T - 1].copy_(grad_out[T - 1])
+            for t in range(T - 2, -1, -1):
+                running = torch.addcmul(grad_out[t], a[t + 1], running, out=g[t])
         grad_a = torch.empty_like(g)
         torch.mul(g[1:], out[:-1], out=grad_a[1:])
         torch.mul(g[0], h0, out=grad_a[0])

@@ -322,7 +322,18 @@ def test_indrnn_recurrent_weight_is_a_vector():
     assert float(layer.weight_hh_l0.detach().min()) >= 0.0
 
 
-def test_linear_recurrence_backward_passes_gradcheck():
+@pytest.mark.parametrize("path", ["native", "aten"])
+def test_linear_recurrence_backward_passes_gradcheck(path):
+    """The loop and its backward, in rnnkit's native kernels (where they build) and in ATen calls."""
+    import contextlib
+
+    from rnnkit import native
+
+    with native.disabled() if path == "aten" else contextlib.nullcontext():
+        _check_linear_recurrence()
+
+
+def _check_linear_recurrence():
     from rnnkit.scan import linear_recurrence
 
     torch.manual_seed(8)

@@ -1,11 +1,15 @@
-"""rnnkit's native step kernels: C++ built on first use with the machine's compiler, loaded with ctypes.
+"""rnnkit's native kernels: C++ built on first use with the machine's compiler, loaded with ctypes.
 
-The element-wise work of a time step (the gates, the cell update, layer norms where the cell has them, the
-masks) runs in one C++ function per step instead of several ATen calls from Python, forward and backward;
-the matrix products stay with PyTorch. `lnlstm.cpp` holds the layer-normalised LSTM, `cells.cpp` the plain
-RNN, LSTM and GRU. The sources include no PyTorch headers, so they build in about two seconds; the library
-is cached under `$RNNKIT_CACHE` (default `~/.cache/rnnkit`) by a hash of the sources, the compiler, its
-flags and the CPU, and built atomically, so concurrent processes don't see a partial file.
+A recurrent layer's time loop runs in C++: each step's recurrent product through the BLAS inside PyTorch's
+own CPU library (gemm.h: MKL's packed GEMM for float32), then all of the step's element-wise work (the
+gates, the cell update, layer norms where the cell has them, the masks) in one pass over each batch row,
+forward and backward. `lnlstm.cpp` holds the layer-normalised LSTM, `cells.cpp` the plain RNN, LSTM and
+GRU, and the linear recurrence of minGRU and minLSTM. Where PyTorch's library offers no GEMM, the loop
+runs in Python (torch.mm for the products) and calls the step functions one at a time.
+
+The sources include no PyTorch headers, so they build in about two seconds; the library is cached under
+`$RNNKIT_CACHE` (default `~/.cache/rnnkit`) by a hash of the sources, the compiler, its flags and the CPU,
+and built atomically, so concurrent processes don't see a partial file.
 
 Without a C++ compiler, or with `RNNKIT_NATIVE=0`, `library()` returns None and the callers keep their
 ATen path, which computes the same function. `status()` says which is in use and why.
@@ -98,6 +102,11 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
             fwd.argtypes, fwd.restype = [p, *forward_args[2:]], None
             bwd = getattr(lib, f"rnnkit_{kind}_backward_sequence_{dtype}")
             bwd.argtypes, bwd.restype = [p], None
+    for dtype in ("f32", "f64"):
+        fwd = getattr(lib, f"rnnkit_linear_forward_{dtype}")
+        fwd.argtypes, fwd.restype = [p, p, p, p, i64, i64], None
+        bwd = getattr(lib, f"rnnkit_linear_backward_{dtype}")
+        bwd.argtypes, bwd.restype = [p, p, p, i64, i64], None
     return lib
 
 

@@ -239,9 +239,49 @@ void backward_sequence(const int64_t* p) {
   }
 }
 
+// The linear recurrence of minGRU and minLSTM (scan.linear_recurrence), h_t = a_t h_{t-1} + b_t over
+// T steps of N values each, time-major and contiguous; and the backward's own recurrence over the
+// gradient reaching each state, g_t = dL/dh_t + a_{t+1} g_{t+1}.
+template <typename S>
+void linear_forward(const S* a, const S* b, const S* h0, S* out, int64_t T, int64_t N) {
+  const S* h = h0;
+  for (int64_t t = 0; t < T; ++t) {
+    const S* a_t = a + t * N;
+    const S* b_t = b + t * N;
+    S* o = out + t * N;
+    for (int64_t k = 0; k < N; ++k) o[k] = a_t[k] * h[k] + b_t[k];
+    h = o;
+  }
+}
+
+template <typename S>
+void linear_backward(const S* grad_out, const S* a, S* g, int64_t T, int64_t N) {
+  for (int64_t k = 0; k < N; ++k) g[(T - 1) * N + k] = grad_out[(T - 1) * N + k];
+  for (int64_t t = T - 2; t >= 0; --t) {
+    const S* next_a = a + (t + 1) * N;
+    const S* next_g = g + (t + 1) * N;
+    const S* go = grad_out + t * N;
+    S* g_t = g + t * N;
+    for (int64_t k = 0; k < N; ++k) g_t[k] = go[k] + next_a[k] * next_g[k];
+  }
+}
+
 }  // namespace
 
 extern "C" {
+void rnnkit_linear_forward_f32(const float* a, const float* b, const float* h0, float* out, int64_t T, int64_t N) {
+  linear_forward<float>(a, b, h0, out, T, N);
+}
+void rnnkit_linear_forward_f64(const double* a, const double* b, const double* h0, double* out, int64_t T,
+                               int64_t N) {
+  linear_forward<double>(a, b, h0, out, T, N);
+}
+void rnnkit_linear_backward_f32(const float* grad_out, const float* a, float* g, int64_t T, int64_t N) {
+  linear_backward<float>(grad_out, a, g, T, N);
+}
+void rnnkit_linear_backward_f64(const double* grad_out, const double* a, double* g, int64_t T, int64_t N) {
+  linear_backward<double>(grad_out, a, g, T, N);
+}
 void rnnkit_cell_forward_sequence_f32(const int64_t* p) { forward_sequence<float>(p); }
 void rnnkit_cell_forward_sequence_f64(const int64_t* p) { forward_sequence<double>(p); }
 void rnnkit_cell_backward_sequence_f32(const int64_t* p) { backward_sequence<float>(p); }
