@@ -45,6 +45,8 @@ class Graph:
         input_names, output_names: names in the exported graph.
         dims: per input name, {axis: dimension name}; inputs sharing a name share the dimension.
         make_inputs: given {dimension name: size}, fresh inputs for the parity check.
+        check_sizes: the sizes the parity check runs the exported graph at (others than the traced ones).
+        smallest: per dimension name, its smallest size when above 1.
     """
 
     name: str
@@ -55,6 +57,7 @@ class Graph:
     dims: dict[str, dict[int, str]]
     make_inputs: Callable[[dict[str, int]], tuple[Tensor, ...]]
     check_sizes: list[dict[str, int]] = field(default_factory=lambda: [{"B": 1, "T": 1}, {"B": 5, "T": 23}])
+    smallest: dict[str, int] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -273,7 +276,11 @@ def seq2seq_graphs(run_dir: str | Path) -> list[Graph]:
 
 
 class _Forecast(nn.Module):
-    """history (B, L, F), calendar of the steps ahead (B, H, K) -> distribution parameters (B, H, C, P)."""
+    """history (B, L, F), calendar of the steps ahead (B, H, K) -> distribution parameters (B, H, C, P).
+
+    L is free: the encoder reads a history of any length (the run was trained on --lookback rows; a level
+    'season' model needs at least one season of them). H is the run's --horizon, fixed by the output layer.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -284,19 +291,23 @@ class _Forecast(nn.Module):
 
 
 def forecast_graphs(run_dir: str | Path) -> list[Graph]:
-    """In the model's scaled units (scaler.json holds the scaling); the lookback and horizon are fixed."""
+    """In the model's scaled units (scaler.json holds the scaling); the history length is free, the horizon
+    is the run's."""
     from rnnkit.tasks import forecast
 
     loaded = forecast.load(run_dir)
     model = loaded.model.eval()
     o = loaded.config.options
     F_in, K = loaded.meta["input_size"], len(loaded.meta["calendar"])
+    shortest = model.season if model.level == "season" else 1
 
     def make(sizes: dict[str, int]) -> tuple[Tensor, ...]:
-        return torch.randn(sizes["B"], o.lookback, F_in), torch.randn(sizes["B"], o.horizon, K)
+        return torch.randn(sizes["B"], sizes["L"], F_in), torch.randn(sizes["B"], o.horizon, K)
 
-    return [Graph("forecast", _Forecast(model), make({"B": 3}), ["history", "future"], ["params"],
-                  {"history": {0: "B"}, "future": {0: "B"}}, make, check_sizes=[{"B": 1}, {"B": 6}])]
+    traced = max(o.lookback, shortest + 2)  # a size the checks below do not use
+    return [Graph("forecast", _Forecast(model), make({"B": 3, "L": traced}), ["history", "future"], ["params"],
+                  {"history": {0: "B", 1: "L"}, "future": {0: "B"}}, make,
+                  check_sizes=[{"B": 1, "L": shortest}, {"B": 6, "L": traced + 9}], smallest={"L": shortest})]
 
 
 # --------------------------------------------------------------------------------------- export
@@ -309,7 +320,7 @@ def _dynamic_shapes(graph: Graph) -> dict[str, tuple[dict[int, Any], ...]]:
         spec = {}
         for axis, dim in graph.dims.get(name, {}).items():
             if dim not in dims:
-                dims[dim] = torch.export.Dim(dim, min=1, max=1 << 20)
+                dims[dim] = torch.export.Dim(dim, min=graph.smallest.get(dim, 1), max=1 << 20)
             spec[axis] = dims[dim]
         out.append(spec)
     return {"inputs": tuple(out)}
