@@ -229,18 +229,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     task = _task_of(args.run_dir)
     out = args.out or str(Path(args.run_dir) / "inspect")
-    if task == "lm":
-        from rnnkit.diagnostics import inspect_lm
+    from rnnkit.diagnostics import inspect_run
 
-        if args.steps < 2:
-            raise UserError(f"--steps: expected an integer >= 2; got {args.steps}")
-        figures = inspect_lm(args.run_dir, args.data, out, steps=args.steps, rows=args.rows)
-    elif task == "seq2seq":
-        from rnnkit.diagnostics import inspect_seq2seq
-
-        figures = inspect_seq2seq(args.run_dir, args.data, out, count=args.rows)
-    else:
-        raise UserError(f"{args.run_dir}: inspect covers lm and seq2seq runs; this is a {task} run")
+    figures = inspect_run(args.run_dir, task, args.data, out, steps=args.steps, rows=args.rows)
     print(json.dumps(figures, indent=2))
     print(f"plots in {out}", file=sys.stderr)
     return 0
@@ -359,7 +350,8 @@ def _inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=100, metavar="T",
                    help="language models: steps to backpropagate through (default: 100)")
     p.add_argument("--rows", type=int, default=16, metavar="N",
-                   help="language models: sequences averaged over; seq2seq: attention maps drawn (default: 16)")
+                   help="sequences averaged over (the longest of the data; forecast: windows spread over it); "
+                        "seq2seq: also the attention maps drawn (default: 16)")
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:

@@ -1,16 +1,22 @@
 """Seeing inside a trained recurrent network: how far back gradients reach, and what the state does.
 
 What is here: `gradient_flow`, the norm of the gradient of the loss at the last step with respect to
-the hidden state at every earlier step (the vanishing and exploding gradients of backpropagation
-through time, measured); `hidden_activations`, the state over a sequence; `clip_fraction`, read from
-a run's metrics; and `inspect_lm`, which writes all of them for a language-model run. What is not:
-the plots themselves (viz.py) and training.
+the hidden state at every earlier step, for a language model stepping through tokens (the vanishing and
+exploding gradients of backpropagation through time, measured); `unrolled`, which runs any `Recurrent`
+encoder step by step so that the same can be measured for the other tasks (`encoder_gradient_flow`: the
+gradient of the task's loss on a sequence with respect to the encoder's state after each step);
+`hidden_activations`, the state over a sequence; `clip_fraction`, read from a run's metrics; and
+`inspect_run`, which writes all of them for a run of any task (and attention maps for seq2seq runs).
+What is not: the plots themselves (viz.py) and training.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,7 @@ from torch import Tensor
 
 from rnnkit.checkpoint import METRICS_FILE
 from rnnkit.config import UserError
+from rnnkit.layers import Recurrent, _reverse_padded
 
 
 def _h_of(state: Any) -> Tensor:
@@ -155,4 +162,294 @@ def inspect_seq2seq(run_dir: str | Path, data_path: str | Path, out: str | Path,
         maps.append({"source": pair.source, "output": t.text, "reference": pair.target, "file": name})
     figures = {"task": "seq2seq", "attention_maps": maps, "clip_fraction": clip_fraction(run_dir)}
     (out / "inspect.json").write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return figures
+
+
+# ------------------------------------------------------------------------- any recurrent encoder
+
+
+@dataclass
+class Unrolled:
+    """What `unrolled` keeps of the last call of its layer.
+
+    Attributes:
+        states: per step t, the forward direction's hidden state after step t of every layer, each (B, H),
+            nodes of the graph (their `.grad` is filled by a backward pass).
+        output: the layer's output (B, T, D*H).
+    """
+
+    states: list[list[Tensor]] = field(default_factory=list)
+    output: Tensor | None = None
+
+
+@contextlib.contextmanager
+def unrolled(layer: Recurrent) -> Iterator[Unrolled]:
+    """While inside, `layer` runs one step at a time and keeps the state after every step.
+
+    A fused kernel or a whole-sequence function computes the same outputs but never exposes the state of
+    an inner step; here every step's state is a node through which the later steps and the outputs are
+    computed: the gradient with respect to it is that of the loss with respect to what step t hands on
+    (every layer's state, as when a run is cut after step t and continued from that state). For
+    inspection in eval mode: the training-only regularisers (dropout between layers,
+    recurrent dropout, DropConnect) are not applied.
+    """
+    found = Unrolled()
+
+    def forward(input: Tensor, state: Any = None, lengths: Tensor | None = None) -> tuple[Tensor, Any]:
+        B, T, _ = input.shape
+        mask = None
+        if lengths is not None:
+            mask = torch.arange(T, device=input.device).unsqueeze(0) < lengths.to(input.device).unsqueeze(1)  # (B, T)
+        parts = layer._state_parts(state, B, input)
+        D = layer.num_directions
+        steps: list[list[Tensor]] = [[] for _ in range(T)]
+        finals: list[list[Tensor]] = [[] for _ in range(layer.num_states)]
+        layer_input = input
+        for index_layer in range(layer.num_layers):
+            outputs = []
+            for direction in range(D):
+                index = index_layer * D + direction
+                cell, params = layer._cells[index], layer._params(index)
+                inp = layer_input if direction == 0 else _reverse_padded(layer_input, lengths)
+                xp = cell.project(inp, params)  # (B, T, G*H)
+                carried = tuple(p[index] for p in parts)
+                out = []
+                for t in range(T):
+                    new = cell.recurrence(xp[:, t], carried, params)
+                    if layer.zoneout > 0:
+                        new = layer._zoneout(new, carried)
+                    h = new[0]  # (B, H): this step's output (the next layer's input)
+                    if direction == 0 and h.requires_grad:
+                        # The state is what step t hands to step t+1: below the top, a node of its own, so that
+                        # the next layer's reading of this step's output is not counted twice (it reaches the
+                        # loss through that layer's own state); the top layer's state is its output as well.
+                        node = h if index_layer == layer.num_layers - 1 else h.clone()
+                        node.retain_grad()
+                        steps[t].append(node)
+                        new = (node, *new[1:])
+                    if mask is None:
+                        carried = new
+                        out.append(h)
+                    else:
+                        m = mask[:, t].unsqueeze(1)  # (B, 1)
+                        carried = tuple(torch.where(m, n, c) for n, c in zip(new, carried, strict=True))
+                        out.append(h * m)
+                h = torch.stack(out, dim=1)  # (B, T, H)
+                outputs.append(h if direction == 0 else _reverse_padded(h, lengths))
+                for k, c in enumerate(carried):
+                    finals[k].append(c)
+            layer_input = outputs[0] if D == 1 else torch.cat(outputs, dim=2)  # (B, T, D*H)
+        found.states, found.output = steps, layer_input
+        final = tuple(torch.stack(f, dim=0) for f in finals)  # (L*D, B, H) each
+        return layer_input, final[0] if layer.num_states == 1 else final
+
+    layer.forward = forward  # an instance attribute: nn.Module.__call__ finds it before the class's
+    try:
+        yield found
+    finally:
+        del layer.forward
+
+
+def encoder_gradient_flow(layer: Recurrent, loss_of: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
+    """||d loss / d h_t|| for every step t of `layer`, and the top layer's outputs.
+
+    `loss_of()` computes a scalar through `layer` (called once, e.g. a task model's loss on one sequence).
+    h_t is the forward direction's state after step t, all layers together.
+
+    Returns:
+        (T,) the gradient norm per step (summed over rows) and the output (B, T, D*H), detached.
+    """
+    with torch.enable_grad(), unrolled(layer) as found:
+        loss = loss_of()
+    if found.output is None:
+        raise ValueError("loss_of() did not run the layer")
+    loss.backward()
+    norms = []
+    for step in found.states:
+        squares = [h.grad.pow(2).sum() for h in step if h.grad is not None]
+        norms.append(torch.stack(squares).sum().sqrt() if squares else found.output.new_zeros(()))
+    return torch.stack(norms).detach().cpu(), found.output.detach().cpu()
+
+
+@dataclass
+class _Sequence:
+    """One sequence to inspect: a batch of one row for the model's loss, and what each step reads."""
+
+    batch: dict[str, Tensor]
+    labels: list[str]
+
+
+def _classify_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Recurrent, list[_Sequence], Any]:
+    from rnnkit.tasks import classify
+
+    clf = classify.load(run_dir)
+    tensors, gold = classify.labelled_inputs(clf, data_path)
+    found = []
+    for x, y in zip(tensors, gold, strict=True):
+        if clf.tokenizer is not None:
+            labels = [clf.tokenizer.token_text(int(i)) for i in x]
+        else:
+            labels = [str(i) for i in range(x.shape[0])]  # audio frames
+        found.append(_Sequence({"inputs": x[None], "lengths": torch.tensor([x.shape[0]]),
+                                "targets": torch.tensor([y])}, labels))
+
+    def loss(batch: dict[str, Tensor]) -> Tensor:
+        return clf.model.loss(batch).loss  # the class's cross-entropy, read after the last step
+
+    return clf, clf.model.rnn, found, loss
+
+
+def _tag_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Recurrent, list[_Sequence], Any]:
+    from rnnkit.models.tagger import IGNORE_INDEX
+    from rnnkit.tasks import tag
+
+    tagger = tag.load(run_dir)
+    sentences, _ = tag._read_labelled(data_path, tagger.config, tagger.vocab.scheme)
+    found = [_Sequence(tag.collate([tagger.vocab.encode(s.tokens, s.tags)]), list(s.tokens)) for s in sentences]
+
+    def loss(batch: dict[str, Tensor]) -> Tensor:
+        scores = tagger.model.emissions(batch)[0, -1]  # (K,): the last token's tag scores
+        gold = int(batch["tags"][0, -1])
+        target = gold if gold != IGNORE_INDEX else int(scores.argmax())  # a tag the run never saw: its guess
+        return F.cross_entropy(scores.float().unsqueeze(0), torch.tensor([target], device=scores.device))
+
+    return tagger, tagger.model.rnn, found, loss
+
+
+def _seq2seq_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Recurrent, list[_Sequence], Any]:
+    from rnnkit.data.pairs import read_pairs
+    from rnnkit.tasks import seq2seq
+
+    loaded = seq2seq.load(run_dir)
+    pairs = read_pairs(data_path)
+    encoded = seq2seq._encode_pairs(pairs, loaded.source_tokenizer, loaded.target_tokenizer)
+    found = []
+    for source, target in encoded:
+        batch = next(iter(seq2seq.PairSource([(source, target)], 1, False, 0).batches(0)))
+        found.append(_Sequence(batch, [loaded.source_tokenizer.token_text(i) for i in source]))
+
+    def loss(batch: dict[str, Tensor]) -> Tensor:
+        return loaded.model.loss(batch).loss  # the target's loss given the source
+
+    return loaded, loaded.model.encoder, found, loss
+
+
+def _forecast_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Recurrent, list[_Sequence], Any]:
+    from rnnkit.data.series import window_origins
+    from rnnkit.tasks import forecast
+
+    run = forecast.load(run_dir)
+    o = run.config.options
+    series = forecast.read_for_run(run, data_path)
+    feats, cal = forecast._features(series, run.scaler, run.meta["calendar"])
+    origins = window_origins(len(series), o.lookback, o.horizon)
+    source = forecast.WindowSource(feats, cal, feats[:, :run.target_size], origins, o.lookback, o.horizon, 1)
+    found = [_Sequence(batch, [str(int(i)) for i in range(int(at) - o.lookback, int(at))])
+             for at, batch in zip(origins, source.batches(0), strict=True)]
+
+    def loss(batch: dict[str, Tensor]) -> Tensor:
+        return run.model.loss(batch).loss  # the forecast's loss over the horizon after the history
+
+    return run, run.model.encoder, found, loss
+
+
+ENCODER_TASKS: dict[str, Callable[[str | Path, str | Path], tuple[Any, Recurrent, list[_Sequence], Any]]] = {
+    "classify": _classify_sequences,
+    "tag": _tag_sequences,
+    "seq2seq": _seq2seq_sequences,
+    "forecast": _forecast_sequences,
+}
+
+
+def inspect_encoder(task: str, run_dir: str | Path, data_path: str | Path, out: str | Path, rows: int = 16
+                    ) -> dict[str, Any]:
+    """Gradient flow and activations of the recurrent encoder of a classify, tag, seq2seq or forecast run.
+
+    The gradient of the task's loss on a sequence (classify: the class; tag: the last token's tag; seq2seq:
+    the target given the source; forecast: the horizon after the history) with respect to the encoder's
+    state after each step (the forward direction's, all layers), over the `rows` longest sequences of the
+    data (forecast: `rows` windows spread over the file), by distance back from the encoder's last step;
+    the top layer's output over the longest sequence as a heatmap; clipping from the run's metrics.
+    """
+    from rnnkit import viz
+
+    if rows < 1:
+        raise UserError(f"--rows: expected an integer >= 1; got {rows}")
+    loaded, layer, sequences, loss_of = ENCODER_TASKS[task](run_dir, data_path)
+    if not sequences:
+        raise UserError(f"{data_path}: no sequence to inspect")
+    if task == "forecast":  # windows spread over the series
+        n = min(rows, len(sequences))
+        picked = [sequences[round(i * (len(sequences) - 1) / max(n - 1, 1))] for i in range(n)]
+    else:  # the longest: the farthest a gradient can be followed back
+        order = sorted(range(len(sequences)), key=lambda i: (-len(sequences[i].labels), i))
+        picked = [sequences[i] for i in order[:rows]]
+    model = loaded.model
+    was_training = model.training
+    model.eval()
+    sums: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    acts = None
+    try:
+        for k, seq in enumerate(picked):
+            batch = {key: v.to(loaded.device) if torch.is_tensor(v) else v for key, v in seq.batch.items()}
+            norms, output = encoder_gradient_flow(layer, lambda batch=batch: loss_of(batch))
+            model.zero_grad(set_to_none=True)
+            T = norms.shape[0]
+            for t in range(T):
+                d = T - 1 - t
+                sums[d] = sums.get(d, 0.0) + float(norms[t])
+                counts[d] = counts.get(d, 0) + 1
+            if k == 0:
+                acts = output[0]  # (T, D*H)
+    finally:
+        model.train(was_training)
+    distance = sorted(sums)
+    mean = [sums[d] / counts[d] for d in distance]
+    cfg = loaded.config.model
+    cell = cfg.cell
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    viz.plot_gradient_flow({f"{task} encoder ({cell})": (distance, mean)}, out / "gradient_flow.png",
+                           title=f"{task}: gradient of the loss at the encoder's state k steps back")
+    viz.plot_activations(acts, picked[0].labels, out / "activations.png",
+                         title=f"{task} encoder ({cell}): top-layer output over a sequence")
+    by_step = torch.tensor(list(reversed(mean)), dtype=torch.float64)  # index t: step t, the last step last
+    last = mean[0]
+    figures: dict[str, Any] = {
+        "task": task,
+        "cell": cell,
+        "bidirectional": layer.bidirectional,
+        "direction": "forward",  # the state measured: a bidirectional encoder's forward half
+        "rows": len(picked),
+        "gradient_norm_by_distance": {int(d): float(n) for d, n in zip(distance, mean, strict=True)},
+        "sequences_at_distance": {int(d): counts[d] for d in distance},
+        "gradient_ratio_to_last": {d: sums[d] / counts[d] / last for d in (10, 25, 50) if d in sums and last > 0},
+        "decay_per_step": _decay_rate(by_step),
+        "clip_fraction": clip_fraction(run_dir),
+        "files": ["gradient_flow.png", "activations.png", "inspect.json"],
+    }
+    return figures
+
+
+def inspect_run(run_dir: str | Path, task: str, data_path: str | Path, out: str | Path, steps: int = 100,
+                rows: int = 16) -> dict[str, Any]:
+    """`rnnkit inspect`: the figures and plots of any task's run (see `inspect_lm`, `inspect_encoder` and, for
+    seq2seq runs with attention, `inspect_seq2seq`); writes them and inspect.json into `out`."""
+    if task == "lm":
+        if steps < 2:
+            raise UserError(f"--steps: expected an integer >= 2; got {steps}")
+        return inspect_lm(run_dir, data_path, out, steps=steps, rows=rows)
+    if task not in ENCODER_TASKS:
+        raise UserError(f"{run_dir}: inspect does not know {task} runs")
+    figures = inspect_encoder(task, run_dir, data_path, out, rows=rows)
+    if task == "seq2seq":
+        from rnnkit.tasks import seq2seq
+
+        if seq2seq.load(run_dir).model.attention is not None:
+            maps = inspect_seq2seq(run_dir, data_path, out, count=rows)
+            figures["attention_maps"] = maps["attention_maps"]
+            figures["files"][-1:-1] = [m["file"] for m in maps["attention_maps"]]
+    (Path(out) / "inspect.json").write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n",
+                                           encoding="utf-8")
     return figures

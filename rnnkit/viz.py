@@ -61,7 +61,7 @@ def plot_activations(acts, labels: Sequence[str], path: str | Path, title: str =
     plt = pyplot()
     values = acts[:, :max_units].T.detach().cpu().numpy() if hasattr(acts, "detach") else acts
     T = values.shape[1]
-    fig, ax = plt.subplots(figsize=(min(16, 2 + T * 0.13), 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(min(16, max(6, 2 + T * 0.13)), 4.5), dpi=110)
     im = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     step = max(1, T // 60)
     ax.set_xticks(range(0, T, step))

@@ -1,4 +1,5 @@
-"""Gradient flow through time against finite differences, and `rnnkit inspect` end to end."""
+"""Gradient flow through time against finite differences and against a run split at each step, the step-by-step
+encoder against the layer's own forward, and `rnnkit inspect` end to end for every task."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from rnnkit.cli import main
-from rnnkit.diagnostics import gradient_flow
+from rnnkit.diagnostics import encoder_gradient_flow, gradient_flow, unrolled
+from rnnkit.layers import Recurrent
 from rnnkit.models.language_model import LanguageModel
 
 
@@ -75,4 +77,62 @@ def test_inspect_draws_seq2seq_attention_maps(task_runs, tmp_path, capsys):
     assert len(figures["attention_maps"]) == 2
     for m in figures["attention_maps"]:
         assert (tmp_path / m["file"]).read_bytes()[:4] == b"\x89PNG"
-    assert main(["inspect", str(task_runs["classify"]), "--data", str(data)]) == 2
+    assert figures["task"] == "seq2seq" and figures["bidirectional"]
+    assert len(figures["gradient_norm_by_distance"]) == 4  # three words and <eos>
+    for name in ("gradient_flow.png", "activations.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "inspect.json").read_text())["attention_maps"] == figures["attention_maps"]
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_the_unrolled_encoder_computes_what_the_layer_does(cell, bidirectional):
+    torch.manual_seed(0)
+    layer = Recurrent(cell, 3, 5, num_layers=2, bidirectional=bidirectional).double().eval()
+    x = torch.randn(4, 7, 3, dtype=torch.float64)
+    lengths = torch.tensor([7, 3, 5, 1])
+    expected, expected_final = layer(x, lengths=lengths)
+    with unrolled(layer) as found:
+        got, final = layer(x, lengths=lengths)
+    torch.testing.assert_close(got, expected)
+    for a, b in zip(final if isinstance(final, tuple) else (final,),
+                    expected_final if isinstance(expected_final, tuple) else (expected_final,), strict=True):
+        torch.testing.assert_close(a, b)
+    assert len(found.states) == 7 and all(len(step) == 2 for step in found.states)  # every step, both layers
+    assert "forward" not in vars(layer)  # the layer is itself again
+
+
+def test_encoder_gradient_norms_match_a_run_split_at_each_step():
+    # The reference: read steps 1..t, make the state after step t a leaf, read the rest from it; the task's
+    # output (here a weighted sum of every output step, as pooling does) is then differentiated by the leaf.
+    torch.manual_seed(0)
+    layer = Recurrent("gru", 3, 4, num_layers=2).double().eval()
+    x = torch.randn(1, 6, 3, dtype=torch.float64)
+    w = torch.randn(6, 4, dtype=torch.float64)
+
+    def task_output(outputs):
+        return (outputs[0] * w).sum().tanh()
+
+    norms, output = encoder_gradient_flow(layer, lambda: task_output(layer(x)[0]))
+    torch.testing.assert_close(output, layer(x)[0].detach())
+    for t in range(6):
+        first, state = layer(x[:, : t + 1])
+        leaf = state.detach().requires_grad_(True)  # (L, 1, H): every layer's state after step t
+        rest = layer(x[:, t + 1 :], leaf)[0] if t < 5 else x.new_zeros(1, 0, 4)
+        outputs = torch.cat([first[:, :t].detach(), leaf[-1:].transpose(0, 1), rest], dim=1)
+        (grad,) = torch.autograd.grad(task_output(outputs), leaf)
+        assert float(norms[t]) == pytest.approx(float(grad.norm()), rel=1e-9)
+
+
+@pytest.mark.parametrize("task, data", [("classify", "c.csv"), ("tag", "t.conll"), ("forecast", "s.csv")])
+def test_inspect_covers_every_task(task, data, task_runs, tmp_path, capsys):
+    run = task_runs[task]
+    assert main(["inspect", str(run), "--data", str(run.parent / data), "--out", str(tmp_path), "--rows", "3"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["task"] == task and figures["rows"] == 3
+    norms = figures["gradient_norm_by_distance"]
+    assert len(norms) >= 4 and all(v >= 0 for v in norms.values()) and norms["0"] > 0
+    assert 0 <= figures["clip_fraction"] <= 1
+    for name in ("gradient_flow.png", "activations.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "inspect.json").read_text())["gradient_norm_by_distance"] == norms

@@ -442,15 +442,9 @@ def _answer(clf: LoadedClassifier, shown: str, p: np.ndarray) -> dict[str, Any]:
             "probabilities": {label: round(float(v), 6) for label, v in zip(clf.labels, p, strict=True)}}
 
 
-def evaluate(run_dir: str | Path, data_path: str | Path, plot: str | None = None) -> dict[str, Any]:
-    """Accuracy, macro F1, per-class precision/recall/F1/support and the confusion matrix on labelled data.
-
-    Args:
-        run_dir: the run.
-        data_path: labelled data in the run's format (text formats, or a manifest for audio runs).
-        plot: where to write the confusion matrix as PNG, or None.
-    """
-    clf = load(run_dir)
+def labelled_inputs(clf: LoadedClassifier, data_path: str | Path) -> tuple[list[torch.Tensor], list[int]]:
+    """The model inputs of a labelled file (texts, or a manifest for audio runs) and their class indices,
+    after checking that every label is one the run knows."""
     opts = clf.config.options
     if clf.audio:
         items = read_manifest(data_path)
@@ -462,8 +456,21 @@ def evaluate(run_dir: str | Path, data_path: str | Path, plot: str | None = None
         gold = [(r.where, r.label) for r in records]
     check_labels(gold, clf.labels, data_path)
     index = {label: i for i, label in enumerate(clf.labels)}
+    return tensors, [index[g] for _, g in gold]
+
+
+def evaluate(run_dir: str | Path, data_path: str | Path, plot: str | None = None) -> dict[str, Any]:
+    """Accuracy, macro F1, per-class precision/recall/F1/support and the confusion matrix on labelled data.
+
+    Args:
+        run_dir: the run.
+        data_path: labelled data in the run's format (text formats, or a manifest for audio runs).
+        plot: where to write the confusion matrix as PNG, or None.
+    """
+    clf = load(run_dir)
+    tensors, gold = labelled_inputs(clf, data_path)
     probs = _probabilities(clf, tensors)
-    report = classification_report([index[g] for _, g in gold], probs.argmax(axis=1).tolist(), clf.labels)
+    report = classification_report(gold, probs.argmax(axis=1).tolist(), clf.labels)
     if plot:
         write_confusion_plot(plot, report["confusion"]["matrix"], clf.labels,
                              title=f"{Path(data_path).name}: accuracy {report['accuracy']:.1%}")
