@@ -22,8 +22,6 @@ outputs zeros. The gradients are checked against autograd through the step-by-st
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 from torch import Tensor
 
@@ -202,19 +200,6 @@ def _native_library(xp: Tensor, H: int):
     return native.library()
 
 
-class _Slots:
-    """A kernel's int64 slot array (`names` in its order), from tensors (their data pointers), ints, or
-    None (0). It holds on to the tensors, so that a temporary (a `.contiguous()` copy, say) lives as long
-    as the kernel may read it; ctypes passes it as the array (`_as_parameter_`)."""
-
-    def __init__(self, names: tuple[str, ...], **values: Tensor | int | None) -> None:
-        slots = [0] * len(names)
-        for name, value in values.items():
-            slots[names.index(name)] = value.data_ptr() if isinstance(value, Tensor) else int(value or 0)
-        self.tensors = [v for v in values.values() if isinstance(v, Tensor)]
-        self._as_parameter_ = (ctypes.c_int64 * len(slots))(*slots)
-
-
 def _lnlstm_forward_native(ctx, lib, xp, h0, c0, weight_hh, ln_hh_weight, ln_c_weight, ln_c_bias,
                            recurrent_mask, mask):
     """LayerNormLSTMSequence.forward with each step's element-wise work in one fused C++ call
@@ -238,7 +223,7 @@ def _lnlstm_forward_native(ctx, lib, xp, h0, c0, weight_hh, ln_hh_weight, ln_c_w
     weights = (ln_hh_weight.contiguous(), ln_c_weight.contiguous(), ln_c_bias.contiguous())
     keep: list[Tensor] = []
     gemm = native.gemm_slots(weight_hh, B, keep)
-    slots = _Slots(native.LNLSTM_SLOTS, T=T, B=B, H=H, xp=xp, prod=product, gain_hh=weights[0], gain_c=weights[1],
+    slots = native.Slots(native.LNLSTM_SLOTS, T=T, B=B, H=H, xp=xp, prod=product, gain_hh=weights[0], gain_c=weights[1],
                    bias_c=weights[2], mask=step_mask, rmask=recurrent_mask, hs=hs, cs=cs, h_in=h_in, **buffers,
                    **(gemm or {}))
     f64 = xp.dtype == torch.float64
@@ -271,7 +256,7 @@ def _lnlstm_backward_native(ctx, grad_out, grad_h, grad_c):
     keep_h = None if step_mask is None else act.new_zeros(B, H)
     d_gates, d_r = new(T, B, G), new(T, B, G)
     d_gains = act.new_zeros(G + 2 * H, dtype=torch.float64)  # g_hh, g_c, b_c: summed over steps in the kernel
-    slots = _Slots(native.LNLSTM_SLOTS, T=T, B=B, H=H, gain_hh=weights[0], gain_c=weights[1], mask=step_mask,
+    slots = native.Slots(native.LNLSTM_SLOTS, T=T, B=B, H=H, gain_hh=weights[0], gain_c=weights[1], mask=step_mask,
                    rmask=recurrent_mask, cs=cs, grad_out=None if grad_out is None else grad_out.contiguous(),
                    dh_mm=dh_mm, keep_h=keep_h, dc=dc, d_gates=d_gates, d_r=d_r, d_gain_hh=d_gains[:G],
                    d_gain_c=d_gains[G:G + H], d_bias_c=d_gains[G + H:], **buffers, **(ctx.gemm[0] or {}))
@@ -331,7 +316,7 @@ class CellSequence(torch.autograd.Function):
         product = new(B, G)
         keep: list[Tensor] = []
         gemm = native.gemm_slots(weight_hh, B, keep)
-        slots = _Slots(native.CELL_SLOTS, T=T, B=B, H=H, cell=native.CELL_KINDS[kind], xp=xp, prod=product,
+        slots = native.Slots(native.CELL_SLOTS, T=T, B=B, H=H, cell=native.CELL_KINDS[kind], xp=xp, prod=product,
                        bias_hn=bias_hn, mask=step_mask, rmask=recurrent_mask, hs=hs, cs=cs, h_in=h_in, **buffers,
                        **(gemm or {}))
         f64 = xp.dtype == torch.float64
@@ -367,7 +352,7 @@ class CellSequence(torch.autograd.Function):
         d_xp = new(T, B, G)
         d_prod = new(T, B, G) if kind == "gru" else d_xp
         d_bias_hn = hs.new_zeros(H, dtype=torch.float64) if has_bias_hn else None
-        slots = _Slots(native.CELL_SLOTS, T=T, B=B, H=H, cell=native.CELL_KINDS[kind], mask=step_mask,
+        slots = native.Slots(native.CELL_SLOTS, T=T, B=B, H=H, cell=native.CELL_KINDS[kind], mask=step_mask,
                        rmask=recurrent_mask, hs=hs, cs=cs, grad_out=None if grad_out is None else grad_out.contiguous(),
                        dh_mm=dh_mm, keep_h=keep_h, dc=dc, d_xp=d_xp, d_prod=d_prod, d_bias_hn=d_bias_hn,
                        **buffers, **(ctx.gemm[0] or {}))

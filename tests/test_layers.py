@@ -213,6 +213,28 @@ def test_step_without_autograd_matches_torch_nn_and_follows_every_optimizer_step
 
 
 @pytest.mark.parametrize("cell", list(TORCH))
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("path", ["native", "aten"])
+def test_streaming_step_matches_torch_nn_on_every_path(cell, bias, dtype, path):
+    """Under no_grad a plain cell steps through rnnkit's native step kernel (where it builds and PyTorch's
+    library has a GEMM) or ATen's one-step functions; both equal torch.nn over several steps."""
+    torch.manual_seed(0)
+    layer = Recurrent(cell, I, H, num_layers=2, bias=bias).to(dtype).eval()
+    ref = TORCH[cell](input_size=I, hidden_size=H, num_layers=2, batch_first=True, bias=bias).to(dtype).eval()
+    ref.load_state_dict(layer.state_dict())
+    xs = torch.randn(B, 5, I, dtype=dtype)
+    ref_out, ref_state = ref(xs)
+    state = None
+    with torch.no_grad(), native.disabled() if path == "aten" else contextlib.nullcontext():
+        for t in range(xs.shape[1]):
+            out, state = layer.step(xs[:, t], state)
+            assert_close(out, ref_out[:, t])
+    for a, b in zip(_flat(state), _flat(ref_state), strict=True):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("cell", list(TORCH))
 def test_step_without_autograd_equals_step_with_autograd(cell):
     torch.manual_seed(0)
     layer = Recurrent(cell, I, H, num_layers=3, weight_drop=0.3).eval()

@@ -102,7 +102,12 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
             fwd.argtypes, fwd.restype = [p, *forward_args[2:]], None
             bwd = getattr(lib, f"rnnkit_{kind}_backward_sequence_{dtype}")
             bwd.argtypes, bwd.restype = [p], None
+    lib.rnnkit_step_slots.restype = i64
+    if lib.rnnkit_step_slots() != len(STEP_SLOTS):
+        raise RuntimeError(f"rnnkit's step kernel has {lib.rnnkit_step_slots()} slots; expected {len(STEP_SLOTS)}")
     for dtype in ("f32", "f64"):
+        step = getattr(lib, f"rnnkit_cell_step_{dtype}")
+        step.argtypes, step.restype = [p], None
         fwd = getattr(lib, f"rnnkit_linear_forward_{dtype}")
         fwd.argtypes, fwd.restype = [p, p, p, p, i64, i64], None
         bwd = getattr(lib, f"rnnkit_linear_backward_{dtype}")
@@ -146,6 +151,8 @@ LNLSTM_SLOTS = ("T", "B", "H", "xp", "prod", "gain_hh", "gain_c", "bias_c", "mas
 CELL_SLOTS = ("T", "B", "H", "cell", "xp", "prod", "bias_hn", "mask", "rmask", "hs", "cs", "h_in", "act", "aux",
               "c_new", "out", "grad_out", "dh_mm", "keep_h", "dc", "d_xp", "d_prod", "d_bias_hn", *GEMM_SLOTS)
 CELL_KINDS = {"rnn": 0, "rnn-relu": 1, "lstm": 2, "gru": 3}
+# then four per layer: w_ih, w_hh, b_ih, b_hh
+STEP_SLOTS = ("cell", "B", "I", "H", "layers", "x", "h0", "c0", "h_out", "c_out", "scratch", "gemm_fn")
 
 
 @contextlib.contextmanager
@@ -239,3 +246,24 @@ def python_loop() -> Iterator[None]:
         yield
     finally:
         _blas["symbols"] = saved
+
+
+def step_gemm(dtype) -> int:
+    """The Fortran GEMM of `dtype` (float32 or float64) in PyTorch's library, for the streaming step
+    kernel; 0 where there is none."""
+    import torch
+
+    return _torch_blas().get({torch.float32: "sgemm_", torch.float64: "dgemm_"}.get(dtype, ""), 0)
+
+
+class Slots:
+    """A kernel's int64 slot array (`names` in its order), from tensors (their data pointers), ints, or
+    None (0). It holds on to the tensors, so that a temporary (a `.contiguous()` copy, say) lives as long
+    as the kernel may read it; ctypes passes it as the array (`_as_parameter_`)."""
+
+    def __init__(self, names: tuple[str, ...], **values: object) -> None:
+        slots = [0] * len(names)
+        for name, value in values.items():
+            slots[names.index(name)] = value.data_ptr() if hasattr(value, "data_ptr") else int(value or 0)
+        self.tensors = [v for v in values.values() if hasattr(v, "data_ptr")]
+        self._as_parameter_ = (ctypes.c_int64 * len(slots))(*slots)

@@ -239,6 +239,75 @@ void backward_sequence(const int64_t* p) {
   }
 }
 
+// One step of a stack of plain-cell layers for streaming (Recurrent.step without autograd), in one call:
+// per layer, both products through the Fortran GEMM (at B=1 matrix-vector products), then the gates.
+// The slots: the StepSlot entries, then four per layer (w_ih, w_hh, b_ih or 0, b_hh or 0).
+enum StepSlot : int {
+  sCell, sB, sI, sH, sLayers,
+  sX,        // (B, I) the first layer's input; a later layer reads the one before's new h
+  sH0,       // (L, B, H)
+  sC0,       // (L, B, H) LSTM, or 0
+  sHOut,     // (L, B, H)
+  sCOut,     // (L, B, H) LSTM, or 0
+  sScratch,  // (2, B, G)
+  sGemmFn,   // the dtype's Fortran GEMM
+  sStepSlots
+};
+
+template <typename S>
+void cell_steps(const int64_t* p) {
+  const int64_t cell = p[sCell], B = p[sB], H = p[sH], L = p[sLayers];
+  const int64_t G = cell == kLstm ? 4 * H : cell == kGru ? 3 * H : H;
+  S* ih = at<S>(p, sScratch);
+  S* hh = ih + B * G;
+  void* fn = reinterpret_cast<void*>(p[sGemmFn]);
+  for (int64_t layer = 0; layer < L; ++layer) {
+    const int64_t* w = p + sStepSlots + 4 * layer;
+    const int64_t I = layer == 0 ? p[sI] : H;
+    const S* input = layer == 0 ? at<S>(p, sX) : at<S>(p, sHOut) + (layer - 1) * B * H;
+    const S* h_all = at<S>(p, sH0) + layer * B * H;
+    S* h_out_all = at<S>(p, sHOut) + layer * B * H;
+    rnnkit::product_wt<S>({rnnkit::kGemmFortran, fn, reinterpret_cast<const void*>(w[0]), nullptr, nullptr},
+                          int(B), int(G), int(I), input, ih);
+    rnnkit::product_wt<S>({rnnkit::kGemmFortran, fn, reinterpret_cast<const void*>(w[1]), nullptr, nullptr},
+                          int(B), int(G), int(H), h_all, hh);
+    const S* b_ih = reinterpret_cast<const S*>(w[2]);
+    const S* b_hh = reinterpret_cast<const S*>(w[3]);
+    for (int64_t b = 0; b < B; ++b) {
+      S* x = ih + b * G;  // the gates' input half, biases added in place
+      S* r = hh + b * G;
+      for (int64_t k = 0; k < G; ++k) {
+        if (b_ih) x[k] += b_ih[k];
+        if (b_hh) r[k] += b_hh[k];
+      }
+      const S* h = h_all + b * H;
+      S* h_out = h_out_all + b * H;
+      if (cell == kRnnTanh || cell == kRnnRelu) {
+        for (int64_t k = 0; k < H; ++k) {
+          S v = x[k] + r[k];
+          h_out[k] = cell == kRnnTanh ? std::tanh(v) : (v > S(0) ? v : S(0));
+        }
+      } else if (cell == kLstm) {
+        const S* c = at<S>(p, sC0) + (layer * B + b) * H;
+        S* c_out = at<S>(p, sCOut) + (layer * B + b) * H;
+        for (int64_t k = 0; k < G; ++k) x[k] += r[k];
+        for (int64_t k = 0; k < H; ++k) {
+          S i = sigmoid(x[k]), f = sigmoid(x[H + k]), g = std::tanh(x[2 * H + k]), o = sigmoid(x[3 * H + k]);
+          S c_new = f * c[k] + i * g;
+          c_out[k] = c_new;
+          h_out[k] = o * std::tanh(c_new);
+        }
+      } else {  // GRU
+        for (int64_t k = 0; k < H; ++k) {
+          S rr = sigmoid(x[k] + r[k]), z = sigmoid(x[H + k] + r[H + k]);
+          S n = std::tanh(x[2 * H + k] + rr * r[2 * H + k]);
+          h_out[k] = (S(1) - z) * n + z * h[k];
+        }
+      }
+    }
+  }
+}
+
 // The linear recurrence of minGRU and minLSTM (scan.linear_recurrence), h_t = a_t h_{t-1} + b_t over
 // T steps of N values each, time-major and contiguous; and the backward's own recurrence over the
 // gradient reaching each state, g_t = dL/dh_t + a_{t+1} g_{t+1}.
@@ -282,6 +351,9 @@ void rnnkit_linear_backward_f32(const float* grad_out, const float* a, float* g,
 void rnnkit_linear_backward_f64(const double* grad_out, const double* a, double* g, int64_t T, int64_t N) {
   linear_backward<double>(grad_out, a, g, T, N);
 }
+int64_t rnnkit_step_slots() { return sStepSlots; }
+void rnnkit_cell_step_f32(const int64_t* p) { cell_steps<float>(p); }
+void rnnkit_cell_step_f64(const int64_t* p) { cell_steps<double>(p); }
 void rnnkit_cell_forward_sequence_f32(const int64_t* p) { forward_sequence<float>(p); }
 void rnnkit_cell_forward_sequence_f64(const int64_t* p) { forward_sequence<double>(p); }
 void rnnkit_cell_backward_sequence_f32(const int64_t* p) { backward_sequence<float>(p); }
