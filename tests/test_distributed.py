@@ -129,8 +129,9 @@ def _task_data(tmp: Path) -> None:
         src = rng.sample(words, rng.randint(2, 4))
         pairs.append(" ".join(src) + "\t" + " ".join(reversed(src)))
     (tmp / "p.tsv").write_text("\n".join(pairs) + "\n", encoding="utf-8")
-    lines = ["time,value"] + [f"{t},{math.sin(t / 4) + 0.1 * rng.random():.4f}" for t in range(300)]
-    (tmp / "s.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    lines = ["time,value"] + [f"{t},{math.sin(t / 4) + 0.1 * rng.random():.4f}" for t in range(360)]
+    (tmp / "s.csv").write_text("\n".join(lines[:301]) + "\n", encoding="utf-8")
+    (tmp / "s_test.csv").write_text("\n".join(lines[:1] + lines[281:]) + "\n", encoding="utf-8")  # goes on after it
     (tmp / "t.txt").write_text("\n".join(rng.choice(["the cat sat on the mat", "a dog ran in the park"])
                                          for _ in range(300)) + "\n", encoding="utf-8")
 
@@ -142,6 +143,8 @@ CASES = {
     "tag": ("tag", "t.conll", ["--embedding-dropout", "0", "--output-dropout", "0", "--word-dropout", "0",
                                "--char-embed", "4", "--char-hidden", "8", "--crf"]),
     "seq2seq": ("seq2seq", "p.tsv", []),
+    "forecast": ("forecast", "s.csv", ["--target", "value", "--time-column", "time", "--lookback", "12", "--horizon",
+                                       "4", "--test", "@s_test.csv"]),
     "lm-odd-rows": ("lm", "t.txt", ["--batch-size", "5", "--bptt", "8"]),  # 5 rows: shares of 3 and 2
 }
 

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from rnnkit import distributed
 from rnnkit.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -284,8 +285,8 @@ def train(
         "last_seen": None if o.time_column is None else (str(last_seen) if series.is_datetime else int(last_seen)),
         "train_rows": n_train, "train_windows": len(train_origins), "valid_windows": len(valid_origins),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if not resume and distributed.is_main():  # under torchrun, rank 0 writes the run's files
+        out.mkdir(parents=True, exist_ok=True)
         scaler.save(out / SCALER_FILE)
         write_json(out / SERIES_FILE, meta)
         buf = io.BytesIO()
@@ -303,14 +304,15 @@ def train(
 
     trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
     state = trainer.run(resume)
+    if not trainer.main:  # under torchrun, rank 0 alone fits the anomaly threshold and scores the test file
+        return trainer.summary()
 
     # The anomaly threshold comes from the best weights' one-step-ahead residuals on validation data.
     run = load(out)
     start = valid_origins[0] if len(valid_origins) else n_train
     residuals = _one_step_residuals(run, vfeats, np.arange(max(start, L), len(valid)))
     _fit_anomaly_threshold(out, residuals, o.anomaly_quantile)
-    result: dict[str, Any] = {"steps": state.step, "best_valid_loss": state.best,
-                              "clip_fraction": state.clipped / max(state.step, 1)}
+    result: dict[str, Any] = {**trainer.summary(), "best_valid_loss": state.best}
     if test_path is not None:
         result["test"] = evaluate(out, test_path)
         say("test: " + " ".join(f"{k} {v:.4f}" for k, v in result["test"].items() if isinstance(v, float)))
