@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rnnkit.data.text import atomic_write
 
@@ -70,3 +71,27 @@ def plot_activations(acts, labels: Sequence[str], path: str | Path, title: str =
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.03)
     return save_figure(fig, path)
+
+
+def plot_activation_panels(panels: dict[str, Any], labels: Sequence[str], path: str | Path,
+                           max_units: int = 48) -> Path:
+    """Heatmaps of several models' hidden units (rows) over the same steps (columns), one panel each."""
+    plt = pyplot()
+    T = len(labels)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(min(16, max(6, 2 + T * 0.13)), 0.9 + 3.2 * len(panels)),
+                             dpi=110, sharex=True, squeeze=False)
+    step = max(1, T // 100)
+    im = None
+    for ax, (name, acts) in zip(axes[:, 0], panels.items(), strict=True):
+        values = acts[:, :max_units].T.detach().cpu().numpy() if hasattr(acts, "detach") else acts[:, :max_units].T
+        im = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_ylabel(f"unit (first {values.shape[0]})")
+        ax.set_title(name, fontsize=10)
+    ax = axes[-1, 0]
+    ax.set_xticks(range(0, T, step))
+    ax.set_xticklabels([repr(labels[i])[1:-1] or " " for i in range(0, T, step)], fontsize=7)
+    fig.colorbar(im, ax=list(axes[:, 0]), fraction=0.02, pad=0.01)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    pyplot().close(fig)
+    return atomic_write(Path(path), buf.getvalue())

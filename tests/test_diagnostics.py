@@ -136,3 +136,11 @@ def test_inspect_covers_every_task(task, data, task_runs, tmp_path, capsys):
     for name in ("gradient_flow.png", "activations.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "inspect.json").read_text())["gradient_norm_by_distance"] == norms
+
+
+def test_activation_panels_draw_several_models_over_one_passage(tmp_path):
+    from rnnkit.viz import plot_activation_panels
+
+    panels = {"a": torch.rand(12, 5) * 2 - 1, "b": torch.rand(12, 7) * 2 - 1}
+    path = plot_activation_panels(panels, list("hello, world"), tmp_path / "acts.png", max_units=6)
+    assert path.read_bytes()[:4] == b"\x89PNG"
