@@ -4,8 +4,8 @@
   batch 32 x 35 tokens drawn from a Zipf law) with Adam's default implementation and with its fused kernel;
 - `compile`: one forward step of a layer-normalised LSTM cell (B=32, H=256) eager and under `torch.compile`,
   with the compile time;
-- `streaming`: a 2-layer LSTM (H=512) stepped at B=1 without autograd, through ATen's one-step cell functions
-  and through the generic cell step.
+- `streaming`: a 2-layer LSTM (H=512) stepped at B=1 without autograd: rnnkit's native step kernel, ATen's
+  one-step cell functions, the generic cell step, and the bare matrix-vector products as the floor.
 
     python benchmarks/probes.py --threads 2 [optimizer compile streaming]
 """
@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from bench_common import environment
 
-from rnnkit import Recurrent
+from rnnkit import Recurrent, native
 from rnnkit.models.language_model import LanguageModel
 
 
@@ -84,13 +84,21 @@ def compile_step() -> dict[str, object]:
 
 
 def streaming() -> dict[str, object]:
+    """Recurrent.step of a 2x512 LSTM at B=1 on its three paths: rnnkit's native step kernel (the default
+    where it builds), ATen's one-step cells (the fallback), and the generic cell step every other cell takes;
+    with the bare matrix-vector products of a step as the floor."""
     H = 512
     layer = Recurrent("lstm", H, H, num_layers=2).eval()
     x = torch.randn(1, H)
-    state = {"aten": None, "generic": None}
+    weights = [(torch.randn(4 * H, H), torch.randn(4 * H, H)) for _ in range(2)]
+    state = {"native": None, "aten": None, "generic": None}
+
+    def native_step():
+        state["native"] = layer.step(x, state["native"])[1]
 
     def aten_cells():
-        state["aten"] = layer.step(x, state["aten"])[1]
+        with native.disabled():
+            state["aten"] = layer.step(x, state["aten"])[1]
 
     def generic():
         layer._torch_cell_step_possible = lambda: False  # the path every other cell takes
@@ -99,8 +107,12 @@ def streaming() -> dict[str, object]:
         finally:
             del layer._torch_cell_step_possible
 
+    def bare():
+        return [(x @ wi.T) + (x @ wh.T) for wi, wh in weights]
+
     with torch.no_grad():
-        return {"ATen cell step": median_us(aten_cells, 200, 9), "generic step": median_us(generic, 200, 9)}
+        return {"native step": median_us(native_step, 200, 9), "ATen cell step": median_us(aten_cells, 200, 9),
+                "generic step": median_us(generic, 200, 9), "bare products": median_us(bare, 200, 9)}
 
 
 PROBES = {"optimizer": optimizer, "compile": compile_step, "streaming": streaming}
