@@ -147,3 +147,37 @@ def test_concurrent_clients_get_consistent_answers(client, run_dir):
     with ThreadPoolExecutor(8) as pool:
         for prefix, got in pool.map(ask, prefixes):
             assert got == expected[prefix]
+
+
+def test_an_edit_after_a_paste_costs_at_most_a_checkpoint_interval(run_dir):
+    import torch
+
+    from rnnkit.serve.sessions import CHECKPOINT_EVERY, Session
+
+    loaded = lm.load(run_dir)
+    text = " ".join(WORDS * 3)[:200]
+    ids = loaded.tokenizer.encode(text)
+    session = Session(loaded.model)
+    session.read(ids)  # a paste of 200 characters
+    assert session.steps == 200
+    edits = [ids[:-1], ids[:-2] + ids[-1:], ids[:150], ids[:150] + ids[151:170], ids[:20] + ids[40:60], ids]
+    for edit in edits:
+        held = session.ids
+        common = next((k for k, (a, b) in enumerate(zip(held, edit, strict=False)) if a != b), min(len(held), len(edit)))
+        before = session.steps
+        with torch.no_grad():
+            logits, state = session.read(edit)
+            fresh_logits, fresh_state = loaded.model.prefill(torch.tensor([edit]))
+        # Back to the nearest checkpoint at or before the edit, then the new text.
+        assert session.steps - before <= CHECKPOINT_EVERY - 1 + len(edit) - common
+        torch.testing.assert_close(logits, fresh_logits, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(state, fresh_state, rtol=1e-4, atol=1e-5)
+    # The audit's case through the service: a backspace right after a paste.
+    with TestClient(create_app(run_dir)) as c:
+        sid = c.post("/complete", json={"prefix": text, "n": 3}).json()["session"]
+        served = c.app.state.sessions.get(sid)
+        before = served.steps
+        got = c.post("/complete", json={"prefix": text[:-1], "n": 3, "session": sid}).json()
+        assert served.steps - before <= CHECKPOINT_EVERY + 1
+        expected = lm.complete(loaded, text[:-1], 3)
+        assert [x["text"] for x in got["completions"]] == [x["text"] for x in expected]
