@@ -209,11 +209,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     read_run_config(args.run_dir)  # a clear error before the server starts
     if not 0 < args.port < 65536:
         raise UserError(f"--port: expected a port number in 1..65535; got {args.port}")
+    from rnnkit.serve.config import ServeConfig
+
+    config = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
     try:
         from rnnkit.serve import serve
     except ImportError as e:
         raise UserError(f"serve needs FastAPI and uvicorn ({e}); pip install fastapi uvicorn") from None
-    serve(args.run_dir, host=args.host, port=args.port, threads=args.threads)
+    serve(args.run_dir, host=args.host, port=args.port, config=config)
     return 0
 
 
@@ -330,8 +333,16 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per request; requests run side by side in a thread pool (default: 1)")
+    from rnnkit.serve.config import ServeConfig
+
+    for f in dataclasses.fields(ServeConfig):
+        flag, kind = "--" + f.name.replace("_", "-"), _field_type(ServeConfig, f.name)
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                           help=f"{f.metadata['help']} (default: {'on' if f.default else 'off'})")
+        else:
+            p.add_argument(flag, type=kind, default=f.default, metavar=f.name.split("_")[-1].upper(),
+                           help=f"{f.metadata['help']} (default: {f.default:,g})")
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import random
+import socket
+import threading
+import time
 
 import pytest
 
@@ -17,7 +20,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from rnnkit.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from rnnkit.serve import create_app  # noqa: E402
+from rnnkit.serve import ServeConfig, create_app  # noqa: E402
 from rnnkit.tasks import lm  # noqa: E402
 
 WORDS = ["the quick brown fox", "a quiet queen", "quilts and quills", "the lazy dog sleeps", "quite quickly"]
@@ -120,7 +123,7 @@ def test_malformed_json_and_oversized_bodies(client):
 
 
 def test_sessions_expire_and_are_capped(run_dir):
-    app = create_app(run_dir, max_sessions=2, idle_seconds=3600)
+    app = create_app(run_dir, ServeConfig(max_sessions=2, session_idle_seconds=3600))
     with TestClient(app) as c:
         ids = [c.post("/complete", json={"prefix": "a"}).json()["session"] for _ in range(3)]
         assert len(app.state.sessions) == 2
@@ -128,9 +131,10 @@ def test_sessions_expire_and_are_capped(run_dir):
         assert c.post("/complete", json={"prefix": "a", "session": ids[2]}).status_code == 200
         assert c.delete(f"/sessions/{ids[2]}").json() == {"status": "deleted"}
         assert c.delete(f"/sessions/{ids[2]}").status_code == 404
-    app = create_app(run_dir, idle_seconds=0.0)
+    app = create_app(run_dir, ServeConfig(session_idle_seconds=0.05))
     with TestClient(app) as c:
         sid = c.post("/complete", json={"prefix": "a"}).json()["session"]
+        time.sleep(0.1)
         assert c.post("/complete", json={"prefix": "ab", "session": sid}).status_code == 404  # idle too long
 
 
@@ -147,6 +151,175 @@ def test_concurrent_clients_get_consistent_answers(client, run_dir):
     with ThreadPoolExecutor(8) as pool:
         for prefix, got in pool.map(ask, prefixes):
             assert got == expected[prefix]
+
+
+# --------------------------------------------------------------------------- failures and limits
+
+
+@pytest.mark.parametrize("path", ["/generate", "/generate/stream"])
+@pytest.mark.parametrize("seed", [99999999999999999999999, 2**63, -1])
+def test_a_seed_out_of_range_is_refused_by_name(live, path, seed):
+    import httpx
+
+    url, _ = live
+    with httpx.Client(timeout=10) as http:  # a stream left open fails here instead of hanging the suite
+        r = http.post(url + path, json={"prompt": "a", "max_tokens": 3, "seed": seed})
+        assert r.status_code == 422, r.text
+        assert r.json()["field"] == "seed"
+        assert http.post(url + path, json={"prompt": "a", "max_tokens": 3, "seed": 2**63 - 1}).status_code == 200
+
+
+def test_a_failing_generation_ends_its_stream_with_an_error(live, monkeypatch):
+    import httpx
+
+    def broken(*args, on_text=None, **kwargs):
+        on_text("th")
+        raise RuntimeError("the model broke")
+
+    monkeypatch.setattr(lm, "generate", broken)
+    url, _ = live
+    r = httpx.post(url + "/generate/stream", json={"prompt": "a", "max_tokens": 5}, timeout=10)
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert lines[0] == {"text": "th"}
+    assert "the model broke" in lines[-1]["error"] and len(lines) == 2
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", None,
+                                          "multipart/form-data; boundary=x"])
+def test_a_body_not_sent_as_json_is_refused_by_name(client, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    for path in ("/complete", "/generate", "/generate/stream"):
+        r = client.post(path, content=b'{"prefix": "a"}', headers=headers)
+        assert r.status_code == 415, r.text
+        assert r.json()["field"] == "body" and "application/json" in r.json()["error"]
+    assert client.post("/complete", data={"prefix": "a"}).status_code == 415  # a form, as curl -d sends
+
+
+def test_a_chunked_body_over_the_limit_is_refused(client):
+    def chunks():
+        for _ in range(30):
+            yield b" " * 100_000
+
+    r = client.post("/complete", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["field"] == "body"
+
+
+@pytest.mark.parametrize(("method", "path", "status", "field"), [
+    ("GET", "/nope", 404, "path"),
+    ("POST", "/predict", 404, "path"),  # a language model has no /predict
+    ("GET", "/complete", 405, "method"),
+    ("PUT", "/generate", 405, "method"),
+])
+def test_routing_errors_have_the_one_shape(client, method, path, status, field):
+    r = client.request(method, path)
+    assert r.status_code == status
+    assert r.json()["field"] == field and r.json()["error"].startswith(field + ":")
+    assert set(r.json()) == {"error", "field"}
+
+
+def test_an_unexpected_failure_is_a_json_500(run_dir, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of cheese")
+
+    monkeypatch.setattr(lm, "complete", broken)
+    with TestClient(create_app(run_dir), raise_server_exceptions=False) as c:
+        r = c.post("/complete", json={"prefix": "a"})
+        assert r.status_code == 500 and "out of cheese" in r.json()["error"] and r.json()["field"] is None
+        assert c.get("/health").status_code == 200
+
+
+def test_the_schema_documents_the_real_shapes(client):
+    schema = client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    assert "HTTPValidationError" not in components  # FastAPI's default 422, which the service never sends
+    for path, operations in schema["paths"].items():
+        for op in operations.values():
+            for code, answer in op["responses"].items():
+                if code[0] in "45":
+                    assert answer["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse"), \
+                        (path, code)
+    complete = schema["paths"]["/complete"]["post"]["responses"]
+    assert {"400", "404", "413", "415", "422"} <= set(complete)
+    assert complete["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/CompleteResponse")
+    assert components["CompleteResponse"]["properties"]["completions"]["items"]["$ref"].endswith("/Completion")
+    assert set(components["Completion"]["properties"]) == {"text", "completion", "probability"}
+    assert components["GenerateRequest"]["properties"]["seed"]["anyOf"][0]["exclusiveMaximum"] == 2**63
+    stream = schema["paths"]["/generate/stream"]["post"]["responses"]["200"]["content"]
+    assert list(stream) == ["application/x-ndjson"]
+    info = schema["paths"]["/info"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert info["$ref"].endswith("/Info")
+
+
+# ------------------------------------------------------------------------------ a live server
+
+
+@pytest.fixture(scope="module")
+def live(run_dir):
+    """The service under uvicorn on a free loopback port: (base URL, app)."""
+    import uvicorn
+
+    app = create_app(run_dir)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start within 30 s"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", app
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_stream_stops_when_its_client_goes_away(live, monkeypatch):
+    import httpx
+
+    url, _ = live
+    made, finished = [], threading.Event()
+    real = lm.generate
+
+    def slow(*args, on_text=None, **kwargs):
+        def each(piece):
+            made.append(piece)
+            time.sleep(0.002)
+            on_text(piece)
+
+        try:
+            return real(*args, on_text=each, **kwargs)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(lm, "generate", slow)
+    with httpx.Client(timeout=10) as http:
+        body = {"prompt": "the ", "max_tokens": 5000, "temperature": 1.0, "seed": 1}
+        with http.stream("POST", url + "/generate/stream", json=body) as r:
+            assert "text" in json.loads(next(r.iter_lines()))
+        # Leaving the block closes the connection after one line: 5,000 tokens take over 10 s.
+        assert finished.wait(5), "the generation went on after its client left"
+        assert len(made) < 5000
+        assert http.get(url + "/health").status_code == 200
+
+
+def test_many_failing_streams_leave_the_server_up(live, monkeypatch):
+    import httpx
+
+    url, _ = live
+
+    def broken(*args, **kwargs):
+        raise OverflowError("seed out of range")
+
+    monkeypatch.setattr(lm, "generate", broken)
+    with httpx.Client(timeout=5) as http:
+        for _ in range(45):  # more than the server's thread pool has threads
+            r = http.post(url + "/generate/stream", json={"prompt": "a", "max_tokens": 3})
+            assert "seed out of range" in json.loads(r.text.splitlines()[-1])["error"]
+        assert http.get(url + "/health", timeout=2).status_code == 200
+
+
+# ------------------------------------------------------------------ sessions: edits, memory, options
 
 
 def test_an_edit_after_a_paste_costs_at_most_a_checkpoint_interval(run_dir):
@@ -181,3 +354,58 @@ def test_an_edit_after_a_paste_costs_at_most_a_checkpoint_interval(run_dir):
         assert served.steps - before <= CHECKPOINT_EVERY + 1
         expected = lm.complete(loaded, text[:-1], 3)
         assert [x["text"] for x in got["completions"]] == [x["text"] for x in expected]
+
+
+def test_sessions_stay_within_the_memory_budget(run_dir):
+    import torch
+
+    from rnnkit.serve.sessions import state_nbytes
+
+    loaded = lm.load(run_dir)
+    _, state = loaded.model.prefill(torch.tensor([[5]]))
+    per_state = state_nbytes(state)
+    budget = 100 * per_state  # room for 100 positions of state, all sessions together
+    config = ServeConfig(session_memory_mb=budget / 2**20)
+    app = create_app(run_dir, config)
+    with TestClient(app) as c:
+        sids = []
+        for k in range(4):  # four clients type 40 characters each, one at a time
+            sid = None
+            for end in range(1, 41):
+                body = {"prefix": (WORDS[k] * 3)[:end], "n": 1} | ({"session": sid} if sid else {})
+                r = c.post("/complete", json=body)
+                assert r.status_code == 200
+                sid = r.json()["session"]
+                stats = c.get("/info").json()["sessions"]
+                assert stats["state_bytes"] <= stats["max_state_bytes"] == budget
+            sids.append(sid)
+        # 160 positions were read in all: the least recently used sessions went, the last one stays.
+        assert c.post("/complete", json={"prefix": "t", "session": sids[0]}).status_code == 404
+        assert c.post("/complete", json={"prefix": (WORDS[3] * 3)[:41], "session": sids[3]}).status_code == 200
+        # One session alone typing past the budget forgets its oldest states, and still answers right.
+        sid, text = None, " ".join(WORDS)[:150]
+        for end in range(1, len(text) + 1, 7):
+            body = {"prefix": text[:end], "n": 2} | ({"session": sid} if sid else {})
+            got = c.post("/complete", json=body).json()
+            sid = got["session"]
+        assert app.state.sessions.get(sid).nbytes <= budget
+        assert [x["text"] for x in got["completions"]] == [x["text"] for x in lm.complete(loaded, text[:end], 2)]
+        assert c.post("/complete", json={"prefix": text[:5], "n": 2, "session": sid}).status_code == 200  # re-read
+
+
+def test_serve_options_reach_the_service(run_dir, monkeypatch):
+    import rnnkit.serve.app
+    from rnnkit.cli import main
+
+    seen = {}
+    monkeypatch.setattr(rnnkit.serve.app, "serve", lambda run, host, port, config: seen.update(config=config))
+    assert main(["serve", str(run_dir), "--max-sessions", "7", "--session-idle-seconds", "60",
+                 "--session-memory-mb", "32", "--max-input-chars", "500"]) == 0
+    config = seen["config"]
+    assert (config.max_sessions, config.session_idle_seconds, config.session_memory_bytes) == (7, 60.0, 32 * 2**20)
+    assert config.max_input_chars == 500
+    for flag, value in (("--max-sessions", "0"), ("--session-memory-mb", "0"), ("--session-idle-seconds", "-1")):
+        assert main(["serve", str(run_dir), flag, value]) == 2
+    with TestClient(create_app(run_dir, config)) as c:
+        stats = c.get("/info").json()["sessions"]
+        assert (stats["max_sessions"], stats["idle_seconds"], stats["max_state_bytes"]) == (7, 60.0, 32 * 2**20)

@@ -1,11 +1,12 @@
 """The HTTP service: a FastAPI app over one run directory, with JSON endpoints and the web page.
 
-What is here: `create_app(run_dir)` with `GET /health`, `GET /info`, `GET /` (the page), and for
+What is here: `create_app(run_dir, config)` with `GET /health`, `GET /info`, `GET /` (the page), and for
 language models `POST /complete` (with typing sessions), `DELETE /sessions/{id}`, `POST /generate`
 and `POST /generate/stream` (one JSON line per piece of text); for the other tasks `POST /predict`.
-Request bodies are checked by pydantic models; every refusal is a 4xx JSON object
-`{"error": message, "field": name}` and the server stays up. What is not: the models, decoding or
-training (the service imports tasks, checkpoints and decoding, never the trainer).
+Request and answer shapes are the pydantic models of schemas.py. Every refusal or failure, whichever
+layer it comes from (validation, routing, the tasks, the body limit), is answered with the one shape
+`{"error": message, "field": name or null}` and the server stays up. What is not: the models, decoding
+or training (the service imports tasks, checkpoints and decoding, never the trainer).
 
 Handlers are plain functions, which the ASGI server runs in its thread pool, so requests from many
 clients proceed at once; torch releases the interpreter lock inside its kernels.
@@ -13,60 +14,107 @@ clients proceed at once; torch releases the interpreter lock inside its kernels.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import queue
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rnnkit.checkpoint import read_run_config
 from rnnkit.config import UserError
+from rnnkit.serve.config import ServeConfig
 from rnnkit.serve.predictors import PREDICTORS
+from rnnkit.serve.schemas import (
+    ERRORS,
+    JSON_ERRORS,
+    CompleteRequest,
+    CompleteResponse,
+    Deleted,
+    ErrorResponse,
+    GenerateRequest,
+    GenerateResponse,
+    Health,
+    Info,
+    PredictRequest,
+    StreamLine,
+    predict_response,
+)
 from rnnkit.serve.sessions import SessionStore, UnknownSession
 
-MAX_TEXT = 20_000  # characters of a prefix or prompt
 MAX_BODY = 2_000_000  # bytes of a request body
-MAX_INPUTS = 256  # inputs of one /predict request
+
+# The request fields a task's message may start with ("inputs.3: the text is empty").
+_FIELD = re.compile(r"^(inputs(?:\.\d+)?|prefix|prompt|n|max_tokens|temperature|top_k|top_p|seed|session): ")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+def _error(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message, "field": field}, headers=headers)
 
 
-class CompleteRequest(_Strict):
-    prefix: str = Field(max_length=MAX_TEXT, description="the text typed so far")
-    n: int = Field(5, ge=1, le=50, description="how many completions")
-    session: str | None = Field(None, min_length=1, max_length=64,
-                                description="a session id from an earlier answer; omitted: start a session")
+class Refusal(HTTPException):
+    """A refusal raised below the routes (the body limit), answered in the service's error shape."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(status_code=status, detail=message)
+        self.field = field
 
 
-class GenerateRequest(_Strict):
-    prompt: str = Field("", max_length=MAX_TEXT)
-    max_tokens: int = Field(100, ge=1, le=5000)
-    temperature: float = Field(1.0, ge=0.0, le=100.0)
-    top_k: int | None = Field(None, ge=1)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = None
+class BodyLimit:
+    """Refuses request bodies over `limit` bytes with 413, whether or not they give their size up front."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        size = dict(scope["headers"]).get(b"content-length", b"")
+        if size.isdigit() and int(size) > self.limit:
+            await _error(413, self._message(int(size)), "body")(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:  # a chunked body that did not say its size
+                    raise Refusal(413, self._message(received, "over "), "body")
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self, size: int, over: str = "") -> str:
+        return f"body: the request body has {over}{size:,} bytes; at most {self.limit:,} are accepted"
 
 
-class PredictRequest(_Strict):
-    inputs: list[Any] = Field(min_length=1, max_length=MAX_INPUTS,
-                              description="the inputs, in the task's form (text for classify, tag and seq2seq)")
+class NDJSONResponse(StreamingResponse):
+    media_type = "application/x-ndjson"
 
 
-def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": message}
-    if field is not None:
-        body["field"] = field
-    return JSONResponse(status_code=status, content=body)
+def _is_json(content_type: str) -> bool:
+    kind = content_type.split(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+def _user_error(exc: UserError) -> tuple[str, str | None]:
+    """A task's message and the request field it names, if it starts with one."""
+    message = str(exc)
+    match = _FIELD.match(message)
+    return message, match.group(1) if match else None
 
 
 def _page() -> str:
@@ -91,18 +139,72 @@ def _describe(task: str, loaded: Any) -> dict[str, Any]:
     return {}
 
 
-def create_app(run_dir: str | Path, device: str = "cpu", max_sessions: int = 1000, idle_seconds: float = 900.0,
-               session_tokens: int = 4096) -> FastAPI:
+class _Stopped(Exception):
+    """The client of a generation stream went away."""
+
+
+async def _generation_lines(loaded: Any, req: GenerateRequest) -> AsyncIterator[str]:
+    """The lines of /generate/stream: generation runs in a thread of its own and hands each piece over.
+
+    Whatever the generation raises ends the stream with an error line, so no response is left open;
+    when the client goes away (the stream is cancelled or closed), the thread stops at its next token.
+    """
+    from rnnkit.tasks import lm
+
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    stop = threading.Event()
+
+    def put(line: dict[str, Any]) -> None:
+        try:
+            loop.call_soon_threadsafe(pieces.put_nowait, line)
+        except RuntimeError:  # the event loop is closed: nobody is listening
+            stop.set()
+
+    def on_text(piece: str) -> None:
+        if stop.is_set():
+            raise _Stopped
+        put({"text": piece})
+
+    def work() -> None:
+        try:
+            with torch.no_grad():
+                lm.generate(loaded, req.prompt, req.max_tokens, req.temperature, req.top_k, req.top_p,
+                            seed=req.seed, on_text=on_text)
+            put({"done": True})
+        except _Stopped:
+            pass
+        except UserError as e:
+            message, field = _user_error(e)
+            put({"error": message, "field": field})
+        except Exception as e:  # noqa: BLE001 - any failure must reach the client, or the stream never ends
+            put({"error": f"generation failed: {type(e).__name__}: {e}", "field": None})
+
+    threading.Thread(target=work, name="rnnkit-generate", daemon=True).start()
+    try:
+        while True:
+            line = await pieces.get()
+            yield json.dumps(line) + "\n"
+            if "text" not in line:
+                return
+    finally:
+        stop.set()
+
+
+def create_app(run_dir: str | Path, config: ServeConfig | None = None, device: str = "cpu") -> FastAPI:
     """The service for one run directory (any task)."""
     from rnnkit import __version__
     from rnnkit.tasks import task_module
 
+    config = config or ServeConfig()
     meta = read_run_config(run_dir)
     task = meta["task"]
     module = task_module(task)
     loaded = module.load(run_dir, device=device) if task == "lm" else module.load(run_dir)
     app = FastAPI(title="rnnkit", version=__version__,
-                  description=f"rnnkit {task} service for the run {Path(run_dir).name}")
+                  description=f"rnnkit {task} service for the run {Path(run_dir).name}. Every error is answered "
+                              "as {\"error\": message, \"field\": name or null}.")
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
     model = getattr(loaded, "model", None)
     info: dict[str, Any] = {
         "task": task,
@@ -117,27 +219,52 @@ def create_app(run_dir: str | Path, device: str = "cpu", max_sessions: int = 100
         info.update({"vocab_size": loaded.tokenizer.vocab_size, "tokenizer": loaded.tokenizer.kind})
     else:
         info.update(_describe(task, loaded))
-    sessions = SessionStore(loaded.model, max_sessions, idle_seconds, session_tokens) if task == "lm" else None
+        if task != "forecast":
+            info["max_input_chars"] = config.max_input_chars
+    sessions = None
+    if task == "lm":
+        sessions = SessionStore(loaded.model, config.max_sessions, config.session_idle_seconds, config.session_states,
+                                config.session_memory_bytes)
     app.state.sessions = sessions
     app.state.loaded = loaded
+    app.state.config = config
 
     # ------------------------------------------------------------------------------- errors
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
+        content_type = request.headers.get("content-type", "")
+        if any(isinstance(e.get("input"), bytes) for e in errors) and not _is_json(content_type):
+            return _error(415, f"body: expected a JSON body sent as application/json; got "
+                               f"{content_type or 'no Content-Type'}", "body")
         first = errors[0] if errors else {}
         if first.get("type") == "json_invalid":
-            return _error(400, f"the request body is not valid JSON: {first.get('msg', '')}", "body")
+            detail = first.get("ctx", {}).get("error") or first.get("msg", "")
+            return _error(400, f"body: the request body is not valid JSON: {detail}", "body")
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         field = ".".join(loc) or "body"
         message = first.get("msg", "invalid request")
         if first.get("type") == "missing":
             message = "required"
         elif "input" in first and first.get("type") not in ("extra_forbidden",):
-            shown = json.dumps(first["input"])[:60]
+            shown = json.dumps(first["input"], default=repr)[:60]
             message = f"{message}; got {shown}"
         return _error(422, f"{field}: {message}", field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if isinstance(exc, Refusal):
+            return _error(exc.status_code, exc.detail, exc.field, headers)
+        if exc.status_code == 404:
+            return _error(404, f"path: no endpoint {request.url.path}; the endpoints are listed at /docs", "path",
+                          headers)
+        if exc.status_code == 405:
+            allowed = (headers or {}).get("Allow", "")
+            return _error(405, f"method: {request.url.path} does not take {request.method}; it takes {allowed}",
+                          "method", headers)
+        return _error(exc.status_code, str(exc.detail), None, headers)
 
     @app.exception_handler(UnknownSession)
     async def unknown_session(request: Request, exc: UnknownSession) -> JSONResponse:
@@ -146,22 +273,19 @@ def create_app(run_dir: str | Path, device: str = "cpu", max_sessions: int = 100
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> JSONResponse:
-        return _error(422, str(exc))
+        return _error(422, *_user_error(exc))
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > MAX_BODY:
-            return _error(413, f"the request body has {size} bytes; at most {MAX_BODY} are accepted", "body")
-        return await call_next(request)
+    @app.exception_handler(Exception)
+    async def failure(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, f"the service failed: {type(exc).__name__}: {exc}")
 
     # ----------------------------------------------------------------------------- endpoints
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/info")
+    @app.get("/info", response_model=Info, response_model_exclude_none=True)
     def get_info() -> dict[str, Any]:
         return {**info, **({"sessions": sessions.stats()} if sessions is not None else {})}
 
@@ -172,7 +296,9 @@ def create_app(run_dir: str | Path, device: str = "cpu", max_sessions: int = 100
     if task == "lm":
         from rnnkit.tasks import lm
 
-        @app.post("/complete")
+        unknown = {404: {"model": ErrorResponse, "description": "no such session (never made, or expired)"}}
+
+        @app.post("/complete", response_model=CompleteResponse, responses={**ERRORS, **unknown})
         def complete(req: CompleteRequest) -> dict[str, Any]:
             if req.session is None:
                 sid, session = sessions.create()
@@ -180,63 +306,47 @@ def create_app(run_dir: str | Path, device: str = "cpu", max_sessions: int = 100
                 sid, session = req.session, sessions.get(req.session)
             with session.lock, torch.no_grad():
                 found = lm.complete(loaded, req.prefix, req.n, reader=session.read)
+            sessions.fit(sid)
             return {"completions": found, "session": sid}
 
-        @app.delete("/sessions/{sid}")
+        @app.delete("/sessions/{sid}", response_model=Deleted, responses={**unknown, 422: ERRORS[422]})
         def end_session(sid: str) -> dict[str, str]:
             sessions.delete(sid)
             return {"status": "deleted"}
 
-        @app.post("/generate")
+        @app.post("/generate", response_model=GenerateResponse, responses=ERRORS)
         def generate(req: GenerateRequest) -> dict[str, str]:
             with torch.no_grad():
                 text = lm.generate(loaded, req.prompt, req.max_tokens, req.temperature, req.top_k, req.top_p,
                                    seed=req.seed)
             return {"text": text}
 
-        @app.post("/generate/stream")
-        def generate_stream(req: GenerateRequest) -> StreamingResponse:
-            pieces: queue.Queue[tuple[str, Any]] = queue.Queue()
-
-            def work() -> None:
-                try:
-                    with torch.no_grad():
-                        lm.generate(loaded, req.prompt, req.max_tokens, req.temperature, req.top_k, req.top_p,
-                                    seed=req.seed, on_text=lambda piece: pieces.put(("text", piece)))
-                    pieces.put(("done", None))
-                except UserError as e:
-                    pieces.put(("error", str(e)))
-
-            threading.Thread(target=work, daemon=True).start()
-
-            def lines() -> Iterator[str]:
-                while True:
-                    kind, value = pieces.get()
-                    if kind == "text":
-                        yield json.dumps({"text": value}) + "\n"
-                    elif kind == "error":
-                        yield json.dumps({"error": value}) + "\n"
-                        return
-                    else:
-                        yield json.dumps({"done": True}) + "\n"
-                        return
-
-            return StreamingResponse(lines(), media_type="application/x-ndjson")
+        @app.post("/generate/stream", response_class=NDJSONResponse, responses={
+            200: {"model": StreamLine, "description": "one JSON object per line: {\"text\": piece} for each piece "
+                                                      "of text, then {\"done\": true}, or {\"error\", \"field\"} "
+                                                      "if generation fails"},
+            **JSON_ERRORS})
+        async def generate_stream(req: GenerateRequest) -> NDJSONResponse:
+            return NDJSONResponse(_generation_lines(loaded, req))
 
     else:
+        predictor = PREDICTORS[task]
 
-        @app.post("/predict")
+        @app.post("/predict", response_model=predict_response(task), response_model_exclude_none=True,
+                  responses=ERRORS)
         def predict(req: PredictRequest) -> dict[str, Any]:
             with torch.no_grad():
-                return {"predictions": PREDICTORS[task](loaded, req.inputs)}
+                return {"predictions": predictor(loaded, req.inputs, config)}
 
     return app
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, threads: int = 1) -> None:
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None) -> None:
     """Run the service until interrupted."""
     import uvicorn
 
-    torch.set_num_threads(threads)
-    app = create_app(run_dir)
+    config = config or ServeConfig()
+    torch.set_num_threads(config.threads)
+    app = create_app(run_dir, config)
     uvicorn.run(app, host=host, port=port, log_level="info")
+
