@@ -1,7 +1,8 @@
-"""The autocomplete page in a real browser: headless Chromium types into the page and sees completions.
+"""The web page in a real browser: headless Chromium types into the autocomplete page and sees
+completions, and the tag and forecast pages show their predictions (coloured tags, a plot).
 
 The service runs under uvicorn on a free loopback port; Selenium drives the system's Chromium through
-its ChromeDriver. Without a browser the test is skipped, unless RNNKIT_REQUIRE_BROWSER is set (CI
+its ChromeDriver. Without a browser the tests are skipped, unless RNNKIT_REQUIRE_BROWSER is set (CI
 installs Chromium and sets it, so a missing browser fails there instead of passing silently).
 """
 
@@ -13,6 +14,7 @@ import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -36,25 +38,17 @@ def _need_browser() -> None:
         pytest.skip(f"no browser here: {', '.join(missing)}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    _need_browser()
+@contextmanager
+def _serving(run_dir):
+    """The service for a run under uvicorn on a free loopback port; yields its base URL."""
     import uvicorn
 
     from rnnkit.serve import create_app
 
-    root = tmp_path_factory.mktemp("page")
-    rng = random.Random(1)
-    words = ["the quick brown fox", "a quiet queen", "quilts and quills", "the lazy dog"]
-    (root / "train.txt").write_text("\n".join(rng.choice(words) for _ in range(200)) + "\n", encoding="utf-8")
-    cfg = RunConfig(task="lm", model=ModelConfig(embedding_size=8, hidden_size=16, num_layers=1),
-                    train=TrainConfig(epochs=1, batch_size=8, bptt=24, lr=1e-2, log_every=10_000))
-    lm.train(cfg, root / "train.txt", root / "run", log=lambda line: None)
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(root / "run"), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(run_dir), host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -63,13 +57,30 @@ def server(tmp_path_factory):
         if time.monotonic() > deadline:
             pytest.fail("the server did not start within 30 s")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
-def browser(server):
+def server(tmp_path_factory):
+    _need_browser()
+    root = tmp_path_factory.mktemp("page")
+    rng = random.Random(1)
+    words = ["the quick brown fox", "a quiet queen", "quilts and quills", "the lazy dog"]
+    (root / "train.txt").write_text("\n".join(rng.choice(words) for _ in range(200)) + "\n", encoding="utf-8")
+    cfg = RunConfig(task="lm", model=ModelConfig(embedding_size=8, hidden_size=16, num_layers=1),
+                    train=TrainConfig(epochs=1, batch_size=8, bptt=24, lr=1e-2, log_every=10_000))
+    lm.train(cfg, root / "train.txt", root / "run", log=lambda line: None)
+    with _serving(root / "run") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _need_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -119,3 +130,57 @@ def test_generate_button_streams_text(server, browser):
     browser.find_element(By.ID, "max_tokens").send_keys("40")
     browser.find_element(By.ID, "generate").click()
     WebDriverWait(browser, 30).until(lambda d: len(d.find_element(By.ID, "generated").text) >= 10)
+
+
+def _predict_on_page(browser, url, task, text):
+    """Open the page of a run, put `text` in its input box, press Predict and wait for the result."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(EC.text_to_be_present_in_element((By.ID, "about"), f"{task} run"))
+    assert browser.find_element(By.ID, "other").is_displayed()
+    assert not browser.find_element(By.ID, "lm").is_displayed()
+    # A long CSV typed key by key is slow: set the box's value as a paste would.
+    browser.execute_script("document.getElementById('input').value = arguments[0]", text)
+    browser.find_element(By.ID, "predict").click()
+    wait.until(lambda d: d.find_element(By.ID, "result").find_elements(By.XPATH, "./*"))
+    assert browser.find_element(By.ID, "status").text == ""
+
+
+def test_tag_page_shows_each_token_with_its_tag_coloured_by_type(task_runs, browser):
+    import httpx
+
+    lines = ["Anna met Paul in Paris", "Marie saw the cat"]
+    with _serving(task_runs["tag"]) as url:
+        expected = httpx.post(url + "/predict", json={"inputs": lines}).json()["predictions"]
+        _predict_on_page(browser, url, "tag", "\n".join(lines))
+        shown = browser.execute_script(
+            "return [...document.querySelectorAll('#result > div')].map(box => [...box.querySelectorAll('.tok')]"
+            ".map(s => [s.firstChild.textContent, s.querySelector('small').textContent, "
+            "getComputedStyle(s).backgroundColor]))")
+    assert [[(t, g) for t, g, _ in sentence] for sentence in shown] == \
+        [list(zip(p["tokens"], p["tags"], strict=True)) for p in expected]
+    colours = {}
+    for t, tag, colour in (x for sentence in shown for x in sentence):
+        if tag == "O":
+            assert colour == "rgba(0, 0, 0, 0)", (t, colour)  # untagged tokens stay plain
+        else:
+            assert colour != "rgba(0, 0, 0, 0)", (t, colour)
+            assert colours.setdefault(tag.split("-")[-1], colour) == colour  # one colour per entity type
+    assert colours, "the run tagged no entity in these sentences; nothing coloured to check"
+
+
+def test_forecast_page_plots_history_and_forecast(task_runs, browser):
+    import httpx
+
+    with _serving(task_runs["forecast"]) as url:
+        expected = httpx.post(url + "/predict", json={"inputs": [task_runs["series"]]}).json()["predictions"][0]
+        _predict_on_page(browser, url, "forecast", task_runs["series"])
+        lines = browser.execute_script(
+            "return [...document.querySelectorAll('#result svg polyline')].map(l => "
+            "[l.getAttribute('stroke'), l.getAttribute('points').trim().split(' ').length])")
+    # The history in grey, then the forecast in blue, one point per value.
+    assert lines == [["#66707a", len(expected["history"])], ["#2463b5", len(expected["forecast"])]]
