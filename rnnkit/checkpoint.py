@@ -54,6 +54,11 @@ def read_json(path: str | Path) -> Any:
         raise UserError(f"{path}: not found") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                        "expected the JSON file rnnkit wrote") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory; expected a JSON file") from None
 
 
 def save_weights(path: str | Path, model: torch.nn.Module) -> None:

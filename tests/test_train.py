@@ -313,3 +313,25 @@ def test_optimizers_use_the_fused_kernels_where_torch_has_them(name):
             o.step()
     for a, b in zip(model.parameters(), ref_model.parameters(), strict=True):
         assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_damaged_run_json_files_give_clear_errors(tmp_path):
+    """A run file that is not JSON, not UTF-8 text, or a directory: an rnnkit error naming it, no traceback."""
+    from rnnkit.checkpoint import read_json
+    from rnnkit.config import UserError
+
+    cases = {"bad.json": b'{"task": "lm",', "binary.json": b"\xff\xfe\x00garbage", "dir.json": None}
+    for name, content in cases.items():
+        path = tmp_path / name
+        if content is None:
+            path.mkdir()
+        else:
+            path.write_bytes(content)
+    with pytest.raises(UserError, match=r"bad.json: not valid JSON \(line 1"):
+        read_json(tmp_path / "bad.json")
+    with pytest.raises(UserError, match=r"binary.json: not UTF-8 text \(byte 0"):
+        read_json(tmp_path / "binary.json")
+    with pytest.raises(UserError, match=r"dir.json: is a directory"):
+        read_json(tmp_path / "dir.json")
+    with pytest.raises(UserError, match=r"missing.json: not found"):
+        read_json(tmp_path / "missing.json")
