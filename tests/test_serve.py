@@ -400,12 +400,115 @@ def test_serve_options_reach_the_service(run_dir, monkeypatch):
     seen = {}
     monkeypatch.setattr(rnnkit.serve.app, "serve", lambda run, host, port, config: seen.update(config=config))
     assert main(["serve", str(run_dir), "--max-sessions", "7", "--session-idle-seconds", "60",
-                 "--session-memory-mb", "32", "--max-input-chars", "500"]) == 0
+                 "--session-memory-mb", "32", "--max-input-chars", "500", "--no-batch-steps"]) == 0
     config = seen["config"]
     assert (config.max_sessions, config.session_idle_seconds, config.session_memory_bytes) == (7, 60.0, 32 * 2**20)
-    assert config.max_input_chars == 500
+    assert config.max_input_chars == 500 and config.batch_steps is False
     for flag, value in (("--max-sessions", "0"), ("--session-memory-mb", "0"), ("--session-idle-seconds", "-1")):
         assert main(["serve", str(run_dir), flag, value]) == 2
     with TestClient(create_app(run_dir, config)) as c:
         stats = c.get("/info").json()["sessions"]
         assert (stats["max_sessions"], stats["idle_seconds"], stats["max_state_bytes"]) == (7, 60.0, 32 * 2**20)
+
+
+# ------------------------------------------------------------------------------- step batching
+
+
+class _SlowModel:
+    """A model whose steps take long enough that concurrent callers must queue behind each other."""
+
+    def __init__(self, model, fail=False):
+        self.model, self.fail, self.rows = model, fail, []
+
+    def step(self, tokens, state):
+        time.sleep(0.01)
+        self.rows.append(tokens.shape[0])
+        if self.fail:
+            raise RuntimeError("step failed")
+        return self.model.step(tokens, state)
+
+
+def test_concurrent_steps_run_as_one_batch_with_the_answers_of_single_steps(run_dir):
+    import torch
+
+    from rnnkit.serve.batching import BatchedSteps
+
+    model = lm.load(run_dir).model
+    slow = _SlowModel(model)
+    batched = BatchedSteps(slow)
+    rng = torch.Generator().manual_seed(0)
+    inputs = []
+    for rows in (1, 3, 10, 2, 5, 1, 7, 4):
+        _, state = model.prefill(torch.randint(4, 20, (rows, 6), generator=rng))
+        inputs.append((torch.randint(4, 20, (rows,), generator=rng), state))
+    barrier, got = threading.Barrier(len(inputs)), {}
+
+    def call(k):
+        barrier.wait()
+        with torch.no_grad():
+            got[k] = batched.step(*inputs[k])
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    with torch.no_grad():
+        for k, (tokens, state) in enumerate(inputs):
+            logits, new_state = model.step(tokens, state)
+            torch.testing.assert_close(got[k][0], logits, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got[k][1], new_state, rtol=1e-5, atol=1e-6)
+            for part in got[k][1]:  # a kept state holds its own rows only
+                assert part.untyped_storage().nbytes() == part.numel() * part.element_size()
+    # The first caller ran alone; the others queued meanwhile and ran together.
+    assert batched.calls == len(inputs) and batched.batches < len(inputs)
+    assert max(slow.rows) > 10
+    # A lone caller steps the model directly, in a batch of its own.
+    before = batched.batches
+    batched.step(*inputs[0])
+    assert batched.batches == before + 1 and slow.rows[-1] == 1
+
+
+def test_a_failing_batched_step_fails_every_caller_in_it(run_dir):
+    import torch
+
+    from rnnkit.serve.batching import BatchedSteps
+
+    model = lm.load(run_dir).model
+    batched = BatchedSteps(_SlowModel(model, fail=True))
+    _, state = model.prefill(torch.tensor([[5, 6]]))
+    errors, barrier = [], threading.Barrier(4)
+
+    def call():
+        barrier.wait()
+        try:
+            batched.step(torch.tensor([7]), state)
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == ["step failed"] * 4 and not any(t.is_alive() for t in threads)
+
+
+def test_the_service_batches_the_steps_of_concurrent_clients(run_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    loaded = lm.load(run_dir)
+    prefixes = ["the q", "a qu", "quil", "the l", "quite q", "the b"] * 4
+    expected = {p: [c["text"] for c in lm.complete(loaded, p, 3)] for p in set(prefixes)}
+    for batch_steps in (True, False):
+        with TestClient(create_app(run_dir, ServeConfig(batch_steps=batch_steps))) as c:
+            def ask(prefix, c=c):
+                return prefix, [x["text"] for x in c.post("/complete", json={"prefix": prefix, "n": 3}).json()["completions"]]
+
+            with ThreadPoolExecutor(8) as pool:
+                for prefix, got in pool.map(ask, prefixes):
+                    assert got == expected[prefix]
+            info = c.get("/info").json()
+            assert ("batching" in info) == batch_steps
+            if batch_steps:
+                assert info["batching"]["calls"] >= info["batching"]["batches"] > 0

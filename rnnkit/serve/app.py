@@ -15,6 +15,7 @@ clients proceed at once; torch releases the interpreter lock inside its kernels.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import threading
@@ -32,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rnnkit.checkpoint import read_run_config
 from rnnkit.config import UserError
+from rnnkit.serve.batching import BatchedSteps
 from rnnkit.serve.config import ServeConfig
 from rnnkit.serve.predictors import PREDICTORS
 from rnnkit.serve.schemas import (
@@ -221,11 +223,16 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, device: s
         info.update(_describe(task, loaded))
         if task != "forecast":
             info["max_input_chars"] = config.max_input_chars
-    sessions = None
+    sessions, steps = None, None
     if task == "lm":
-        sessions = SessionStore(loaded.model, config.max_sessions, config.session_idle_seconds, config.session_states,
+        # Sessions and the completion search step the model through the batcher, which joins the steps of
+        # concurrent requests; a lone request steps the model directly.
+        steps = BatchedSteps(loaded.model) if config.batch_steps else loaded.model
+        searcher = dataclasses.replace(loaded, model=steps)
+        sessions = SessionStore(steps, config.max_sessions, config.session_idle_seconds, config.session_states,
                                 config.session_memory_bytes)
     app.state.sessions = sessions
+    app.state.steps = steps
     app.state.loaded = loaded
     app.state.config = config
 
@@ -287,7 +294,12 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, device: s
 
     @app.get("/info", response_model=Info, response_model_exclude_none=True)
     def get_info() -> dict[str, Any]:
-        return {**info, **({"sessions": sessions.stats()} if sessions is not None else {})}
+        extra: dict[str, Any] = {}
+        if sessions is not None:
+            extra["sessions"] = sessions.stats()
+        if isinstance(steps, BatchedSteps):
+            extra["batching"] = {"batches": steps.batches, "calls": steps.calls}
+        return {**info, **extra}
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -305,7 +317,7 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, device: s
             else:
                 sid, session = req.session, sessions.get(req.session)
             with session.lock, torch.no_grad():
-                found = lm.complete(loaded, req.prefix, req.n, reader=session.read)
+                found = lm.complete(searcher, req.prefix, req.n, reader=session.read)
             sessions.fit(sid)
             return {"completions": found, "session": sid}
 

@@ -1,6 +1,6 @@
 """The service's settings: one typed dataclass, whose fields are also the options of `rnnkit serve`.
 
-What is here: `ServeConfig` (limits on sessions and inputs, threads), checked in
+What is here: `ServeConfig` (limits on sessions and inputs, threads, step batching), checked in
 `__post_init__`. What is not: the host and port (the server's, not the app's) or anything that imports
 FastAPI, so that `rnnkit serve --help` works without it.
 """
@@ -26,6 +26,7 @@ class ServeConfig:
     max_input_chars: int = _opt(2000, "characters of one /predict text input (classify, tag, seq2seq)")
     max_attention_cells: int = _opt(40_000, "seq2seq: the attention map is sent when it has at most this many "
                                             "cells (output tokens x source tokens)")
+    batch_steps: bool = _opt(True, "language models: run the model steps of concurrent requests as one batched step")
 
     def __post_init__(self) -> None:
         _check_types(self)

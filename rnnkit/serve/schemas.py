@@ -70,6 +70,11 @@ class SessionStats(BaseModel):
     max_state_bytes: int = Field(description="the budget for state_bytes; past it sessions are evicted")
 
 
+class StepBatching(BaseModel):
+    batches: int = Field(description="batched model steps run since the service started")
+    calls: int = Field(description="the single steps of requests they ran (calls / batches: the mean batch)")
+
+
 class Info(BaseModel):
     """The run being served; the fields past `parameters` depend on its task."""
 
@@ -84,6 +89,7 @@ class Info(BaseModel):
     vocab_size: int | None = Field(None, description="lm")
     tokenizer: str | None = Field(None, description="lm")
     sessions: SessionStats | None = Field(None, description="lm")
+    batching: StepBatching | None = Field(None, description="lm, when the steps of concurrent requests are batched")
     labels: list[str] | None = Field(None, description="classify")
     audio: bool | None = Field(None, description="classify: the run reads audio, which the service does not take")
     tags: list[str] | None = Field(None, description="tag")
