@@ -7,7 +7,8 @@ Shakespeare unless --run names a run) and talks to it over loopback HTTP from th
    each; latencies are grouped by prefix length (up to 1,000 characters), with a session (one model
    step per keystroke) and without (the server re-reads the whole prefix every time);
 2. load: 32 clients type at once, each with its own session, for a fixed time; requests per second,
-   p50/p99 latency and the number of errors.
+   p50/p99 latency and the number of errors; once with the steps of concurrent requests batched (the
+   server's default) and once without (--no-batch-steps), each on a fresh server.
 
     python benchmarks/serve.py --data ../shared/data --out runs/bench-serve
 """
@@ -15,7 +16,9 @@ Shakespeare unless --run names a run) and talks to it over loopback HTTP from th
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import platform
 import socket
 import statistics
@@ -57,12 +60,13 @@ def train_model(data: Path, out: Path, minutes: float, hidden: int, layers: int)
     return run
 
 
-def start_server(run: Path, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(run: Path, threads: int, batch_steps: bool = True) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "rnnkit", "serve", str(run), "--port", str(port),
-                             "--threads", str(threads)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--threads", str(threads), "--batch-steps" if batch_steps else "--no-batch-steps"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -152,10 +156,13 @@ def main() -> None:
                     help="without sessions, time every N-th keystroke only (default: 5)")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--no-compare", action="store_true",
+                    help="skip the load test of a server without step batching")
     ap.add_argument("--result", default="benchmarks/results/serve.json")
     args = ap.parse_args()
 
     torch.set_num_threads(2)
+    load_average = [round(x, 2) for x in os.getloadavg()]  # other work on the machine skews every figure
     run = Path(args.run) if args.run else train_model(Path(args.data), Path(args.out), args.train_minutes,
                                                        args.hidden, args.layers)
     text = (Path(args.data) / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
@@ -180,18 +187,34 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
         texts = [valid[k * 3000: k * 3000 + 1000] for k in range(args.clients)]
+        before = httpx.get(url + "/info").json()["batching"]
         load = load_test(url, texts, args.clients, args.seconds)
+        after = httpx.get(url + "/info").json()["batching"]
+        # The batched steps of the load test alone, and the mean number of requests' steps in one.
+        batches, calls = after["batches"] - before["batches"], after["calls"] - before["calls"]
+        load["batched_steps"] = {"batches": batches, "calls": calls, "calls_per_batch": round(calls / batches, 2)}
         print(json.dumps(load), flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    unbatched = None
+    if not args.no_compare:
+        proc, url = start_server(run, args.threads, batch_steps=False)
+        try:
+            keystrokes(url, typed[:50], True)  # warm-up
+            unbatched = load_test(url, texts, args.clients, args.seconds)
+            print(json.dumps({"no_batch_steps": unbatched}), flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
     result = {
         "benchmark": "serve", "run": str(run), "model": f"{info['cell']} {info['num_layers']}x{info['hidden_size']}",
-        "keystrokes": rows, "load": load,
+        "date": datetime.date.today().isoformat(),
+        "keystrokes": rows, "load": load, "load_without_step_batching": unbatched,
         "all_session_p99_ms": round(max(r["session_p99_ms"] for r in rows), 2),
         "target_p99_ms": 20.0,
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "torch": torch.__version__,
-                    "server_threads": args.threads},
+                    "server_threads": args.threads, "load_average_at_start": load_average},
         "median_of": "per-keystroke latencies; p50/p99 are the 50th/99th percentiles",
         "mean_session_ms": round(statistics.mean(x for b in with_s.values() for x in b), 2),
     }

@@ -179,7 +179,7 @@ async def _generation_lines(loaded: Any, req: GenerateRequest) -> AsyncIterator[
         except UserError as e:
             message, field = _user_error(e)
             put({"error": message, "field": field})
-        except Exception as e:  # noqa: BLE001 - any failure must reach the client, or the stream never ends
+        except Exception as e:  # any failure must reach the client, or the stream never ends
             put({"error": f"generation failed: {type(e).__name__}: {e}", "field": None})
 
     threading.Thread(target=work, name="rnnkit-generate", daemon=True).start()
