@@ -104,7 +104,7 @@ def main() -> None:
         "freeze_embeddings": args.freeze_embeddings,
         "command": "python benchmarks/sst.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-            if v not in (None, False) and k != "results"),
+            if v not in (None, False)),
         **environment(),
     }
     results = Path(args.results or f"benchmarks/results/{name}.json")

@@ -3,10 +3,13 @@
 Trains on wnut17train.conll, picks the best epoch by dev entity F1 (emerging.dev.conll), and reports
 entity-level precision, recall and F1 (CoNLL-eval semantics, through seqeval) on
 emerging.test.annotated, overall and per type. Target: F1 >= 42.0 (the best shared-task system,
-41.86, used external resources; this uses none: no pretrained embeddings, no gazetteers). Writes the
-figures to benchmarks/results/wnut17.json.
+41.86, used external resources; this uses no gazetteers, and pre-trained word vectors only when
+--embeddings names them). Writes the figures, the vectors file and the command to --results
+(default benchmarks/results/wnut17.json).
 
     python benchmarks/wnut17.py --data ../shared/data --out runs/bench-wnut17 --threads 1
+    python benchmarks/wnut17.py --data ../shared/data --out runs/bench-wnut17-vec-both --embed 350 \
+        --embeddings runs/vectors/both350.txt --results benchmarks/results/wnut17_vectors_both.json --threads 1
 """
 
 from __future__ import annotations
@@ -96,6 +99,10 @@ def main() -> None:
                  f"{args.char_hidden} + shape, dropout {args.dropout}, word dropout {args.word_dropout}, "
                  f"min freq {args.min_freq}, "
                  f"{'softmax' if args.softmax else 'CRF'}, {args.scheme.upper()}",
+        "embeddings": args.embeddings,
+        "command": "python benchmarks/wnut17.py " + " ".join(
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
+            if v not in (None, False)),
         **environment(),
     }
     atomic_write_text(args.results, json.dumps(summary, indent=2) + "\n")
