@@ -386,8 +386,14 @@ class LayerNormLSTMCell(Cell):
         x (T, B, I) time-major; mask (T, B, 1) bool or None. Returns outputs (T, B, H) and the final state.
         The input half of the gates is computed for all steps at once, both biases folded into its shift.
         """
-        from rnnkit.sequences import LayerNormLSTMSequence
+        from rnnkit.sequences import LayerNormLSTMSequence, NativeLayerNormLSTMSequence
 
+        if self.sequence_native(x):  # the input product's layer norm happens inside the kernel's steps
+            out, h, c = NativeLayerNormLSTMSequence.apply(
+                F.linear(x, params["weight_ih"]), params["ln_ih_weight"], _both_biases(params), *state,
+                params["weight_hh"], params["ln_hh_weight"], params["ln_c_weight"], params["ln_c_bias"],
+                params.get("recurrent_mask"), mask)
+            return out, (h, c)
         xp = _layer_norm(F.linear(x, params["weight_ih"]), params["ln_ih_weight"], _both_biases(params))
         out, h, c = LayerNormLSTMSequence.apply(
             xp, *state, params["weight_hh"], params["ln_hh_weight"], params["ln_c_weight"], params["ln_c_bias"],

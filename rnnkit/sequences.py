@@ -91,11 +91,6 @@ class LayerNormLSTMSequence(torch.autograd.Function):
         T, B, G = xp.shape
         H = G // 4
         new = xp.new_empty  # buffers of xp's dtype and device
-        lib = _native_library(xp, H)
-        ctx.native = lib is not None
-        if lib is not None:
-            return _lnlstm_forward_native(ctx, lib, xp, h0, c0, weight_hh, ln_hh_weight, ln_c_weight, ln_c_bias,
-                                          recurrent_mask, mask)
 
         # Every step writes into slices of these (no copies or stacking afterwards).
         hs, cs = new(T + 1, B, H), new(T + 1, B, H)  # the state before each step, and the last
@@ -133,8 +128,6 @@ class LayerNormLSTMSequence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
         _first_order_only()
-        if ctx.native:
-            return _lnlstm_backward_native(ctx, grad_out, grad_h, grad_c)
         weight_hh, ln_hh_weight, ln_c_weight, ln_c_bias, recurrent_mask, mask = ctx.saved_tensors
         hs, cs, r_hat, r_rstd, act, c_new, tanh_c, c_stats = ctx.steps
         T, B, G = act.shape
@@ -200,82 +193,98 @@ def _native_library(xp: Tensor, H: int):
     return native.library()
 
 
-def _lnlstm_forward_native(ctx, lib, xp, h0, c0, weight_hh, ln_hh_weight, ln_c_weight, ln_c_bias,
-                           recurrent_mask, mask):
-    """LayerNormLSTMSequence.forward with each step's element-wise work in one fused C++ call
-    (native/lnlstm.cpp); the recurrent product stays with torch.mm."""
-    T, B, G = xp.shape
-    H = G // 4
-    new = xp.new_empty
-    xp = xp.contiguous()
-    hs, cs = new(T + 1, B, H), new(T + 1, B, H)
-    hs[0], cs[0] = h0, c0
-    h_in = None
-    if recurrent_mask is not None:
-        recurrent_mask = recurrent_mask.contiguous()
-        h_in = new(T + 1, B, H)
-        torch.mul(h0, recurrent_mask, out=h_in[0])
-    step_mask = None if mask is None else mask.reshape(T, B).contiguous()
-    buffers = dict(r_hat=new(T, B, G), r_rstd=new(T, B), act=new(T, B, G), c_mean=new(T, B), c_rstd=new(T, B),
-                   tanh_c=new(T, B, H), c_new=cs[1:] if mask is None else new(T, B, H),
-                   out=hs[1:] if mask is None else new(T, B, H))
-    product = new(B, G)
-    weights = (ln_hh_weight.contiguous(), ln_c_weight.contiguous(), ln_c_bias.contiguous())
-    keep: list[Tensor] = []
-    gemm = native.gemm_slots(weight_hh, B, keep)
-    slots = native.Slots(native.LNLSTM_SLOTS, T=T, B=B, H=H, xp=xp, prod=product, gain_hh=weights[0], gain_c=weights[1],
-                   bias_c=weights[2], mask=step_mask, rmask=recurrent_mask, hs=hs, cs=cs, h_in=h_in, **buffers,
-                   **(gemm or {}))
-    f64 = xp.dtype == torch.float64
-    if gemm is not None:  # the whole loop in C++, the products through PyTorch's BLAS
-        (lib.rnnkit_lnlstm_forward_sequence_f64 if f64 else lib.rnnkit_lnlstm_forward_sequence_f32)(slots, LN_EPS)
-    else:
-        step = lib.rnnkit_lnlstm_forward_f64 if f64 else lib.rnnkit_lnlstm_forward_f32
-        weight_t = weight_hh.t()
-        inputs = (hs if h_in is None else h_in).unbind(0)
-        for t in range(T):
-            torch.mm(inputs[t], weight_t, out=product)
-            step(slots, t, LN_EPS)
-    ctx.gemm = (gemm, keep)
-    ctx.steps = (hs, cs, h_in, buffers, weights, step_mask)
-    ctx.save_for_backward(weight_hh, recurrent_mask)
-    return buffers["out"].clone(), hs[T].clone(), cs[T].clone()
+class NativeLayerNormLSTMSequence(torch.autograd.Function):
+    """LayerNormLSTMCell over a sequence in rnnkit's native kernels (native/lnlstm.cpp): the time loop in
+    C++, each step's recurrent product through PyTorch's BLAS (or torch.mm from a Python loop where there is
+    none), and all of a step's element-wise work in one pass over each row, the input product's layer norm
+    included; the gains' and shifts' gradients are summed in the kernel.
 
+    forward(u (T, B, 4H) = W_ih x, ln_ih_weight (4H), shift_ih (4H) = b_ih + b_hh or None, h0 (B, H),
+            c0 (B, H), weight_hh (4H, H), ln_hh_weight (4H), ln_c_weight (H), ln_c_bias (H),
+            recurrent_mask (B, H) or None, mask (T, B, 1) or None) -> outputs (T, B, H), h_T, c_T
+    """
 
-def _lnlstm_backward_native(ctx, grad_out, grad_h, grad_c):
-    """LayerNormLSTMSequence.backward with each step's element-wise work in one fused C++ call."""
-    lib = native.library()
-    weight_hh, recurrent_mask = ctx.saved_tensors
-    hs, cs, h_in, buffers, weights, step_mask = ctx.steps
-    act = buffers["act"]
-    T, B, G = act.shape
-    H = G // 4
-    new = act.new_empty
-    dh_mm = _zeros_if_none(grad_h, hs[0]).clone()  # the gradient of h_T enters where the product's would
-    dc = _zeros_if_none(grad_c, cs[0]).clone()
-    keep_h = None if step_mask is None else act.new_zeros(B, H)
-    d_gates, d_r = new(T, B, G), new(T, B, G)
-    d_gains = act.new_zeros(G + 2 * H, dtype=torch.float64)  # g_hh, g_c, b_c: summed over steps in the kernel
-    slots = native.Slots(native.LNLSTM_SLOTS, T=T, B=B, H=H, gain_hh=weights[0], gain_c=weights[1], mask=step_mask,
-                   rmask=recurrent_mask, cs=cs, grad_out=None if grad_out is None else grad_out.contiguous(),
-                   dh_mm=dh_mm, keep_h=keep_h, dc=dc, d_gates=d_gates, d_r=d_r, d_gain_hh=d_gains[:G],
-                   d_gain_c=d_gains[G:G + H], d_bias_c=d_gains[G + H:], **buffers, **(ctx.gemm[0] or {}))
-    f64 = act.dtype == torch.float64
-    if ctx.gemm[0] is not None:
-        (lib.rnnkit_lnlstm_backward_sequence_f64 if f64 else lib.rnnkit_lnlstm_backward_sequence_f32)(slots)
-    else:
-        step = lib.rnnkit_lnlstm_backward_f64 if f64 else lib.rnnkit_lnlstm_backward_f32
-        drs = d_r.unbind(0)
-        for t in range(T - 1, -1, -1):
-            step(slots, t, int(t == T - 1))
-            torch.mm(drs[t], weight_hh, out=dh_mm)
-    dh = dh_mm if recurrent_mask is None else dh_mm * recurrent_mask
-    if keep_h is not None:
-        dh = dh + keep_h
-    inputs = hs[:T] if h_in is None else h_in[:T]
-    d_weight_hh = d_r.view(T * B, G).t().mm(inputs.reshape(T * B, H))
-    d_ln_hh, d_ln_c_weight, d_ln_c_bias = d_gains.to(act.dtype).split([G, H, H])
-    return d_gates, dh, dc, d_weight_hh, d_ln_hh, d_ln_c_weight, d_ln_c_bias, None, None
+    @staticmethod
+    def forward(ctx, u, ln_ih_weight, shift_ih, h0, c0, weight_hh, ln_hh_weight, ln_c_weight, ln_c_bias,
+                recurrent_mask, mask):
+        lib = native.library()
+        T, B, G = u.shape
+        H = G // 4
+        new = u.new_empty
+        u = u.contiguous()
+        hs, cs = new(T + 1, B, H), new(T + 1, B, H)
+        hs[0], cs[0] = h0, c0
+        h_in = None
+        if recurrent_mask is not None:
+            recurrent_mask = recurrent_mask.contiguous()
+            h_in = new(T + 1, B, H)
+            torch.mul(h0, recurrent_mask, out=h_in[0])
+        step_mask = None if mask is None else mask.reshape(T, B).contiguous()
+        buffers = dict(r_hat=new(T, B, G), r_rstd=new(T, B), act=new(T, B, G), c_mean=new(T, B), c_rstd=new(T, B),
+                       tanh_c=new(T, B, H), c_new=cs[1:] if mask is None else new(T, B, H),
+                       out=hs[1:] if mask is None else new(T, B, H), u_mean=new(T, B), u_rstd=new(T, B))
+        product = new(B, G)
+        weights = dict(gain_hh=ln_hh_weight.contiguous(), gain_c=ln_c_weight.contiguous(),
+                       bias_c=ln_c_bias.contiguous(), gain_ih=ln_ih_weight.contiguous(),
+                       shift_ih=None if shift_ih is None else shift_ih.contiguous())
+        keep: list[Tensor] = []
+        gemm = native.gemm_slots(weight_hh, B, keep)
+        slots = native.Slots(native.LNLSTM_SLOTS, T=T, B=B, H=H, xp=u, prod=product, mask=step_mask,
+                             rmask=recurrent_mask, hs=hs, cs=cs, h_in=h_in, **buffers, **weights, **(gemm or {}))
+        f64 = u.dtype == torch.float64
+        if gemm is not None:  # the whole loop in C++, the products through PyTorch's BLAS
+            (lib.rnnkit_lnlstm_forward_sequence_f64 if f64 else lib.rnnkit_lnlstm_forward_sequence_f32)(slots,
+                                                                                                        LN_EPS)
+        else:
+            step = lib.rnnkit_lnlstm_forward_f64 if f64 else lib.rnnkit_lnlstm_forward_f32
+            weight_t = weight_hh.t()
+            inputs = (hs if h_in is None else h_in).unbind(0)
+            for t in range(T):
+                torch.mm(inputs[t], weight_t, out=product)
+                step(slots, t, LN_EPS)
+        ctx.gemm = (gemm, keep)
+        ctx.steps = (u, hs, cs, h_in, buffers, weights, step_mask)
+        ctx.save_for_backward(weight_hh, recurrent_mask)
+        return buffers["out"].clone(), hs[T].clone(), cs[T].clone()
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_h, grad_c):
+        _first_order_only()
+        lib = native.library()
+        weight_hh, recurrent_mask = ctx.saved_tensors
+        u, hs, cs, h_in, buffers, weights, step_mask = ctx.steps
+        T, B, G = u.shape
+        H = G // 4
+        new = u.new_empty
+        dh_mm = _zeros_if_none(grad_h, hs[0]).clone()  # the gradient of h_T enters where the product's would
+        dc = _zeros_if_none(grad_c, cs[0]).clone()
+        keep_h = None if step_mask is None else u.new_zeros(B, H)
+        d_u, d_r = new(T, B, G), new(T, B, G)
+        # g_hh, g_c, b_c, g_ih, shift_ih: summed over the steps in the kernel, in float64
+        d_gains = u.new_zeros(3 * G + 2 * H, dtype=torch.float64)
+        d_ln_hh, d_ln_c_weight, d_ln_c_bias, d_ln_ih, d_shift = d_gains.split([G, H, H, G, G])
+        has_shift = weights["shift_ih"] is not None
+        slots = native.Slots(native.LNLSTM_SLOTS, T=T, B=B, H=H, xp=u, mask=step_mask, rmask=recurrent_mask, cs=cs,
+                             grad_out=None if grad_out is None else grad_out.contiguous(), dh_mm=dh_mm, keep_h=keep_h,
+                             dc=dc, d_gates=d_u, d_r=d_r, d_gain_hh=d_ln_hh, d_gain_c=d_ln_c_weight,
+                             d_bias_c=d_ln_c_bias, d_gain_ih=d_ln_ih, d_shift_ih=d_shift if has_shift else None,
+                             **buffers, **weights, **(ctx.gemm[0] or {}))
+        f64 = u.dtype == torch.float64
+        if ctx.gemm[0] is not None:
+            (lib.rnnkit_lnlstm_backward_sequence_f64 if f64 else lib.rnnkit_lnlstm_backward_sequence_f32)(slots)
+        else:
+            step = lib.rnnkit_lnlstm_backward_f64 if f64 else lib.rnnkit_lnlstm_backward_f32
+            drs = d_r.unbind(0)
+            for t in range(T - 1, -1, -1):
+                step(slots, t, int(t == T - 1))
+                torch.mm(drs[t], weight_hh, out=dh_mm)
+        dh = dh_mm if recurrent_mask is None else dh_mm * recurrent_mask
+        if keep_h is not None:
+            dh = dh + keep_h
+        inputs = hs[:T] if h_in is None else h_in[:T]
+        d_weight_hh = d_r.view(T * B, G).t().mm(inputs.reshape(T * B, H))
+        grads = [g.to(u.dtype) for g in (d_ln_ih, d_shift, d_ln_hh, d_ln_c_weight, d_ln_c_bias)]
+        return (d_u, grads[0], grads[1] if has_shift else None, dh, dc, d_weight_hh, *grads[2:], None, None)
 
 
 class CellSequence(torch.autograd.Function):

@@ -147,7 +147,8 @@ def status() -> str:
 GEMM_SLOTS = ("gemm_kind", "gemm_fn", "weight_hh", "packed_wt", "packed_w")
 LNLSTM_SLOTS = ("T", "B", "H", "xp", "prod", "gain_hh", "gain_c", "bias_c", "mask", "rmask", "hs", "cs", "h_in",
                 "r_hat", "r_rstd", "act", "c_new", "c_mean", "c_rstd", "tanh_c", "out", "grad_out", "dh_mm", "keep_h",
-                "dc", "d_gates", "d_r", "d_gain_hh", "d_gain_c", "d_bias_c", *GEMM_SLOTS)
+                "dc", "d_gates", "d_r", "d_gain_hh", "d_gain_c", "d_bias_c", "gain_ih", "shift_ih", "u_mean", "u_rstd",
+                "d_gain_ih", "d_shift_ih", *GEMM_SLOTS)
 CELL_SLOTS = ("T", "B", "H", "cell", "xp", "prod", "bias_hn", "mask", "rmask", "hs", "cs", "h_in", "act", "aux",
               "c_new", "out", "grad_out", "dh_mm", "keep_h", "dc", "d_xp", "d_prod", "d_bias_hn", *GEMM_SLOTS)
 CELL_KINDS = {"rnn": 0, "rnn-relu": 1, "lstm": 2, "gru": 3}

@@ -28,7 +28,7 @@ namespace {
 // Positions in the int64 slot array the Python side fills once per call (pointers as integers).
 enum Slot : int {
   kT, kB, kH,
-  kXp,       // (T, B, 4H)  input half of the gates, LN(W_ih x) + biases
+  kXp,       // (T, B, 4H)  input half of the gates, LN(W_ih x) + biases (or W_ih x: see GainIH)
   kProd,     // (B, 4H)     this step's recurrent product, written by torch.mm before each forward step
   kGainHH,   // (4H)        gain of the recurrent product's layer norm
   kGainC,    // (H)         gain of the cell's layer norm
@@ -50,11 +50,18 @@ enum Slot : int {
   kDhMM,     // (B, H)      gradient reaching h from the later step's product (before rmask), or grad of h_T
   kKeepH,    // (B, H), or 0 without a mask: gradient passed straight through rows past their end
   kDc,       // (B, H)      gradient of c, updated in place from c_{t+1} to c_t
-  kDGates,   // (T, B, 4H)  gradient of the pre-activations z (= gradient of xp)
+  kDGates,   // (T, B, 4H)  gradient of Xp: of the pre-activations z, or of u with GainIH
   kDR,       // (T, B, 4H)  gradient of the recurrent product r
   kDGainHH,  // (4H) float64, gradient of g_hh, accumulated over the steps and rows
   kDGainC,   // (H) float64, gradient of g_c, accumulated
   kDBiasC,   // (H) float64, gradient of b_c, accumulated
+  kGainIH,   // (4H) or 0: with it, Xp holds the raw input product u = W_ih x, and the kernel applies its
+             // layer norm itself: LN(u; g_ih) + shift_ih (otherwise Xp is that already)
+  kShiftIH,  // (4H) or 0: b_ih + b_hh, the input layer norm's shift
+  kUMean,    // (T, B)      mean of each row of u (with GainIH)
+  kURstd,    // (T, B)      1/std of each row of u
+  kDGainIH,  // (4H) float64, gradient of g_ih, accumulated (with GainIH)
+  kDShiftIH, // (4H) float64, gradient of shift_ih, accumulated, or 0
   kGemmKind,  // rnnkit::GemmKind: how the sequence functions below multiply (0: they are not used)
   kGemmFn,    // the GEMM function (gemm.h)
   kWeightHH,  // (G, H) W_hh, row-major
@@ -100,12 +107,18 @@ inline void moments(const S* x, int64_t n, S eps, S& mean, S& rstd) {
 }
 
 // Backward of y = x_hat * gain (+ shift) for one row: dx = rstd * (dy' - mean(dy') - x_hat * mean(dy' x_hat)),
-// dy' = dy * gain. Writes dx (may not alias dy).
+// dy' = dy * gain, x_hat(k) given as a function. Writes dx, which may be dy itself (each dx[k] is written
+// after the sums, from dy[k] alone).
+template <typename S, typename XHat>
+inline void layer_norm_backward_of(const S* dy, const S* gain, XHat x_hat, S rstd, int64_t n, S* dx) {
+  S s1 = reduce<S>(n, [dy, gain](int64_t k) { return dy[k] * gain[k]; }) / S(n);
+  S s2 = reduce<S>(n, [dy, gain, x_hat](int64_t k) { return dy[k] * gain[k] * x_hat(k); }) / S(n);
+  for (int64_t k = 0; k < n; ++k) dx[k] = rstd * (dy[k] * gain[k] - s1 - x_hat(k) * s2);
+}
+
 template <typename S>
 inline void layer_norm_backward(const S* dy, const S* gain, const S* x_hat, S rstd, int64_t n, S* dx) {
-  S s1 = reduce<S>(n, [dy, gain](int64_t k) { return dy[k] * gain[k]; }) / S(n);
-  S s2 = reduce<S>(n, [dy, gain, x_hat](int64_t k) { return dy[k] * gain[k] * x_hat[k]; }) / S(n);
-  for (int64_t k = 0; k < n; ++k) dx[k] = rstd * (dy[k] * gain[k] - s1 - x_hat[k] * s2);
+  layer_norm_backward_of(dy, gain, [x_hat](int64_t k) { return x_hat[k]; }, rstd, n, dx);
 }
 
 template <typename S>
@@ -115,6 +128,8 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
   const S* g_hh = at<S>(p, kGainHH);
   const S* g_c = at<S>(p, kGainC);
   const S* b_c = at<S>(p, kBiasC);
+  const S* g_ih = p[kGainIH] ? at<S>(p, kGainIH) : nullptr;
+  const S* shift_ih = p[kShiftIH] ? at<S>(p, kShiftIH) : nullptr;
   const bool* mask = p[kMask] ? at<bool>(p, kMask) + t * B : nullptr;
   const S* rmask = p[kRMask] ? at<S>(p, kRMask) : nullptr;
   const S* hs = at<S>(p, kHs) + t * B * H;
@@ -136,10 +151,22 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
     S mean, rstd;
     moments(r, G, eps, mean, rstd);
     at<S>(p, kRRstd)[t * B + b] = rstd;
-    for (int64_t k = 0; k < G; ++k) {
-      S n = (r[k] - mean) * rstd;
-      r_hat[k] = n;
-      act[k] = xp[k] + g_hh[k] * n;  // z, turned into activations below
+    if (g_ih) {  // the input product's layer norm, here rather than in a pass of its own
+      S u_mean, u_rstd;
+      moments(xp, G, eps, u_mean, u_rstd);
+      at<S>(p, kUMean)[t * B + b] = u_mean;
+      at<S>(p, kURstd)[t * B + b] = u_rstd;
+      for (int64_t k = 0; k < G; ++k) {
+        S n = (r[k] - mean) * rstd;
+        r_hat[k] = n;
+        act[k] = (xp[k] - u_mean) * u_rstd * g_ih[k] + (shift_ih ? shift_ih[k] : S(0)) + g_hh[k] * n;
+      }
+    } else {
+      for (int64_t k = 0; k < G; ++k) {
+        S n = (r[k] - mean) * rstd;
+        r_hat[k] = n;
+        act[k] = xp[k] + g_hh[k] * n;  // z, turned into activations below
+      }
     }
     for (int64_t k = 0; k < 2 * H; ++k) act[k] = sigmoid(act[k]);
     for (int64_t k = 2 * H; k < 3 * H; ++k) act[k] = std::tanh(act[k]);
@@ -192,6 +219,9 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
   double* d_gain_hh = at<double>(p, kDGainHH);
   double* d_gain_c = at<double>(p, kDGainC);
   double* d_bias_c = at<double>(p, kDBiasC);
+  const S* g_ih = p[kGainIH] ? at<S>(p, kGainIH) : nullptr;
+  double* d_gain_ih = p[kDGainIH] ? at<double>(p, kDGainIH) : nullptr;
+  double* d_shift_ih = p[kDShiftIH] ? at<double>(p, kDShiftIH) : nullptr;
   S x_hat_buf[4096];  // the row's normalised c' (H <= 4096 is checked on the Python side)
   S d_lnc[4096];      // the row's gradient of LN(c')
   for (int64_t b = 0; b < B; ++b) {
@@ -241,6 +271,15 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
     const S* r_hat = at<S>(p, kRHat) + row * G;
     layer_norm_backward(d_gates, g_hh, r_hat, at<S>(p, kRRstd)[row], G, d_r);
     for (int64_t k = 0; k < G; ++k) d_gain_hh[k] += double(d_gates[k] * r_hat[k]);
+    if (g_ih) {  // through the input product's layer norm: DGates becomes the gradient of u, in place
+      const S* u = at<S>(p, kXp) + row * G;
+      const S u_mean = at<S>(p, kUMean)[row], u_rstd = at<S>(p, kURstd)[row];
+      auto u_hat = [u, u_mean, u_rstd](int64_t k) { return (u[k] - u_mean) * u_rstd; };
+      for (int64_t k = 0; k < G; ++k) d_gain_ih[k] += double(d_gates[k] * u_hat(k));
+      if (d_shift_ih)
+        for (int64_t k = 0; k < G; ++k) d_shift_ih[k] += double(d_gates[k]);
+      layer_norm_backward_of(d_gates, g_ih, u_hat, u_rstd, G, d_gates);
+    }
     for (int64_t k = 0; k < H; ++k) {
       d_gain_c[k] += double(d_lnc[k] * x_hat_buf[k]);
       d_bias_c[k] += double(d_lnc[k]);
