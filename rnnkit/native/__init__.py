@@ -33,6 +33,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name) for name in ("lnlstm.cpp", "cells.cpp")]
+HEADERS = [Path(__file__).with_name(name) for name in ("gemm.h", "parallel.h")]
 # -ffast-math lets the compiler vectorise exp and tanh through glibc's vector math library (libmvec); the
 # kernels neither test for nor produce NaN or infinity themselves.
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-shared", "-fPIC", "-std=c++17"]
@@ -66,7 +67,7 @@ def cache_dir() -> Path:
 
 def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(b"\0".join([*(path.read_bytes() for path in SOURCES), " ".join(FLAGS).encode(),
+    key = hashlib.sha256(b"\0".join([*(path.read_bytes() for path in SOURCES + HEADERS), " ".join(FLAGS).encode(),
                                      version.encode(), _cpu_signature().encode()])).hexdigest()[:16]
     target = cache_dir() / "native" / f"kernels-{key}.so"
     if target.exists():
@@ -75,8 +76,11 @@ def _build(compiler: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True,
-                              timeout=300)
+        for extra in (["-fopenmp"], []):  # without OpenMP (some compilers lack it), on one thread
+            done = subprocess.run([compiler, *FLAGS, *extra, *map(str, SOURCES), "-o", tmp], capture_output=True,
+                                  text=True, timeout=300)
+            if done.returncode == 0:
+                break
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed on rnnkit's native kernels: {done.stderr.strip()[-2000:]}")
         os.replace(tmp, target)

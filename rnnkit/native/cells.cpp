@@ -15,7 +15,10 @@
 #include <cmath>
 #include <cstdint>
 
+#include <vector>
+
 #include "gemm.h"
+#include "parallel.h"
 
 namespace {
 
@@ -70,6 +73,8 @@ void forward_step(const int64_t* p, int64_t t) {
   const bool* mask = p[kMask] ? at<bool>(p, kMask) + t * B : nullptr;
   const S* rmask = p[kRMask] ? at<S>(p, kRMask) : nullptr;
   const S* b_hn = p[kBiasHN] ? at<S>(p, kBiasHN) : nullptr;
+  const int threads = rnnkit::threads_for(B, G);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
     const int64_t row = t * B + b;
     const S* xp = at<S>(p, kXp) + row * G;
@@ -148,8 +153,14 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
   const S* grad_out = p[kGradOut] ? at<S>(p, kGradOut) + t * B * H : nullptr;
   const S* dh_mm = at<S>(p, kDhMM);
   S* keep_h = at<S>(p, kKeepH);
-  double* d_b_hn = p[kDBiasHN] ? at<double>(p, kDBiasHN) : nullptr;
+  double* total_b_hn = p[kDBiasHN] ? at<double>(p, kDBiasHN) : nullptr;
+  // b_hn's gradient is a sum over rows: per thread in a part of its own, added in thread order after
+  // the loop (the same result for the same thread count).
+  const int threads = rnnkit::threads_for(B, G);
+  std::vector<double> parts(threads > 1 && total_b_hn ? threads * H : 0, 0.0);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
+    double* d_b_hn = threads > 1 && total_b_hn ? parts.data() + omp_get_thread_num() * H : total_b_hn;
     const int64_t row = t * B + b;
     S* d_xp = at<S>(p, kDXp) + row * G;
     S* d_prod = at<S>(p, kDProd) + row * G;
@@ -211,6 +222,9 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
       }
     }
   }
+  if (!parts.empty())
+    for (int th = 0; th < threads; ++th)
+      for (int64_t k = 0; k < H; ++k) total_b_hn[k] += parts[th * H + k];
 }
 
 inline int64_t gates(const int64_t* p) {
@@ -311,27 +325,42 @@ void cell_steps(const int64_t* p) {
 // The linear recurrence of minGRU and minLSTM (scan.linear_recurrence), h_t = a_t h_{t-1} + b_t over
 // T steps of N values each, time-major and contiguous; and the backward's own recurrence over the
 // gradient reaching each state, g_t = dL/dh_t + a_{t+1} g_{t+1}.
+// The N columns are independent: threads take blocks of them, each for all T steps.
+constexpr int64_t kColumnBlock = 256;
+
 template <typename S>
 void linear_forward(const S* a, const S* b, const S* h0, S* out, int64_t T, int64_t N) {
-  const S* h = h0;
-  for (int64_t t = 0; t < T; ++t) {
-    const S* a_t = a + t * N;
-    const S* b_t = b + t * N;
-    S* o = out + t * N;
-    for (int64_t k = 0; k < N; ++k) o[k] = a_t[k] * h[k] + b_t[k];
-    h = o;
+  const int64_t blocks = (N + kColumnBlock - 1) / kColumnBlock;
+  const int threads = rnnkit::threads_for(blocks, T * kColumnBlock);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t block = 0; block < blocks; ++block) {
+    const int64_t lo = block * kColumnBlock, hi = std::min(N, lo + kColumnBlock);
+    const S* h = h0;
+    for (int64_t t = 0; t < T; ++t) {
+      const S* a_t = a + t * N;
+      const S* b_t = b + t * N;
+      S* o = out + t * N;
+      for (int64_t k = lo; k < hi; ++k) o[k] = a_t[k] * h[k] + b_t[k];
+      h = o;
+    }
   }
 }
 
 template <typename S>
 void linear_backward(const S* grad_out, const S* a, S* g, int64_t T, int64_t N) {
-  for (int64_t k = 0; k < N; ++k) g[(T - 1) * N + k] = grad_out[(T - 1) * N + k];
-  for (int64_t t = T - 2; t >= 0; --t) {
-    const S* next_a = a + (t + 1) * N;
-    const S* next_g = g + (t + 1) * N;
-    const S* go = grad_out + t * N;
-    S* g_t = g + t * N;
-    for (int64_t k = 0; k < N; ++k) g_t[k] = go[k] + next_a[k] * next_g[k];
+  const int64_t blocks = (N + kColumnBlock - 1) / kColumnBlock;
+  const int threads = rnnkit::threads_for(blocks, T * kColumnBlock);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t block = 0; block < blocks; ++block) {
+    const int64_t lo = block * kColumnBlock, hi = std::min(N, lo + kColumnBlock);
+    for (int64_t k = lo; k < hi; ++k) g[(T - 1) * N + k] = grad_out[(T - 1) * N + k];
+    for (int64_t t = T - 2; t >= 0; --t) {
+      const S* next_a = a + (t + 1) * N;
+      const S* next_g = g + (t + 1) * N;
+      const S* go = grad_out + t * N;
+      S* g_t = g + t * N;
+      for (int64_t k = lo; k < hi; ++k) g_t[k] = go[k] + next_a[k] * next_g[k];
+    }
   }
 }
 

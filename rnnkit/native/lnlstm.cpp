@@ -21,7 +21,10 @@
 #include <cmath>
 #include <cstdint>
 
+#include <vector>
+
 #include "gemm.h"
+#include "parallel.h"
 
 namespace {
 
@@ -137,6 +140,8 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
   S* h_next = at<S>(p, kHs) + (t + 1) * B * H;
   S* c_next = at<S>(p, kCs) + (t + 1) * B * H;
   S* h_in = p[kHIn] ? at<S>(p, kHIn) + (t + 1) * B * H : nullptr;
+  const int threads = rnnkit::threads_for(B, G);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
     const S* r = prod + b * G;
     const S* xp = at<S>(p, kXp) + (t * B + b) * G;
@@ -216,15 +221,26 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
   S* keep_h = p[kKeepH] ? at<S>(p, kKeepH) : nullptr;
   S* dc_all = at<S>(p, kDc);
   const S* cs = at<S>(p, kCs) + t * B * H;
-  double* d_gain_hh = at<double>(p, kDGainHH);
-  double* d_gain_c = at<double>(p, kDGainC);
-  double* d_bias_c = at<double>(p, kDBiasC);
   const S* g_ih = p[kGainIH] ? at<S>(p, kGainIH) : nullptr;
-  double* d_gain_ih = p[kDGainIH] ? at<double>(p, kDGainIH) : nullptr;
-  double* d_shift_ih = p[kDShiftIH] ? at<double>(p, kDShiftIH) : nullptr;
-  S x_hat_buf[4096];  // the row's normalised c' (H <= 4096 is checked on the Python side)
-  S d_lnc[4096];      // the row's gradient of LN(c')
+  // The gains' and shifts' gradients are sums over rows: with several threads, each sums its rows into a
+  // part of its own, and the parts are added in thread order after the loop (the same result for the same
+  // thread count, run after run).
+  double* totals[5] = {at<double>(p, kDGainHH), at<double>(p, kDGainC), at<double>(p, kDBiasC),
+                       p[kDGainIH] ? at<double>(p, kDGainIH) : nullptr,
+                       p[kDShiftIH] ? at<double>(p, kDShiftIH) : nullptr};
+  const int64_t sizes[5] = {G, H, H, G, G}, width = 3 * G + 2 * H;
+  const int threads = rnnkit::threads_for(B, G);
+  std::vector<double> parts(threads > 1 ? threads * width : 0, 0.0);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
+    double* acc[5];
+    for (int j = 0, offset = 0; j < 5; offset += int(sizes[j]), ++j) {
+      double* own = parts.data() + omp_get_thread_num() * width + offset;
+      acc[j] = threads > 1 && totals[j] ? own : totals[j];
+    }
+    double *d_gain_hh = acc[0], *d_gain_c = acc[1], *d_bias_c = acc[2], *d_gain_ih = acc[3], *d_shift_ih = acc[4];
+    S x_hat_buf[4096];  // the row's normalised c' (H <= 4096 is checked on the Python side)
+    S d_lnc[4096];      // the row's gradient of LN(c')
     const int64_t row = t * B + b;
     S* d_gates = at<S>(p, kDGates) + row * G;
     S* d_r = at<S>(p, kDR) + row * G;
@@ -285,6 +301,10 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
       d_bias_c[k] += double(d_lnc[k]);
     }
   }
+  for (int th = 0; th < (threads > 1 ? threads : 0); ++th)
+    for (int j = 0, offset = 0; j < 5; offset += int(sizes[j]), ++j)
+      if (totals[j])
+        for (int64_t k = 0; k < sizes[j]; ++k) totals[j][k] += parts[th * width + offset + k];
 }
 
 // The whole sequence, the recurrent products included (gemm.h): no return to Python between steps.
