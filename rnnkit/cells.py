@@ -146,7 +146,19 @@ def _init_forget_bias(cell: Cell) -> None:
             cell.bias_hh[H : 2 * H].zero_()
 
 
-class RNNCell(Cell):
+class _PlainCell(Cell):
+    """The cells torch.nn has: their whole-sequence function exists only in rnnkit's native kernels (where
+    those cannot run, a layer uses PyTorch's fused kernel or the step loop)."""
+
+    def sequence_possible(self, x: Tensor) -> bool:
+        from rnnkit.sequences import native_cell_sequence_possible
+
+        return native_cell_sequence_possible(x)
+
+    sequence_native = sequence_possible
+
+
+class RNNCell(_PlainCell):
     """Elman cell: h_t = f(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), f = tanh or relu.
 
     Same parameters as `torch.nn.RNNCell`; `forward(input, hx) -> h'` as there.
@@ -174,23 +186,11 @@ class RNNCell(Cell):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", nonlinearity={self.nonlinearity!r}"
 
-    def sequence_possible(self, x: Tensor) -> bool:
-        return _native_possible(x)
-
-    def sequence_native(self, x: Tensor) -> bool:
-        return _native_possible(x)
-
     def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
                  ) -> tuple[Tensor, State]:
         """The cell over a whole time-major sequence in rnnkit's native kernels (sequences.CellSequence)."""
         kind = "rnn" if self.nonlinearity == "tanh" else "rnn-relu"
         return _native_sequence(kind, F.linear(x, params["weight_ih"], _both_biases(params)), state, params, mask)
-
-
-def _native_possible(x: Tensor) -> bool:
-    from rnnkit.sequences import native_cell_sequence_possible
-
-    return native_cell_sequence_possible(x)
 
 
 def _native_sequence(kind: str, xp: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None,
@@ -203,7 +203,7 @@ def _native_sequence(kind: str, xp: Tensor, state: State, params: Mapping[str, T
     return out, tuple(final)
 
 
-class LSTMCell(Cell):
+class LSTMCell(_PlainCell):
     """Long short-term memory cell, torch's gate order (input, forget, cell, output):
 
         i = sigmoid(W_ii x + b_ii + W_hi h + b_hi)
@@ -246,19 +246,13 @@ class LSTMCell(Cell):
         state = self.zero_state(input.shape[0], input) if hx is None else tuple(hx)
         return self.recurrence(self.project(input, params), state, params)
 
-    def sequence_possible(self, x: Tensor) -> bool:
-        return _native_possible(x)
-
-    def sequence_native(self, x: Tensor) -> bool:
-        return _native_possible(x)
-
     def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
                  ) -> tuple[Tensor, State]:
         """The cell over a whole time-major sequence in rnnkit's native kernels (sequences.CellSequence)."""
         return _native_sequence("lstm", F.linear(x, params["weight_ih"], _both_biases(params)), state, params, mask)
 
 
-class GRUCell(Cell):
+class GRUCell(_PlainCell):
     """Gated recurrent unit, torch's formulation (reset gate applied after the recurrent product):
 
         r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
@@ -286,12 +280,6 @@ class GRUCell(Cell):
         params = self.own_params()
         state = self.zero_state(input.shape[0], input) if hx is None else (hx,)
         return self.recurrence(self.project(input, params), state, params)[0]
-
-    def sequence_possible(self, x: Tensor) -> bool:
-        return _native_possible(x)
-
-    def sequence_native(self, x: Tensor) -> bool:
-        return _native_possible(x)
 
     def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
                  ) -> tuple[Tensor, State]:

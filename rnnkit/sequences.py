@@ -193,6 +193,58 @@ def _native_library(xp: Tensor, H: int):
     return native.library()
 
 
+def _states(h0: Tensor, c0: Tensor | None, T: int, recurrent_mask: Tensor | None):
+    """The (T+1, B, H) buffers the native kernels keep the state in, the first row set: h, c (or None), and
+    h * recurrent_mask (the products' input, or None without a mask)."""
+    B, H = h0.shape
+    hs = h0.new_empty(T + 1, B, H)
+    hs[0] = h0
+    cs = None
+    if c0 is not None:
+        cs = h0.new_empty(T + 1, B, H)
+        cs[0] = c0
+    h_in = None
+    if recurrent_mask is not None:
+        h_in = h0.new_empty(T + 1, B, H)
+        torch.mul(h0, recurrent_mask, out=h_in[0])
+    return hs, cs, h_in
+
+
+def _run_forward(kind: str, slots, gemm, dtype, weight_hh: Tensor, inputs: Tensor, product: Tensor, *args):
+    """The kernels' forward over all T steps: in one C++ call where PyTorch's BLAS is at hand (`gemm`),
+    else a Python loop with torch.mm for each step's product and one kernel call for the rest."""
+    lib, suffix = native.library(), "f64" if dtype == torch.float64 else "f32"
+    if gemm is not None:
+        getattr(lib, f"rnnkit_{kind}_forward_sequence_{suffix}")(slots, *args)
+        return
+    step, weight_t = getattr(lib, f"rnnkit_{kind}_forward_{suffix}"), weight_hh.t()
+    for t, x in enumerate(inputs.unbind(0)[:-1]):
+        torch.mm(x, weight_t, out=product)
+        step(slots, t, *args)
+
+
+def _run_backward(kind: str, slots, gemm, dtype, weight_hh: Tensor, d_product: Tensor, dh_mm: Tensor,
+                  recurrent_mask: Tensor | None, keep_h: Tensor | None) -> Tensor:
+    """The kernels' backward over all T steps, as `_run_forward`; returns the gradient of h_0."""
+    lib, suffix = native.library(), "f64" if dtype == torch.float64 else "f32"
+    if gemm is not None:
+        getattr(lib, f"rnnkit_{kind}_backward_sequence_{suffix}")(slots)
+    else:
+        step, T = getattr(lib, f"rnnkit_{kind}_backward_{suffix}"), d_product.shape[0]
+        for t, d in zip(range(T - 1, -1, -1), reversed(d_product.unbind(0)), strict=True):
+            step(slots, t, int(t == T - 1))
+            torch.mm(d, weight_hh, out=dh_mm)
+    dh = dh_mm if recurrent_mask is None else dh_mm * recurrent_mask
+    return dh if keep_h is None else dh + keep_h
+
+
+def _recurrent_weight_gradient(d_product: Tensor, hs: Tensor, h_in: Tensor | None) -> Tensor:
+    """dL/dW_hh for all steps in one product: d_product (T, B, G) against the products' inputs."""
+    T, B, G = d_product.shape
+    inputs = hs[:T] if h_in is None else h_in[:T]
+    return d_product.view(T * B, G).t().mm(inputs.reshape(T * B, -1))
+
+
 class NativeLayerNormLSTMSequence(torch.autograd.Function):
     """LayerNormLSTMCell over a sequence in rnnkit's native kernels (native/lnlstm.cpp): the time loop in
     C++, each step's recurrent product through PyTorch's BLAS (or torch.mm from a Python loop where there is
@@ -207,18 +259,12 @@ class NativeLayerNormLSTMSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, ln_ih_weight, shift_ih, h0, c0, weight_hh, ln_hh_weight, ln_c_weight, ln_c_bias,
                 recurrent_mask, mask):
-        lib = native.library()
         T, B, G = u.shape
         H = G // 4
         new = u.new_empty
         u = u.contiguous()
-        hs, cs = new(T + 1, B, H), new(T + 1, B, H)
-        hs[0], cs[0] = h0, c0
-        h_in = None
-        if recurrent_mask is not None:
-            recurrent_mask = recurrent_mask.contiguous()
-            h_in = new(T + 1, B, H)
-            torch.mul(h0, recurrent_mask, out=h_in[0])
+        recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
+        hs, cs, h_in = _states(h0, c0, T, recurrent_mask)
         step_mask = None if mask is None else mask.reshape(T, B).contiguous()
         buffers = dict(r_hat=new(T, B, G), r_rstd=new(T, B), act=new(T, B, G), c_mean=new(T, B), c_rstd=new(T, B),
                        tanh_c=new(T, B, H), c_new=cs[1:] if mask is None else new(T, B, H),
@@ -231,17 +277,7 @@ class NativeLayerNormLSTMSequence(torch.autograd.Function):
         gemm = native.gemm_slots(weight_hh, B, keep)
         slots = native.Slots(native.LNLSTM_SLOTS, T=T, B=B, H=H, xp=u, prod=product, mask=step_mask,
                              rmask=recurrent_mask, hs=hs, cs=cs, h_in=h_in, **buffers, **weights, **(gemm or {}))
-        f64 = u.dtype == torch.float64
-        if gemm is not None:  # the whole loop in C++, the products through PyTorch's BLAS
-            (lib.rnnkit_lnlstm_forward_sequence_f64 if f64 else lib.rnnkit_lnlstm_forward_sequence_f32)(slots,
-                                                                                                        LN_EPS)
-        else:
-            step = lib.rnnkit_lnlstm_forward_f64 if f64 else lib.rnnkit_lnlstm_forward_f32
-            weight_t = weight_hh.t()
-            inputs = (hs if h_in is None else h_in).unbind(0)
-            for t in range(T):
-                torch.mm(inputs[t], weight_t, out=product)
-                step(slots, t, LN_EPS)
+        _run_forward("lnlstm", slots, gemm, u.dtype, weight_hh, hs if h_in is None else h_in, product, LN_EPS)
         ctx.gemm = (gemm, keep)
         ctx.steps = (u, hs, cs, h_in, buffers, weights, step_mask)
         ctx.save_for_backward(weight_hh, recurrent_mask)
@@ -250,7 +286,6 @@ class NativeLayerNormLSTMSequence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
         _first_order_only()
-        lib = native.library()
         weight_hh, recurrent_mask = ctx.saved_tensors
         u, hs, cs, h_in, buffers, weights, step_mask = ctx.steps
         T, B, G = u.shape
@@ -269,20 +304,8 @@ class NativeLayerNormLSTMSequence(torch.autograd.Function):
                              dc=dc, d_gates=d_u, d_r=d_r, d_gain_hh=d_ln_hh, d_gain_c=d_ln_c_weight,
                              d_bias_c=d_ln_c_bias, d_gain_ih=d_ln_ih, d_shift_ih=d_shift if has_shift else None,
                              **buffers, **weights, **(ctx.gemm[0] or {}))
-        f64 = u.dtype == torch.float64
-        if ctx.gemm[0] is not None:
-            (lib.rnnkit_lnlstm_backward_sequence_f64 if f64 else lib.rnnkit_lnlstm_backward_sequence_f32)(slots)
-        else:
-            step = lib.rnnkit_lnlstm_backward_f64 if f64 else lib.rnnkit_lnlstm_backward_f32
-            drs = d_r.unbind(0)
-            for t in range(T - 1, -1, -1):
-                step(slots, t, int(t == T - 1))
-                torch.mm(drs[t], weight_hh, out=dh_mm)
-        dh = dh_mm if recurrent_mask is None else dh_mm * recurrent_mask
-        if keep_h is not None:
-            dh = dh + keep_h
-        inputs = hs[:T] if h_in is None else h_in[:T]
-        d_weight_hh = d_r.view(T * B, G).t().mm(inputs.reshape(T * B, H))
+        dh = _run_backward("lnlstm", slots, ctx.gemm[0], u.dtype, weight_hh, d_r, dh_mm, recurrent_mask, keep_h)
+        d_weight_hh = _recurrent_weight_gradient(d_r, hs, h_in)
         grads = [g.to(u.dtype) for g in (d_ln_ih, d_shift, d_ln_hh, d_ln_c_weight, d_ln_c_bias)]
         return (d_u, grads[0], grads[1] if has_shift else None, dh, dc, d_weight_hh, *grads[2:], None, None)
 
@@ -300,23 +323,13 @@ class CellSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kind, xp, h0, c0, weight_hh, bias_hn, recurrent_mask, mask):
-        lib = native.library()
         T, B, G = xp.shape
         H = h0.shape[1]
         new = xp.new_empty
         xp = xp.contiguous()
         lstm, gru = kind == "lstm", kind == "gru"
-        hs = new(T + 1, B, H)
-        hs[0] = h0
-        cs = None
-        if lstm:
-            cs = new(T + 1, B, H)
-            cs[0] = c0
-        h_in = None
-        if recurrent_mask is not None:
-            recurrent_mask = recurrent_mask.contiguous()
-            h_in = new(T + 1, B, H)
-            torch.mul(h0, recurrent_mask, out=h_in[0])
+        recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
+        hs, cs, h_in = _states(h0, c0 if lstm else None, T, recurrent_mask)
         step_mask = None if mask is None else mask.reshape(T, B).contiguous()
         buffers = dict(act=new(T, B, G) if lstm or gru else None, aux=new(T, B, H) if lstm or gru else None,
                        c_new=(cs[1:] if mask is None else new(T, B, H)) if lstm else None,
@@ -328,16 +341,7 @@ class CellSequence(torch.autograd.Function):
         slots = native.Slots(native.CELL_SLOTS, T=T, B=B, H=H, cell=native.CELL_KINDS[kind], xp=xp, prod=product,
                        bias_hn=bias_hn, mask=step_mask, rmask=recurrent_mask, hs=hs, cs=cs, h_in=h_in, **buffers,
                        **(gemm or {}))
-        f64 = xp.dtype == torch.float64
-        if gemm is not None:  # the whole loop in C++, the products through PyTorch's BLAS
-            (lib.rnnkit_cell_forward_sequence_f64 if f64 else lib.rnnkit_cell_forward_sequence_f32)(slots)
-        else:
-            step = lib.rnnkit_cell_forward_f64 if f64 else lib.rnnkit_cell_forward_f32
-            weight_t = weight_hh.t()
-            inputs = (hs if h_in is None else h_in).unbind(0)
-            for t in range(T):
-                torch.mm(inputs[t], weight_t, out=product)
-                step(slots, t)
+        _run_forward("cell", slots, gemm, xp.dtype, weight_hh, hs if h_in is None else h_in, product)
         ctx.gemm = (gemm, keep)
         ctx.kind = kind
         ctx.steps = (hs, cs, h_in, buffers, step_mask, bias_hn is not None)
@@ -348,7 +352,6 @@ class CellSequence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c=None):
         _first_order_only()
-        lib = native.library()
         weight_hh, recurrent_mask = ctx.saved_tensors
         hs, cs, h_in, buffers, step_mask, has_bias_hn = ctx.steps
         kind = ctx.kind
@@ -365,19 +368,8 @@ class CellSequence(torch.autograd.Function):
                        rmask=recurrent_mask, hs=hs, cs=cs, grad_out=None if grad_out is None else grad_out.contiguous(),
                        dh_mm=dh_mm, keep_h=keep_h, dc=dc, d_xp=d_xp, d_prod=d_prod, d_bias_hn=d_bias_hn,
                        **buffers, **(ctx.gemm[0] or {}))
-        f64 = hs.dtype == torch.float64
-        if ctx.gemm[0] is not None:
-            (lib.rnnkit_cell_backward_sequence_f64 if f64 else lib.rnnkit_cell_backward_sequence_f32)(slots)
-        else:
-            step = lib.rnnkit_cell_backward_f64 if f64 else lib.rnnkit_cell_backward_f32
-            dps = d_prod.unbind(0)
-            for t in range(T - 1, -1, -1):
-                step(slots, t, int(t == T - 1))
-                torch.mm(dps[t], weight_hh, out=dh_mm)
-        dh = dh_mm if recurrent_mask is None else dh_mm * recurrent_mask
-        dh = dh + keep_h
-        inputs = hs[:T] if h_in is None else h_in[:T]
-        d_weight_hh = d_prod.view(T * B, G).t().mm(inputs.reshape(T * B, H))
+        dh = _run_backward("cell", slots, ctx.gemm[0], hs.dtype, weight_hh, d_prod, dh_mm, recurrent_mask, keep_h)
+        d_weight_hh = _recurrent_weight_gradient(d_prod, hs, h_in)
         return (None, d_xp, dh, dc, d_weight_hh, None if d_bias_hn is None else d_bias_hn.to(hs.dtype), None, None)
 
 

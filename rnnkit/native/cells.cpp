@@ -46,24 +46,12 @@ enum Slot : int {
   kDXp,      // (T, B, G)  gradient of xp
   kDProd,    // (T, B, G)  gradient of the product p (the same memory as DXp except for the GRU)
   kDBiasHN,  // (H) float64, GRU: gradient of b_hn, accumulated
-  kGemmKind,  // rnnkit::GemmKind: how the sequence functions below multiply (0: they are not used)
-  kGemmFn,    // the GEMM function (gemm.h)
-  kWeightHH,  // (G, H) W_hh, row-major
-  kPackedWT,  // W_hh^T packed for the forward products, or 0
-  kPackedW,   // W_hh packed for the backward products, or 0
-  kSlots
+  kGemmKind,  // five slots for the sequence functions' products: rnnkit::gemm_at (gemm.h)
+  kSlots = kGemmKind + 5
 };
 
-rnnkit::Gemm gemm_of(const int64_t* p) {
-  return {p[kGemmKind], reinterpret_cast<void*>(p[kGemmFn]), reinterpret_cast<const void*>(p[kWeightHH]),
-          reinterpret_cast<const void*>(p[kPackedWT]), reinterpret_cast<const void*>(p[kPackedW])};
-}
-
-template <typename S>
-inline S* at(const int64_t* p, int slot) { return reinterpret_cast<S*>(p[slot]); }
-
-template <typename S>
-inline S sigmoid(S x) { return S(1) / (S(1) + std::exp(-x)); }
+using rnnkit::at;
+using rnnkit::sigmoid;
 
 template <typename S>
 void forward_step(const int64_t* p, int64_t t) {
@@ -235,7 +223,7 @@ inline int64_t gates(const int64_t* p) {
 template <typename S>
 void forward_sequence(const int64_t* p) {
   const int64_t T = p[kT], B = p[kB], H = p[kH], G = gates(p);
-  const rnnkit::Gemm g = gemm_of(p);
+  const rnnkit::Gemm g = rnnkit::gemm_at(p, kGemmKind);
   const S* inputs = at<S>(p, p[kHIn] ? kHIn : kHs);
   for (int64_t t = 0; t < T; ++t) {
     rnnkit::product_wt<S>(g, int(B), int(G), int(H), inputs + t * B * H, at<S>(p, kProd));
@@ -246,7 +234,7 @@ void forward_sequence(const int64_t* p) {
 template <typename S>
 void backward_sequence(const int64_t* p) {
   const int64_t T = p[kT], B = p[kB], H = p[kH], G = gates(p);
-  const rnnkit::Gemm g = gemm_of(p);
+  const rnnkit::Gemm g = rnnkit::gemm_at(p, kGemmKind);
   for (int64_t t = T - 1; t >= 0; --t) {
     backward_step<S>(p, t, t == T - 1);
     rnnkit::product_w<S>(g, int(B), int(G), int(H), at<S>(p, kDProd) + t * B * G, at<S>(p, kDhMM));

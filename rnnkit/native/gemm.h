@@ -11,9 +11,17 @@
 
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 namespace rnnkit {
+
+// A kernel's slot array holds pointers and sizes as int64 (filled by rnnkit.native.Slots).
+template <typename S>
+inline S* at(const int64_t* p, int slot) { return reinterpret_cast<S*>(p[slot]); }
+
+template <typename S>
+inline S sigmoid(S x) { return S(1) / (S(1) + std::exp(-x)); }
 
 enum GemmKind : int64_t { kGemmNone = 0, kGemmPacked = 1, kGemmFortran = 2 };
 
@@ -34,6 +42,13 @@ struct Gemm {
   const void* packed_wt;  // W^T packed as the right-hand matrix of x (B, K) @ W^T (packed kind)
   const void* packed_w;   // W packed as the right-hand matrix of d (B, N) @ W (packed kind)
 };
+
+// The five GEMM slots a kernel's slot array holds from `first` on: kind, function, W (N, K) row-major, W^T
+// packed for x @ W^T and W packed for d @ W (packed kind only; rnnkit.native.GEMM_SLOTS).
+inline Gemm gemm_at(const int64_t* p, int first) {
+  return {p[first], reinterpret_cast<void*>(p[first + 1]), reinterpret_cast<const void*>(p[first + 2]),
+          reinterpret_cast<const void*>(p[first + 3]), reinterpret_cast<const void*>(p[first + 4])};
+}
 
 // out (B, N) = x (B, K) @ W^T, W (N, K) row-major: a step's recurrent product.
 template <typename S>

@@ -65,24 +65,12 @@ enum Slot : int {
   kURstd,    // (T, B)      1/std of each row of u
   kDGainIH,  // (4H) float64, gradient of g_ih, accumulated (with GainIH)
   kDShiftIH, // (4H) float64, gradient of shift_ih, accumulated, or 0
-  kGemmKind,  // rnnkit::GemmKind: how the sequence functions below multiply (0: they are not used)
-  kGemmFn,    // the GEMM function (gemm.h)
-  kWeightHH,  // (G, H) W_hh, row-major
-  kPackedWT,  // W_hh^T packed for the forward products, or 0
-  kPackedW,   // W_hh packed for the backward products, or 0
-  kSlots
+  kGemmKind,  // five slots for the sequence functions' products: rnnkit::gemm_at (gemm.h)
+  kSlots = kGemmKind + 5
 };
 
-rnnkit::Gemm gemm_of(const int64_t* p) {
-  return {p[kGemmKind], reinterpret_cast<void*>(p[kGemmFn]), reinterpret_cast<const void*>(p[kWeightHH]),
-          reinterpret_cast<const void*>(p[kPackedWT]), reinterpret_cast<const void*>(p[kPackedW])};
-}
-
-template <typename S>
-inline S* at(const int64_t* p, int slot) { return reinterpret_cast<S*>(p[slot]); }
-
-template <typename S>
-inline S sigmoid(S x) { return S(1) / (S(1) + std::exp(-x)); }
+using rnnkit::at;
+using rnnkit::sigmoid;
 
 
 // The sum of f(k) for k < n, in 32 independent partial sums: one running sum would chain every addition
@@ -311,7 +299,7 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
 template <typename S>
 void forward_sequence(const int64_t* p, S eps) {
   const int64_t T = p[kT], B = p[kB], H = p[kH];
-  const rnnkit::Gemm g = gemm_of(p);
+  const rnnkit::Gemm g = rnnkit::gemm_at(p, kGemmKind);
   const S* inputs = at<S>(p, p[kHIn] ? kHIn : kHs);
   for (int64_t t = 0; t < T; ++t) {
     rnnkit::product_wt<S>(g, int(B), int(4 * H), int(H), inputs + t * B * H, at<S>(p, kProd));
@@ -322,7 +310,7 @@ void forward_sequence(const int64_t* p, S eps) {
 template <typename S>
 void backward_sequence(const int64_t* p) {
   const int64_t T = p[kT], B = p[kB], H = p[kH];
-  const rnnkit::Gemm g = gemm_of(p);
+  const rnnkit::Gemm g = rnnkit::gemm_at(p, kGemmKind);
   for (int64_t t = T - 1; t >= 0; --t) {
     backward_step<S>(p, t, t == T - 1);
     rnnkit::product_w<S>(g, int(B), int(4 * H), int(H), at<S>(p, kDR) + t * B * 4 * H, at<S>(p, kDhMM));
