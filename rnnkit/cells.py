@@ -194,12 +194,12 @@ class RNNCell(_PlainCell):
 
 
 def _native_sequence(kind: str, xp: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None,
-                     bias_hn: Tensor | None = None) -> tuple[Tensor, State]:
+                     bias_hn: Tensor | None = None, norms: tuple = (None, None, None)) -> tuple[Tensor, State]:
     from rnnkit.sequences import CellSequence
 
     c0 = state[1] if kind == "lstm" else None
     out, *final = CellSequence.apply(kind, xp, state[0], c0, params["weight_hh"], bias_hn,
-                                     params.get("recurrent_mask"), mask)
+                                     params.get("recurrent_mask"), mask, *norms)
     return out, tuple(final)
 
 
@@ -363,9 +363,9 @@ class LayerNormLSTMCell(Cell):
         return h, c
 
     def sequence_native(self, x: Tensor) -> bool:
-        from rnnkit.sequences import native_lnlstm_possible
+        from rnnkit.sequences import native_sequence_possible
 
-        return native_lnlstm_possible(x, self.hidden_size)
+        return native_sequence_possible(x, self.hidden_size)
 
     def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
                  ) -> tuple[Tensor, State]:
@@ -416,6 +416,7 @@ class LayerNormGRUCell(Cell):
     project = LayerNormLSTMCell.project
     hh = LayerNormLSTMCell.hh
     recurrence = GRUCell.recurrence
+    sequence_native = LayerNormLSTMCell.sequence_native
 
     def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
                  ) -> tuple[Tensor, State]:
@@ -423,6 +424,16 @@ class LayerNormGRUCell(Cell):
         `LayerNormLSTMCell.sequence`."""
         from rnnkit.sequences import LayerNormGRUSequence
 
+        if self.sequence_native(x):  # both layer norms inside the kernel's steps
+            H = self.hidden_size
+            b_ih, b_hh = params.get("bias_ih"), params.get("bias_hh")
+            shift = b_ih
+            if b_hh is not None:  # b_hr and b_hz join the input half; b_hn stays inside the reset gate's product
+                rz = torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
+                shift = rz if b_ih is None else b_ih + rz
+            return _native_sequence("gru", F.linear(x, params["weight_ih"]), state, params, mask,
+                                    None if b_hh is None else b_hh[2 * H:],
+                                    (params["ln_ih_weight"], shift, params["ln_hh_weight"]))
         xp = self.project(x, params)  # b_hh stays inside: the reset gate scales the recurrent candidate with it
         out, h = LayerNormGRUSequence.apply(xp, state[0], params["weight_hh"], params["ln_hh_weight"],
                                             params.get("bias_hh"), params.get("recurrent_mask"), mask)

@@ -312,17 +312,23 @@ class NativeLayerNormLSTMSequence(torch.autograd.Function):
 
 class CellSequence(torch.autograd.Function):
     """A plain cell (`rnn`, `rnn-relu`, `lstm`, `gru`; torch.nn's equations, in native/cells.cpp) over a
-    sequence: torch.mm for each step's recurrent product, one fused C++ call for its element-wise work,
-    forward and backward, and the recurrent weights' gradient for all steps in one product at the end.
-    Used where it beats PyTorch's fused kernel or where that kernel cannot go (a recurrent dropout mask).
+    sequence in rnnkit's native kernels: the time loop in C++, each step's recurrent product through
+    PyTorch's BLAS, one fused pass for its element-wise work, forward and backward, and the recurrent
+    weights' gradient for all steps in one product at the end. With the three layer-norm arguments, the
+    GRU is LayerNormGRUCell.
 
     forward(kind, xp (T, B, G) = W_ih x + b_ih + b_hh (GRU: + [b_hr, b_hz, 0]), h0 (B, H), c0 (B, H) or
             None (LSTM only), weight_hh (G, H), bias_hn (H) or None (GRU only), recurrent_mask (B, H) or
-            None, mask (T, B, 1) or None) -> outputs (T, B, H), h_T[, c_T for the LSTM]
+            None, mask (T, B, 1) or None, ln_ih_weight (G) or None, shift_ih (G) or None, ln_hh_weight (G)
+            or None) -> outputs (T, B, H), h_T[, c_T for the LSTM]
+    With `ln_ih_weight` (GRU only), xp is the bare product u = W_ih x and the input half is
+    LN(u; ln_ih_weight) + shift_ih (shift_ih = b_ih + [b_hr, b_hz, 0]); with `ln_hh_weight`, the recurrent
+    product enters as LN(W_hh h; ln_hh_weight), b_hh added after it as before.
     """
 
     @staticmethod
-    def forward(ctx, kind, xp, h0, c0, weight_hh, bias_hn, recurrent_mask, mask):
+    def forward(ctx, kind, xp, h0, c0, weight_hh, bias_hn, recurrent_mask, mask, ln_ih_weight, shift_ih,
+                ln_hh_weight):
         T, B, G = xp.shape
         H = h0.shape[1]
         new = xp.new_empty
@@ -334,17 +340,23 @@ class CellSequence(torch.autograd.Function):
         buffers = dict(act=new(T, B, G) if lstm or gru else None, aux=new(T, B, H) if lstm or gru else None,
                        c_new=(cs[1:] if mask is None else new(T, B, H)) if lstm else None,
                        out=hs[1:] if mask is None else new(T, B, H))
+        norms = {}
+        if ln_ih_weight is not None:
+            norms.update(gain_ih=ln_ih_weight.contiguous(), u_mean=new(T, B), u_rstd=new(T, B),
+                         shift_ih=None if shift_ih is None else shift_ih.contiguous())
+        if ln_hh_weight is not None:
+            norms.update(gain_hh=ln_hh_weight.contiguous(), r_hat=new(T, B, G), r_rstd=new(T, B))
         bias_hn = None if bias_hn is None else bias_hn.contiguous()
         product = new(B, G)
         keep: list[Tensor] = []
         gemm = native.gemm_slots(weight_hh, B, keep)
         slots = native.Slots(native.CELL_SLOTS, T=T, B=B, H=H, cell=native.CELL_KINDS[kind], xp=xp, prod=product,
-                       bias_hn=bias_hn, mask=step_mask, rmask=recurrent_mask, hs=hs, cs=cs, h_in=h_in, **buffers,
-                       **(gemm or {}))
-        _run_forward("cell", slots, gemm, xp.dtype, weight_hh, hs if h_in is None else h_in, product)
+                             bias_hn=bias_hn, mask=step_mask, rmask=recurrent_mask, hs=hs, cs=cs, h_in=h_in,
+                             **buffers, **norms, **(gemm or {}))
+        _run_forward("cell", slots, gemm, xp.dtype, weight_hh, hs if h_in is None else h_in, product, LN_EPS)
         ctx.gemm = (gemm, keep)
         ctx.kind = kind
-        ctx.steps = (hs, cs, h_in, buffers, step_mask, bias_hn is not None)
+        ctx.steps = (xp, hs, cs, h_in, buffers, norms, step_mask, bias_hn is not None)
         ctx.save_for_backward(weight_hh, recurrent_mask)
         out = buffers["out"].clone()
         return (out, hs[T].clone(), cs[T].clone()) if lstm else (out, hs[T].clone())
@@ -353,7 +365,7 @@ class CellSequence(torch.autograd.Function):
     def backward(ctx, grad_out, grad_h, grad_c=None):
         _first_order_only()
         weight_hh, recurrent_mask = ctx.saved_tensors
-        hs, cs, h_in, buffers, step_mask, has_bias_hn = ctx.steps
+        xp, hs, cs, h_in, buffers, norms, step_mask, has_bias_hn = ctx.steps
         kind = ctx.kind
         T1, B, H = hs.shape
         T, G = T1 - 1, weight_hh.shape[0]
@@ -363,18 +375,27 @@ class CellSequence(torch.autograd.Function):
         dc = _zeros_if_none(grad_c, hs[0]).clone() if kind == "lstm" else None
         d_xp = new(T, B, G)
         d_prod = new(T, B, G) if kind == "gru" else d_xp
-        d_bias_hn = hs.new_zeros(H, dtype=torch.float64) if has_bias_hn else None
-        slots = native.Slots(native.CELL_SLOTS, T=T, B=B, H=H, cell=native.CELL_KINDS[kind], mask=step_mask,
-                       rmask=recurrent_mask, hs=hs, cs=cs, grad_out=None if grad_out is None else grad_out.contiguous(),
-                       dh_mm=dh_mm, keep_h=keep_h, dc=dc, d_xp=d_xp, d_prod=d_prod, d_bias_hn=d_bias_hn,
-                       **buffers, **(ctx.gemm[0] or {}))
+        # b_hn, ln_ih_weight, shift_ih, ln_hh_weight: summed over the steps in the kernel, in float64
+        d_sums = hs.new_zeros(H + 3 * G, dtype=torch.float64)
+        d_bias_hn, d_ln_ih, d_shift, d_ln_hh = d_sums.split([H, G, G, G])
+        has = dict(bias_hn=has_bias_hn, ln_ih="gain_ih" in norms, shift=norms.get("shift_ih") is not None,
+                   ln_hh="gain_hh" in norms)
+        slots = native.Slots(native.CELL_SLOTS, T=T, B=B, H=H, cell=native.CELL_KINDS[kind], xp=xp, mask=step_mask,
+                             rmask=recurrent_mask, hs=hs, cs=cs,
+                             grad_out=None if grad_out is None else grad_out.contiguous(), dh_mm=dh_mm, keep_h=keep_h,
+                             dc=dc, d_xp=d_xp, d_prod=d_prod, d_bias_hn=d_bias_hn if has["bias_hn"] else None,
+                             d_gain_ih=d_ln_ih if has["ln_ih"] else None, d_shift_ih=d_shift if has["shift"] else None,
+                             d_gain_hh=d_ln_hh if has["ln_hh"] else None, **buffers, **norms, **(ctx.gemm[0] or {}))
         dh = _run_backward("cell", slots, ctx.gemm[0], hs.dtype, weight_hh, d_prod, dh_mm, recurrent_mask, keep_h)
         d_weight_hh = _recurrent_weight_gradient(d_prod, hs, h_in)
-        return (None, d_xp, dh, dc, d_weight_hh, None if d_bias_hn is None else d_bias_hn.to(hs.dtype), None, None)
+        sums = [g.to(hs.dtype) if has[name] else None
+                for name, g in zip(("bias_hn", "ln_ih", "shift", "ln_hh"), (d_bias_hn, d_ln_ih, d_shift, d_ln_hh),
+                                   strict=True)]
+        return (None, d_xp, dh, dc, d_weight_hh, sums[0], None, None, *sums[1:])
 
 
-def native_lnlstm_possible(x: Tensor, H: int) -> bool:
-    """Whether LayerNormLSTMSequence runs in the native kernels on x (else its ATen steps)."""
+def native_sequence_possible(x: Tensor, H: int) -> bool:
+    """Whether the layer-normalised cells run in the native kernels on x (else their ATen steps)."""
     return _native_library(x, H) is not None
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name) for name in ("lnlstm.cpp", "cells.cpp")]
-HEADERS = [Path(__file__).with_name(name) for name in ("gemm.h", "parallel.h")]
+HEADERS = [Path(__file__).with_name(name) for name in ("gemm.h", "norm.h", "parallel.h")]
 # -ffast-math lets the compiler vectorise exp and tanh through glibc's vector math library (libmvec); the
 # kernels neither test for nor produce NaN or infinity themselves.
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-shared", "-fPIC", "-std=c++17"]
@@ -92,7 +92,7 @@ def _build(compiler: str) -> Path:
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-    for kind, forward_args, slots in (("lnlstm", [p, i64, f64], LNLSTM_SLOTS), ("cell", [p, i64], CELL_SLOTS)):
+    for kind, forward_args, slots in (("lnlstm", [p, i64, f64], LNLSTM_SLOTS), ("cell", [p, i64, f64], CELL_SLOTS)):
         count = getattr(lib, f"rnnkit_{kind}_slots")
         count.restype = i64
         if count() != len(slots):
@@ -154,7 +154,8 @@ LNLSTM_SLOTS = ("T", "B", "H", "xp", "prod", "gain_hh", "gain_c", "bias_c", "mas
                 "dc", "d_gates", "d_r", "d_gain_hh", "d_gain_c", "d_bias_c", "gain_ih", "shift_ih", "u_mean", "u_rstd",
                 "d_gain_ih", "d_shift_ih", *GEMM_SLOTS)
 CELL_SLOTS = ("T", "B", "H", "cell", "xp", "prod", "bias_hn", "mask", "rmask", "hs", "cs", "h_in", "act", "aux",
-              "c_new", "out", "grad_out", "dh_mm", "keep_h", "dc", "d_xp", "d_prod", "d_bias_hn", *GEMM_SLOTS)
+              "c_new", "out", "grad_out", "dh_mm", "keep_h", "dc", "d_xp", "d_prod", "d_bias_hn", "gain_ih", "shift_ih",
+              "u_mean", "u_rstd", "gain_hh", "r_hat", "r_rstd", "d_gain_ih", "d_shift_ih", "d_gain_hh", *GEMM_SLOTS)
 CELL_KINDS = {"rnn": 0, "rnn-relu": 1, "lstm": 2, "gru": 3}
 # then four per layer: w_ih, w_hh, b_ih, b_hh
 STEP_SLOTS = ("cell", "B", "I", "H", "layers", "x", "h0", "c0", "h_out", "c_out", "scratch", "gemm_fn")

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "gemm.h"
+#include "norm.h"
 #include "parallel.h"
 
 namespace {
@@ -46,15 +47,30 @@ enum Slot : int {
   kDXp,      // (T, B, G)  gradient of xp
   kDProd,    // (T, B, G)  gradient of the product p (the same memory as DXp except for the GRU)
   kDBiasHN,  // (H) float64, GRU: gradient of b_hn, accumulated
+  // The layer-normalised GRU (LayerNormGRUCell) is the GRU with these set: the products enter as
+  // LN(W_ih x; g_ih) + shift_ih and LN(p; g_hh) (+ b_hh, as for the GRU); Xp then holds u = W_ih x.
+  kGainIH,   // (3H) or 0
+  kShiftIH,  // (3H) or 0: b_ih + [b_hr, b_hz, 0]
+  kUMean,    // (T, B)
+  kURstd,    // (T, B)
+  kGainHH,   // (3H) or 0
+  kRHat,     // (T, B, 3H) the normalised recurrent products
+  kRRstd,    // (T, B)
+  kDGainIH,  // (3H) float64, accumulated
+  kDShiftIH, // (3H) float64, accumulated, or 0
+  kDGainHH,  // (3H) float64, accumulated
   kGemmKind,  // five slots for the sequence functions' products: rnnkit::gemm_at (gemm.h)
   kSlots = kGemmKind + 5
 };
 
 using rnnkit::at;
+using rnnkit::layer_norm_backward;
+using rnnkit::layer_norm_backward_of;
+using rnnkit::moments;
 using rnnkit::sigmoid;
 
 template <typename S>
-void forward_step(const int64_t* p, int64_t t) {
+void forward_step(const int64_t* p, int64_t t, S eps) {
   const int64_t B = p[kB], H = p[kH], cell = p[kCell];
   const int64_t G = cell == kLstm ? 4 * H : cell == kGru ? 3 * H : H;
   const S* prod_all = at<S>(p, kProd);
@@ -67,6 +83,9 @@ void forward_step(const int64_t* p, int64_t t) {
     const int64_t row = t * B + b;
     const S* xp = at<S>(p, kXp) + row * G;
     const S* pr = prod_all + b * G;
+    const S* g_ih = p[kGainIH] ? at<S>(p, kGainIH) : nullptr;
+    const S* shift_ih = p[kShiftIH] ? at<S>(p, kShiftIH) : nullptr;
+    const S* g_hh = p[kGainHH] ? at<S>(p, kGainHH) : nullptr;
     const S* h = at<S>(p, kHs) + row * H;  // hs[t] row b: (t * B + b) * H
     S* out = at<S>(p, kOut) + row * H;
     S* hn = at<S>(p, kHs) + (row + B) * H;
@@ -92,11 +111,32 @@ void forward_step(const int64_t* p, int64_t t) {
     } else {  // GRU
       S* act = at<S>(p, kAct) + row * G;
       S* hn_saved = at<S>(p, kAux) + row * H;
-      for (int64_t k = 0; k < 2 * H; ++k) act[k] = sigmoid(xp[k] + pr[k]);
+      S x_norm[3 * 4096], p_norm[3 * 4096];  // the layer-normalised halves (H <= 4096: checked in Python)
+      const S* x = xp;
+      if (g_ih) {
+        S mean, rstd;
+        moments(xp, G, eps, mean, rstd);
+        at<S>(p, kUMean)[row] = mean;
+        at<S>(p, kURstd)[row] = rstd;
+        for (int64_t k = 0; k < G; ++k) x_norm[k] = (xp[k] - mean) * rstd * g_ih[k] + (shift_ih ? shift_ih[k] : S(0));
+        x = x_norm;
+      }
+      if (g_hh) {
+        S mean, rstd;
+        moments(pr, G, eps, mean, rstd);
+        at<S>(p, kRRstd)[row] = rstd;
+        S* r_hat = at<S>(p, kRHat) + row * G;
+        for (int64_t k = 0; k < G; ++k) {
+          r_hat[k] = (pr[k] - mean) * rstd;
+          p_norm[k] = g_hh[k] * r_hat[k];
+        }
+        pr = p_norm;
+      }
+      for (int64_t k = 0; k < 2 * H; ++k) act[k] = sigmoid(x[k] + pr[k]);
       for (int64_t k = 0; k < H; ++k) {
         S q = pr[2 * H + k] + (b_hn ? b_hn[k] : S(0));
         hn_saved[k] = q;
-        act[2 * H + k] = std::tanh(xp[2 * H + k] + act[k] * q);
+        act[2 * H + k] = std::tanh(x[2 * H + k] + act[k] * q);
       }
       for (int64_t k = 0; k < H; ++k) {
         S z = act[H + k];
@@ -141,14 +181,23 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
   const S* grad_out = p[kGradOut] ? at<S>(p, kGradOut) + t * B * H : nullptr;
   const S* dh_mm = at<S>(p, kDhMM);
   S* keep_h = at<S>(p, kKeepH);
-  double* total_b_hn = p[kDBiasHN] ? at<double>(p, kDBiasHN) : nullptr;
-  // b_hn's gradient is a sum over rows: per thread in a part of its own, added in thread order after
-  // the loop (the same result for the same thread count).
+  const S* g_ih = p[kGainIH] ? at<S>(p, kGainIH) : nullptr;
+  const S* g_hh = p[kGainHH] ? at<S>(p, kGainHH) : nullptr;
+  // The biases' and gains' gradients are sums over rows: per thread in a part of its own, added in
+  // thread order after the loop (the same result for the same thread count).
+  double* totals[4] = {p[kDBiasHN] ? at<double>(p, kDBiasHN) : nullptr, p[kDGainIH] ? at<double>(p, kDGainIH) : nullptr,
+                       p[kDShiftIH] ? at<double>(p, kDShiftIH) : nullptr, p[kDGainHH] ? at<double>(p, kDGainHH) : nullptr};
+  const int64_t sizes[4] = {H, G, G, G}, width = H + 3 * G;
   const int threads = rnnkit::threads_for(B, G);
-  std::vector<double> parts(threads > 1 && total_b_hn ? threads * H : 0, 0.0);
+  std::vector<double> parts(threads > 1 ? threads * width : 0, 0.0);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
-    double* d_b_hn = threads > 1 && total_b_hn ? parts.data() + omp_get_thread_num() * H : total_b_hn;
+    double* acc[4];
+    for (int j = 0, offset = 0; j < 4; offset += int(sizes[j]), ++j) {
+      double* own = parts.data() + omp_get_thread_num() * width + offset;
+      acc[j] = threads > 1 && totals[j] ? own : totals[j];
+    }
+    double *d_b_hn = acc[0], *d_gain_ih = acc[1], *d_shift_ih = acc[2], *d_gain_hh = acc[3];
     const int64_t row = t * B + b;
     S* d_xp = at<S>(p, kDXp) + row * G;
     S* d_prod = at<S>(p, kDProd) + row * G;
@@ -208,11 +257,26 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
         if (d_b_hn) d_b_hn[k] += double(d_hn);
         kh[k] = dh * z;
       }
+      if (g_hh) {  // back through LN(p; g_hh): DProd becomes the gradient of the raw product, in place
+        const S* r_hat = at<S>(p, kRHat) + row * G;
+        for (int64_t k = 0; k < G; ++k) d_gain_hh[k] += double(d_prod[k] * r_hat[k]);
+        layer_norm_backward(d_prod, g_hh, r_hat, at<S>(p, kRRstd)[row], G, d_prod);
+      }
+      if (g_ih) {  // back through LN(u; g_ih) + shift: DXp becomes the gradient of u, in place
+        const S* u = at<S>(p, kXp) + row * G;
+        const S u_mean = at<S>(p, kUMean)[row], u_rstd = at<S>(p, kURstd)[row];
+        auto u_hat = [u, u_mean, u_rstd](int64_t k) { return (u[k] - u_mean) * u_rstd; };
+        for (int64_t k = 0; k < G; ++k) d_gain_ih[k] += double(d_xp[k] * u_hat(k));
+        if (d_shift_ih)
+          for (int64_t k = 0; k < G; ++k) d_shift_ih[k] += double(d_xp[k]);
+        layer_norm_backward_of(d_xp, g_ih, u_hat, u_rstd, G, d_xp);
+      }
     }
   }
-  if (!parts.empty())
-    for (int th = 0; th < threads; ++th)
-      for (int64_t k = 0; k < H; ++k) total_b_hn[k] += parts[th * H + k];
+  for (int th = 0; th < (threads > 1 ? threads : 0); ++th)
+    for (int j = 0, offset = 0; j < 4; offset += int(sizes[j]), ++j)
+      if (totals[j])
+        for (int64_t k = 0; k < sizes[j]; ++k) totals[j][k] += parts[th * width + offset + k];
 }
 
 inline int64_t gates(const int64_t* p) {
@@ -221,13 +285,13 @@ inline int64_t gates(const int64_t* p) {
 
 // The whole sequence, the recurrent products included (gemm.h): no return to Python between steps.
 template <typename S>
-void forward_sequence(const int64_t* p) {
+void forward_sequence(const int64_t* p, S eps) {
   const int64_t T = p[kT], B = p[kB], H = p[kH], G = gates(p);
   const rnnkit::Gemm g = rnnkit::gemm_at(p, kGemmKind);
   const S* inputs = at<S>(p, p[kHIn] ? kHIn : kHs);
   for (int64_t t = 0; t < T; ++t) {
     rnnkit::product_wt<S>(g, int(B), int(G), int(H), inputs + t * B * H, at<S>(p, kProd));
-    forward_step<S>(p, t);
+    forward_step<S>(p, t, eps);
   }
 }
 
@@ -371,13 +435,13 @@ void rnnkit_linear_backward_f64(const double* grad_out, const double* a, double*
 int64_t rnnkit_step_slots() { return sStepSlots; }
 void rnnkit_cell_step_f32(const int64_t* p) { cell_steps<float>(p); }
 void rnnkit_cell_step_f64(const int64_t* p) { cell_steps<double>(p); }
-void rnnkit_cell_forward_sequence_f32(const int64_t* p) { forward_sequence<float>(p); }
-void rnnkit_cell_forward_sequence_f64(const int64_t* p) { forward_sequence<double>(p); }
+void rnnkit_cell_forward_sequence_f32(const int64_t* p, double eps) { forward_sequence<float>(p, float(eps)); }
+void rnnkit_cell_forward_sequence_f64(const int64_t* p, double eps) { forward_sequence<double>(p, eps); }
 void rnnkit_cell_backward_sequence_f32(const int64_t* p) { backward_sequence<float>(p); }
 void rnnkit_cell_backward_sequence_f64(const int64_t* p) { backward_sequence<double>(p); }
 int64_t rnnkit_cell_slots() { return kSlots; }
-void rnnkit_cell_forward_f32(const int64_t* p, int64_t t) { forward_step<float>(p, t); }
-void rnnkit_cell_forward_f64(const int64_t* p, int64_t t) { forward_step<double>(p, t); }
+void rnnkit_cell_forward_f32(const int64_t* p, int64_t t, double eps) { forward_step<float>(p, t, float(eps)); }
+void rnnkit_cell_forward_f64(const int64_t* p, int64_t t, double eps) { forward_step<double>(p, t, eps); }
 void rnnkit_cell_backward_f32(const int64_t* p, int64_t t, int64_t last) { backward_step<float>(p, t, last); }
 void rnnkit_cell_backward_f64(const int64_t* p, int64_t t, int64_t last) { backward_step<double>(p, t, last); }
 }
