@@ -194,12 +194,13 @@ class RNNCell(_PlainCell):
 
 
 def _native_sequence(kind: str, xp: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None,
-                     bias_hn: Tensor | None = None, norms: tuple = (None, None, None)) -> tuple[Tensor, State]:
+                     bias_hn: Tensor | None = None, norms: tuple = (None, None, None),
+                     peepholes: tuple = (None, None, None)) -> tuple[Tensor, State]:
     from rnnkit.sequences import CellSequence
 
     c0 = state[1] if kind == "lstm" else None
     out, *final = CellSequence.apply(kind, xp, state[0], c0, params["weight_hh"], bias_hn,
-                                     params.get("recurrent_mask"), mask, *norms)
+                                     params.get("recurrent_mask"), mask, *norms, *peepholes)
     return out, tuple(final)
 
 
@@ -478,13 +479,18 @@ class PeepholeLSTMCell(Cell):
         h = torch.sigmoid(o + params["weight_co"] * c_new) * torch.tanh(c_new)
         return h, c_new
 
+    sequence_native = LayerNormLSTMCell.sequence_native
+
     def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
                  ) -> tuple[Tensor, State]:
-        """The cell over a whole sequence, with a hand-written backward through time (sequences.py); as
-        `LayerNormLSTMCell.sequence`."""
+        """The cell over a whole sequence, with a hand-written backward through time: in rnnkit's native
+        kernels (the LSTM kernel with peepholes), else as `LayerNormLSTMCell.sequence` (sequences.py)."""
         from rnnkit.sequences import PeepholeLSTMSequence
 
         xp = F.linear(x, params["weight_ih"], _both_biases(params))
+        if self.sequence_native(x):
+            return _native_sequence("lstm", xp, state, params, mask,
+                                    peepholes=(params["weight_ci"], params["weight_cf"], params["weight_co"]))
         out, h, c = PeepholeLSTMSequence.apply(
             xp, *state, params["weight_hh"], params["weight_ci"], params["weight_cf"], params["weight_co"],
             params.get("recurrent_mask"), mask)

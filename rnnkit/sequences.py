@@ -315,12 +315,12 @@ class CellSequence(torch.autograd.Function):
     sequence in rnnkit's native kernels: the time loop in C++, each step's recurrent product through
     PyTorch's BLAS, one fused pass for its element-wise work, forward and backward, and the recurrent
     weights' gradient for all steps in one product at the end. With the three layer-norm arguments, the
-    GRU is LayerNormGRUCell.
+    GRU is LayerNormGRUCell; with the three peephole weights, the LSTM is PeepholeLSTMCell.
 
     forward(kind, xp (T, B, G) = W_ih x + b_ih + b_hh (GRU: + [b_hr, b_hz, 0]), h0 (B, H), c0 (B, H) or
             None (LSTM only), weight_hh (G, H), bias_hn (H) or None (GRU only), recurrent_mask (B, H) or
             None, mask (T, B, 1) or None, ln_ih_weight (G) or None, shift_ih (G) or None, ln_hh_weight (G)
-            or None) -> outputs (T, B, H), h_T[, c_T for the LSTM]
+            or None, weight_ci, weight_cf, weight_co (H each) or None) -> outputs (T, B, H), h_T[, c_T]
     With `ln_ih_weight` (GRU only), xp is the bare product u = W_ih x and the input half is
     LN(u; ln_ih_weight) + shift_ih (shift_ih = b_ih + [b_hr, b_hz, 0]); with `ln_hh_weight`, the recurrent
     product enters as LN(W_hh h; ln_hh_weight), b_hh added after it as before.
@@ -328,7 +328,7 @@ class CellSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kind, xp, h0, c0, weight_hh, bias_hn, recurrent_mask, mask, ln_ih_weight, shift_ih,
-                ln_hh_weight):
+                ln_hh_weight, weight_ci, weight_cf, weight_co):
         T, B, G = xp.shape
         H = h0.shape[1]
         new = xp.new_empty
@@ -346,6 +346,8 @@ class CellSequence(torch.autograd.Function):
                          shift_ih=None if shift_ih is None else shift_ih.contiguous())
         if ln_hh_weight is not None:
             norms.update(gain_hh=ln_hh_weight.contiguous(), r_hat=new(T, B, G), r_rstd=new(T, B))
+        if weight_ci is not None:
+            norms.update(peep_i=weight_ci.contiguous(), peep_f=weight_cf.contiguous(), peep_o=weight_co.contiguous())
         bias_hn = None if bias_hn is None else bias_hn.contiguous()
         product = new(B, G)
         keep: list[Tensor] = []
@@ -375,22 +377,25 @@ class CellSequence(torch.autograd.Function):
         dc = _zeros_if_none(grad_c, hs[0]).clone() if kind == "lstm" else None
         d_xp = new(T, B, G)
         d_prod = new(T, B, G) if kind == "gru" else d_xp
-        # b_hn, ln_ih_weight, shift_ih, ln_hh_weight: summed over the steps in the kernel, in float64
-        d_sums = hs.new_zeros(H + 3 * G, dtype=torch.float64)
-        d_bias_hn, d_ln_ih, d_shift, d_ln_hh = d_sums.split([H, G, G, G])
+        # b_hn, ln_ih_weight, shift_ih, ln_hh_weight, the peepholes: summed over the steps in the kernel, in float64
+        d_sums = hs.new_zeros(4 * H + 3 * G, dtype=torch.float64)
+        d_bias_hn, d_ln_ih, d_shift, d_ln_hh, d_ci, d_cf, d_co = d_sums.split([H, G, G, G, H, H, H])
+        peep = "peep_i" in norms
         has = dict(bias_hn=has_bias_hn, ln_ih="gain_ih" in norms, shift=norms.get("shift_ih") is not None,
-                   ln_hh="gain_hh" in norms)
+                   ln_hh="gain_hh" in norms, ci=peep, cf=peep, co=peep)
         slots = native.Slots(native.CELL_SLOTS, T=T, B=B, H=H, cell=native.CELL_KINDS[kind], xp=xp, mask=step_mask,
                              rmask=recurrent_mask, hs=hs, cs=cs,
                              grad_out=None if grad_out is None else grad_out.contiguous(), dh_mm=dh_mm, keep_h=keep_h,
                              dc=dc, d_xp=d_xp, d_prod=d_prod, d_bias_hn=d_bias_hn if has["bias_hn"] else None,
                              d_gain_ih=d_ln_ih if has["ln_ih"] else None, d_shift_ih=d_shift if has["shift"] else None,
-                             d_gain_hh=d_ln_hh if has["ln_hh"] else None, **buffers, **norms, **(ctx.gemm[0] or {}))
+                             d_gain_hh=d_ln_hh if has["ln_hh"] else None, d_peep_i=d_ci if peep else None,
+                             d_peep_f=d_cf if peep else None, d_peep_o=d_co if peep else None, **buffers, **norms,
+                             **(ctx.gemm[0] or {}))
         dh = _run_backward("cell", slots, ctx.gemm[0], hs.dtype, weight_hh, d_prod, dh_mm, recurrent_mask, keep_h)
         d_weight_hh = _recurrent_weight_gradient(d_prod, hs, h_in)
         sums = [g.to(hs.dtype) if has[name] else None
-                for name, g in zip(("bias_hn", "ln_ih", "shift", "ln_hh"), (d_bias_hn, d_ln_ih, d_shift, d_ln_hh),
-                                   strict=True)]
+                for name, g in zip(("bias_hn", "ln_ih", "shift", "ln_hh", "ci", "cf", "co"),
+                                   (d_bias_hn, d_ln_ih, d_shift, d_ln_hh, d_ci, d_cf, d_co), strict=True)]
         return (None, d_xp, dh, dc, d_weight_hh, sums[0], None, None, *sums[1:])
 
 

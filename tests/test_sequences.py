@@ -2,7 +2,7 @@
 the cells' own step-by-step recurrence, in float64: outputs, final states and every gradient, with
 variable lengths, a recurrent dropout mask and gradients flowing into the final state.
 
-The layer-normalised LSTM and GRU have two implementations of their steps: the fused C++ kernels
+The layer-normalised LSTM and GRU and the peephole LSTM have two implementations of their steps: the fused C++ kernels
 (rnnkit.native), used wherever they build (with the time loop in C++ where PyTorch's library offers a GEMM,
 in Python otherwise), and the ATen one; `name:python-loop` and `name:aten` run the same checks on the other
 two."""
@@ -22,7 +22,8 @@ from rnnkit.cells import make_cell
 B, T, I, H = 3, 7, 4, 5
 DT = torch.float64
 NAMES = ["layernorm-lstm", "layernorm-lstm:python-loop", "layernorm-lstm:aten", "layernorm-gru",
-         "layernorm-gru:python-loop", "layernorm-gru:aten", "peephole-lstm"]
+         "layernorm-gru:python-loop", "layernorm-gru:aten", "peephole-lstm", "peephole-lstm:python-loop",
+         "peephole-lstm:aten"]
 CONTEXTS = {"python-loop": native.python_loop, "aten": native.disabled}
 
 
@@ -190,7 +191,7 @@ def test_native_kernels_build_and_are_used_where_a_compiler_is():
 
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="no C++ compiler")
-@pytest.mark.parametrize("cell", ["layernorm-lstm", "layernorm-gru", "gru", "lstm", "mingru"])
+@pytest.mark.parametrize("cell", ["layernorm-lstm", "layernorm-gru", "peephole-lstm", "gru", "lstm", "mingru"])
 def test_native_kernels_on_two_threads_agree_with_one_and_repeat_exactly(cell):
     """With several threads the kernels split a step's rows (and minGRU's columns) between them, and sum the
     gains' gradients per thread; the result equals the one-thread run to rounding, and repeats bit for bit.

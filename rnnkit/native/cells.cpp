@@ -59,6 +59,14 @@ enum Slot : int {
   kDGainIH,  // (3H) float64, accumulated
   kDShiftIH, // (3H) float64, accumulated, or 0
   kDGainHH,  // (3H) float64, accumulated
+  // The peephole LSTM (PeepholeLSTMCell) is the LSTM with these set: i and f also see p_i * c and p_f * c,
+  // o sees p_o * c'.
+  kPeepI,    // (H) or 0
+  kPeepF,    // (H)
+  kPeepO,    // (H)
+  kDPeepI,   // (H) float64, accumulated
+  kDPeepF,   // (H) float64, accumulated
+  kDPeepO,   // (H) float64, accumulated
   kGemmKind,  // five slots for the sequence functions' products: rnnkit::gemm_at (gemm.h)
   kSlots = kGemmKind + 5
 };
@@ -86,6 +94,9 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
     const S* g_ih = p[kGainIH] ? at<S>(p, kGainIH) : nullptr;
     const S* shift_ih = p[kShiftIH] ? at<S>(p, kShiftIH) : nullptr;
     const S* g_hh = p[kGainHH] ? at<S>(p, kGainHH) : nullptr;
+    const S* peep_i = p[kPeepI] ? at<S>(p, kPeepI) : nullptr;
+    const S* peep_f = p[kPeepF] ? at<S>(p, kPeepF) : nullptr;
+    const S* peep_o = p[kPeepO] ? at<S>(p, kPeepO) : nullptr;
     const S* h = at<S>(p, kHs) + row * H;  // hs[t] row b: (t * B + b) * H
     S* out = at<S>(p, kOut) + row * H;
     S* hn = at<S>(p, kHs) + (row + B) * H;
@@ -99,10 +110,24 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
       S* c_new = at<S>(p, kCNew) + row * H;
       const S* c = at<S>(p, kCs) + row * H;
       for (int64_t k = 0; k < G; ++k) act[k] = xp[k] + pr[k];
-      for (int64_t k = 0; k < 2 * H; ++k) act[k] = sigmoid(act[k]);
-      for (int64_t k = 2 * H; k < 3 * H; ++k) act[k] = std::tanh(act[k]);
-      for (int64_t k = 3 * H; k < G; ++k) act[k] = sigmoid(act[k]);
-      for (int64_t k = 0; k < H; ++k) c_new[k] = act[H + k] * c[k] + act[k] * act[2 * H + k];
+      if (peep_i) {  // the gates also see the cell: p_i * c and p_f * c before the update, p_o * c' after
+        for (int64_t k = 0; k < H; ++k) {
+          S i = sigmoid(act[k] + peep_i[k] * c[k]), f = sigmoid(act[H + k] + peep_f[k] * c[k]);
+          S g = std::tanh(act[2 * H + k]);
+          S cn = f * c[k] + i * g;
+          S o = sigmoid(act[3 * H + k] + peep_o[k] * cn);
+          act[k] = i;
+          act[H + k] = f;
+          act[2 * H + k] = g;
+          act[3 * H + k] = o;
+          c_new[k] = cn;
+        }
+      } else {
+        for (int64_t k = 0; k < 2 * H; ++k) act[k] = sigmoid(act[k]);
+        for (int64_t k = 2 * H; k < 3 * H; ++k) act[k] = std::tanh(act[k]);
+        for (int64_t k = 3 * H; k < G; ++k) act[k] = sigmoid(act[k]);
+        for (int64_t k = 0; k < H; ++k) c_new[k] = act[H + k] * c[k] + act[k] * act[2 * H + k];
+      }
       for (int64_t k = 0; k < H; ++k) {
         S y = std::tanh(c_new[k]);
         tanh_c[k] = y;
@@ -183,21 +208,27 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
   S* keep_h = at<S>(p, kKeepH);
   const S* g_ih = p[kGainIH] ? at<S>(p, kGainIH) : nullptr;
   const S* g_hh = p[kGainHH] ? at<S>(p, kGainHH) : nullptr;
-  // The biases' and gains' gradients are sums over rows: per thread in a part of its own, added in
-  // thread order after the loop (the same result for the same thread count).
-  double* totals[4] = {p[kDBiasHN] ? at<double>(p, kDBiasHN) : nullptr, p[kDGainIH] ? at<double>(p, kDGainIH) : nullptr,
-                       p[kDShiftIH] ? at<double>(p, kDShiftIH) : nullptr, p[kDGainHH] ? at<double>(p, kDGainHH) : nullptr};
-  const int64_t sizes[4] = {H, G, G, G}, width = H + 3 * G;
+  const S* peep_i = p[kPeepI] ? at<S>(p, kPeepI) : nullptr;
+  const S* peep_f = p[kPeepF] ? at<S>(p, kPeepF) : nullptr;
+  const S* peep_o = p[kPeepO] ? at<S>(p, kPeepO) : nullptr;
+  // The biases', gains' and peepholes' gradients are sums over rows: per thread in a part of its own,
+  // added in thread order after the loop (the same result for the same thread count).
+  constexpr int kSums = 7;
+  const int sum_slots[kSums] = {kDBiasHN, kDGainIH, kDShiftIH, kDGainHH, kDPeepI, kDPeepF, kDPeepO};
+  double* totals[kSums];
+  for (int j = 0; j < kSums; ++j) totals[j] = p[sum_slots[j]] ? at<double>(p, sum_slots[j]) : nullptr;
+  const int64_t sizes[kSums] = {H, G, G, G, H, H, H}, width = 4 * H + 3 * G;
   const int threads = rnnkit::threads_for(B, G);
   std::vector<double> parts(threads > 1 ? threads * width : 0, 0.0);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
-    double* acc[4];
-    for (int j = 0, offset = 0; j < 4; offset += int(sizes[j]), ++j) {
+    double* acc[kSums];
+    for (int j = 0, offset = 0; j < kSums; offset += int(sizes[j]), ++j) {
       double* own = parts.data() + omp_get_thread_num() * width + offset;
       acc[j] = threads > 1 && totals[j] ? own : totals[j];
     }
     double *d_b_hn = acc[0], *d_gain_ih = acc[1], *d_shift_ih = acc[2], *d_gain_hh = acc[3];
+    double *d_peep_i = acc[4], *d_peep_f = acc[5], *d_peep_o = acc[6];
     const int64_t row = t * B + b;
     S* d_xp = at<S>(p, kDXp) + row * G;
     S* d_prod = at<S>(p, kDProd) + row * G;
@@ -226,16 +257,36 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
       const S* tanh_c = at<S>(p, kAux) + row * H;
       const S* c = at<S>(p, kCs) + row * H;
       S* dc = at<S>(p, kDc) + b * H;
-      for (int64_t k = 0; k < H; ++k) {
-        S dh = (rm ? dm[k] * rm[k] : dm[k]) + kh[k] + (go ? go[k] : S(0));
-        S i = act[k], f = act[H + k], g = act[2 * H + k], o = act[3 * H + k], y = tanh_c[k];
-        S dcn = dh * o * (S(1) - y * y) + dc[k];
-        d_xp[k] = dcn * g * i * (S(1) - i);
-        d_xp[H + k] = dcn * c[k] * f * (S(1) - f);
-        d_xp[2 * H + k] = dcn * i * (S(1) - g * g);
-        d_xp[3 * H + k] = dh * y * o * (S(1) - o);
-        dc[k] = dcn * f;
-        kh[k] = 0;
+      if (peep_i) {
+        const S* c_new = at<S>(p, kCNew) + row * H;
+        for (int64_t k = 0; k < H; ++k) {
+          S dh = (rm ? dm[k] * rm[k] : dm[k]) + kh[k] + (go ? go[k] : S(0));
+          S i = act[k], f = act[H + k], g = act[2 * H + k], o = act[3 * H + k], y = tanh_c[k];
+          S dzo = dh * y * o * (S(1) - o);
+          S dcn = dh * o * (S(1) - y * y) + dc[k] + dzo * peep_o[k];  // o sees c' through p_o
+          S dzi = dcn * g * i * (S(1) - i), dzf = dcn * c[k] * f * (S(1) - f);
+          d_xp[k] = dzi;
+          d_xp[H + k] = dzf;
+          d_xp[2 * H + k] = dcn * i * (S(1) - g * g);
+          d_xp[3 * H + k] = dzo;
+          dc[k] = dcn * f + dzi * peep_i[k] + dzf * peep_f[k];
+          d_peep_i[k] += double(dzi * c[k]);
+          d_peep_f[k] += double(dzf * c[k]);
+          d_peep_o[k] += double(dzo * c_new[k]);
+          kh[k] = 0;
+        }
+      } else {
+        for (int64_t k = 0; k < H; ++k) {
+          S dh = (rm ? dm[k] * rm[k] : dm[k]) + kh[k] + (go ? go[k] : S(0));
+          S i = act[k], f = act[H + k], g = act[2 * H + k], o = act[3 * H + k], y = tanh_c[k];
+          S dcn = dh * o * (S(1) - y * y) + dc[k];
+          d_xp[k] = dcn * g * i * (S(1) - i);
+          d_xp[H + k] = dcn * c[k] * f * (S(1) - f);
+          d_xp[2 * H + k] = dcn * i * (S(1) - g * g);
+          d_xp[3 * H + k] = dh * y * o * (S(1) - o);
+          dc[k] = dcn * f;
+          kh[k] = 0;
+        }
       }
     } else {  // GRU
       const S* act = at<S>(p, kAct) + row * G;
@@ -274,7 +325,7 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
     }
   }
   for (int th = 0; th < (threads > 1 ? threads : 0); ++th)
-    for (int j = 0, offset = 0; j < 4; offset += int(sizes[j]), ++j)
+    for (int j = 0, offset = 0; j < kSums; offset += int(sizes[j]), ++j)
       if (totals[j])
         for (int64_t k = 0; k < sizes[j]; ++k) totals[j][k] += parts[th * width + offset + k];
 }
