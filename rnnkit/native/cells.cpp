@@ -15,8 +15,6 @@
 #include <cmath>
 #include <cstdint>
 
-#include <vector>
-
 #include "gemm.h"
 #include "norm.h"
 #include "parallel.h"
@@ -211,24 +209,17 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
   const S* peep_i = p[kPeepI] ? at<S>(p, kPeepI) : nullptr;
   const S* peep_f = p[kPeepF] ? at<S>(p, kPeepF) : nullptr;
   const S* peep_o = p[kPeepO] ? at<S>(p, kPeepO) : nullptr;
-  // The biases', gains' and peepholes' gradients are sums over rows: per thread in a part of its own,
-  // added in thread order after the loop (the same result for the same thread count).
-  constexpr int kSums = 7;
-  const int sum_slots[kSums] = {kDBiasHN, kDGainIH, kDShiftIH, kDGainHH, kDPeepI, kDPeepF, kDPeepO};
-  double* totals[kSums];
-  for (int j = 0; j < kSums; ++j) totals[j] = p[sum_slots[j]] ? at<double>(p, sum_slots[j]) : nullptr;
-  const int64_t sizes[kSums] = {H, G, G, G, H, H, H}, width = 4 * H + 3 * G;
+  // The biases', gains' and peepholes' gradients: sums over rows, per thread where there are several
+  // (parallel.h).
+  const int sum_slots[7] = {kDBiasHN, kDGainIH, kDShiftIH, kDGainHH, kDPeepI, kDPeepF, kDPeepO};
+  double* totals[7];
+  for (int j = 0; j < 7; ++j) totals[j] = p[sum_slots[j]] ? at<double>(p, sum_slots[j]) : nullptr;
   const int threads = rnnkit::threads_for(B, G);
-  std::vector<double> parts(threads > 1 ? threads * width : 0, 0.0);
+  rnnkit::ThreadSums<7> sums(totals, {H, G, G, G, H, H, H}, threads);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
-    double* acc[kSums];
-    for (int j = 0, offset = 0; j < kSums; offset += int(sizes[j]), ++j) {
-      double* own = parts.data() + omp_get_thread_num() * width + offset;
-      acc[j] = threads > 1 && totals[j] ? own : totals[j];
-    }
-    double *d_b_hn = acc[0], *d_gain_ih = acc[1], *d_shift_ih = acc[2], *d_gain_hh = acc[3];
-    double *d_peep_i = acc[4], *d_peep_f = acc[5], *d_peep_o = acc[6];
+    double *d_b_hn = sums.part(0), *d_gain_ih = sums.part(1), *d_shift_ih = sums.part(2), *d_gain_hh = sums.part(3);
+    double *d_peep_i = sums.part(4), *d_peep_f = sums.part(5), *d_peep_o = sums.part(6);
     const int64_t row = t * B + b;
     S* d_xp = at<S>(p, kDXp) + row * G;
     S* d_prod = at<S>(p, kDProd) + row * G;
@@ -324,36 +315,26 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
       }
     }
   }
-  for (int th = 0; th < (threads > 1 ? threads : 0); ++th)
-    for (int j = 0, offset = 0; j < kSums; offset += int(sizes[j]), ++j)
-      if (totals[j])
-        for (int64_t k = 0; k < sizes[j]; ++k) totals[j][k] += parts[th * width + offset + k];
+  sums.merge();
 }
 
 inline int64_t gates(const int64_t* p) {
   return p[kCell] == kLstm ? 4 * p[kH] : p[kCell] == kGru ? 3 * p[kH] : p[kH];
 }
 
-// The whole sequence, the recurrent products included (gemm.h): no return to Python between steps.
+// The whole sequence, the recurrent products included (gemm.h).
 template <typename S>
 void forward_sequence(const int64_t* p, S eps) {
-  const int64_t T = p[kT], B = p[kB], H = p[kH], G = gates(p);
-  const rnnkit::Gemm g = rnnkit::gemm_at(p, kGemmKind);
-  const S* inputs = at<S>(p, p[kHIn] ? kHIn : kHs);
-  for (int64_t t = 0; t < T; ++t) {
-    rnnkit::product_wt<S>(g, int(B), int(G), int(H), inputs + t * B * H, at<S>(p, kProd));
-    forward_step<S>(p, t, eps);
-  }
+  rnnkit::forward_loop<S>(rnnkit::gemm_at(p, kGemmKind), p[kT], p[kB], gates(p), p[kH],
+                          at<S>(p, p[kHIn] ? kHIn : kHs), at<S>(p, kProd),
+                          [p, eps](int64_t t) { forward_step<S>(p, t, eps); });
 }
 
 template <typename S>
 void backward_sequence(const int64_t* p) {
-  const int64_t T = p[kT], B = p[kB], H = p[kH], G = gates(p);
-  const rnnkit::Gemm g = rnnkit::gemm_at(p, kGemmKind);
-  for (int64_t t = T - 1; t >= 0; --t) {
-    backward_step<S>(p, t, t == T - 1);
-    rnnkit::product_w<S>(g, int(B), int(G), int(H), at<S>(p, kDProd) + t * B * G, at<S>(p, kDhMM));
-  }
+  const int64_t T = p[kT];
+  rnnkit::backward_loop<S>(rnnkit::gemm_at(p, kGemmKind), T, p[kB], gates(p), p[kH], at<S>(p, kDProd),
+                           at<S>(p, kDhMM), [p, T](int64_t t) { backward_step<S>(p, t, t == T - 1); });
 }
 
 // One step of a stack of plain-cell layers for streaming (Recurrent.step without autograd), in one call:

@@ -82,4 +82,24 @@ inline void product_w(const Gemm& g, int B, int N, int K, const S* d, S* out) {
   }
 }
 
+// A layer's whole sequence, the recurrent products included: no return to Python between steps. The
+// forward multiplies step t's input (B, H) rows of `inputs` by W^T into `prod` (B, G), then runs step(t);
+// the backward runs step(t) from the last step down, then multiplies its row of `d_prod` (T, B, G) by W
+// into `dh` (B, H), the gradient the step before receives through the product.
+template <typename S, typename Step>
+void forward_loop(const Gemm& g, int64_t T, int64_t B, int64_t G, int64_t H, const S* inputs, S* prod, Step step) {
+  for (int64_t t = 0; t < T; ++t) {
+    product_wt<S>(g, int(B), int(G), int(H), inputs + t * B * H, prod);
+    step(t);
+  }
+}
+
+template <typename S, typename Step>
+void backward_loop(const Gemm& g, int64_t T, int64_t B, int64_t G, int64_t H, const S* d_prod, S* dh, Step step) {
+  for (int64_t t = T - 1; t >= 0; --t) {
+    step(t);
+    product_w<S>(g, int(B), int(G), int(H), d_prod + t * B * G, dh);
+  }
+}
+
 }  // namespace rnnkit

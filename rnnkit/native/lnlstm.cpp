@@ -21,8 +21,6 @@
 #include <cmath>
 #include <cstdint>
 
-#include <vector>
-
 #include "gemm.h"
 #include "norm.h"
 #include "parallel.h"
@@ -75,8 +73,6 @@ using rnnkit::layer_norm_backward;
 using rnnkit::layer_norm_backward_of;
 using rnnkit::moments;
 using rnnkit::sigmoid;
-
-
 
 template <typename S>
 void forward_step(const int64_t* p, int64_t t, S eps) {
@@ -176,23 +172,16 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
   S* dc_all = at<S>(p, kDc);
   const S* cs = at<S>(p, kCs) + t * B * H;
   const S* g_ih = p[kGainIH] ? at<S>(p, kGainIH) : nullptr;
-  // The gains' and shifts' gradients are sums over rows: with several threads, each sums its rows into a
-  // part of its own, and the parts are added in thread order after the loop (the same result for the same
-  // thread count, run after run).
+  // The gains' and shifts' gradients: sums over rows, per thread where there are several (parallel.h).
   double* totals[5] = {at<double>(p, kDGainHH), at<double>(p, kDGainC), at<double>(p, kDBiasC),
                        p[kDGainIH] ? at<double>(p, kDGainIH) : nullptr,
                        p[kDShiftIH] ? at<double>(p, kDShiftIH) : nullptr};
-  const int64_t sizes[5] = {G, H, H, G, G}, width = 3 * G + 2 * H;
   const int threads = rnnkit::threads_for(B, G);
-  std::vector<double> parts(threads > 1 ? threads * width : 0, 0.0);
+  rnnkit::ThreadSums<5> sums(totals, {G, H, H, G, G}, threads);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
-    double* acc[5];
-    for (int j = 0, offset = 0; j < 5; offset += int(sizes[j]), ++j) {
-      double* own = parts.data() + omp_get_thread_num() * width + offset;
-      acc[j] = threads > 1 && totals[j] ? own : totals[j];
-    }
-    double *d_gain_hh = acc[0], *d_gain_c = acc[1], *d_bias_c = acc[2], *d_gain_ih = acc[3], *d_shift_ih = acc[4];
+    double *d_gain_hh = sums.part(0), *d_gain_c = sums.part(1), *d_bias_c = sums.part(2);
+    double *d_gain_ih = sums.part(3), *d_shift_ih = sums.part(4);
     S x_hat_buf[4096];  // the row's normalised c' (H <= 4096 is checked on the Python side)
     S d_lnc[4096];      // the row's gradient of LN(c')
     const int64_t row = t * B + b;
@@ -255,32 +244,22 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
       d_bias_c[k] += double(d_lnc[k]);
     }
   }
-  for (int th = 0; th < (threads > 1 ? threads : 0); ++th)
-    for (int j = 0, offset = 0; j < 5; offset += int(sizes[j]), ++j)
-      if (totals[j])
-        for (int64_t k = 0; k < sizes[j]; ++k) totals[j][k] += parts[th * width + offset + k];
+  sums.merge();
 }
 
-// The whole sequence, the recurrent products included (gemm.h): no return to Python between steps.
+// The whole sequence, the recurrent products included (gemm.h).
 template <typename S>
 void forward_sequence(const int64_t* p, S eps) {
-  const int64_t T = p[kT], B = p[kB], H = p[kH];
-  const rnnkit::Gemm g = rnnkit::gemm_at(p, kGemmKind);
-  const S* inputs = at<S>(p, p[kHIn] ? kHIn : kHs);
-  for (int64_t t = 0; t < T; ++t) {
-    rnnkit::product_wt<S>(g, int(B), int(4 * H), int(H), inputs + t * B * H, at<S>(p, kProd));
-    forward_step<S>(p, t, eps);
-  }
+  rnnkit::forward_loop<S>(rnnkit::gemm_at(p, kGemmKind), p[kT], p[kB], 4 * p[kH], p[kH],
+                          at<S>(p, p[kHIn] ? kHIn : kHs), at<S>(p, kProd),
+                          [p, eps](int64_t t) { forward_step<S>(p, t, eps); });
 }
 
 template <typename S>
 void backward_sequence(const int64_t* p) {
-  const int64_t T = p[kT], B = p[kB], H = p[kH];
-  const rnnkit::Gemm g = rnnkit::gemm_at(p, kGemmKind);
-  for (int64_t t = T - 1; t >= 0; --t) {
-    backward_step<S>(p, t, t == T - 1);
-    rnnkit::product_w<S>(g, int(B), int(4 * H), int(H), at<S>(p, kDR) + t * B * 4 * H, at<S>(p, kDhMM));
-  }
+  const int64_t T = p[kT];
+  rnnkit::backward_loop<S>(rnnkit::gemm_at(p, kGemmKind), T, p[kB], 4 * p[kH], p[kH], at<S>(p, kDR),
+                           at<S>(p, kDhMM), [p, T](int64_t t) { backward_step<S>(p, t, t == T - 1); });
 }
 
 }  // namespace

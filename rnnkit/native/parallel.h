@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -22,5 +23,42 @@ inline int threads_for(int64_t rows, int64_t width) {
   if (rows < 2 || rows * width < 16384) return 1;
   return int(std::min<int64_t>(omp_get_max_threads(), rows));
 }
+
+// N sums over rows (a gradient of gains, biases or peepholes, each `sizes[j]` long, added into `totals[j]`;
+// a null total is not wanted). On one thread the rows add straight into the totals; on several, each thread
+// sums its rows into parts of its own, and merge() adds the parts in thread order: the same result for the
+// same thread count, run after run.
+template <int N>
+class ThreadSums {
+ public:
+  ThreadSums(double* const (&totals)[N], const int64_t (&sizes)[N], int threads) : threads_(threads) {
+    for (int j = 0; j < N; ++j) {
+      totals_[j] = totals[j];
+      sizes_[j] = sizes[j];
+      offsets_[j] = width_;
+      width_ += sizes[j];
+    }
+    if (threads > 1) parts_.assign(threads * width_, 0.0);
+  }
+
+  // Where the calling thread adds part j (inside the parallel loop).
+  double* part(int j) const {
+    if (threads_ <= 1 || !totals_[j]) return totals_[j];
+    return const_cast<double*>(parts_.data()) + omp_get_thread_num() * width_ + offsets_[j];
+  }
+
+  void merge() {
+    for (int th = 0; th < (threads_ > 1 ? threads_ : 0); ++th)
+      for (int j = 0; j < N; ++j)
+        if (totals_[j])
+          for (int64_t k = 0; k < sizes_[j]; ++k) totals_[j][k] += parts_[th * width_ + offsets_[j] + k];
+  }
+
+ private:
+  int threads_;
+  double* totals_[N];
+  int64_t sizes_[N], offsets_[N], width_ = 0;
+  std::vector<double> parts_;
+};
 
 }  // namespace rnnkit
