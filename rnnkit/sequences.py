@@ -274,7 +274,7 @@ class NativeLayerNormLSTMSequence(torch.autograd.Function):
                        bias_c=ln_c_bias.contiguous(), gain_ih=ln_ih_weight.contiguous(),
                        shift_ih=None if shift_ih is None else shift_ih.contiguous())
         keep: list[Tensor] = []
-        gemm = native.gemm_slots(weight_hh, B, keep)
+        gemm = native.gemm_slots(weight_hh, B, keep, backward=any(ctx.needs_input_grad))
         slots = native.Slots(native.LNLSTM_SLOTS, T=T, B=B, H=H, xp=u, prod=product, mask=step_mask,
                              rmask=recurrent_mask, hs=hs, cs=cs, h_in=h_in, **buffers, **weights, **(gemm or {}))
         _run_forward("lnlstm", slots, gemm, u.dtype, weight_hh, hs if h_in is None else h_in, product, LN_EPS)
@@ -351,7 +351,7 @@ class CellSequence(torch.autograd.Function):
         bias_hn = None if bias_hn is None else bias_hn.contiguous()
         product = new(B, G)
         keep: list[Tensor] = []
-        gemm = native.gemm_slots(weight_hh, B, keep)
+        gemm = native.gemm_slots(weight_hh, B, keep, backward=any(ctx.needs_input_grad))
         slots = native.Slots(native.CELL_SLOTS, T=T, B=B, H=H, cell=native.CELL_KINDS[kind], xp=xp, prod=product,
                              bias_hn=bias_hn, mask=step_mask, rmask=recurrent_mask, hs=hs, cs=cs, h_in=h_in,
                              **buffers, **norms, **(gemm or {}))

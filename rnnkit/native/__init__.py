@@ -209,34 +209,43 @@ def _shared_suffix() -> str:
     return {"Darwin": ".dylib", "Windows": ".dll"}.get(platform.system(), ".so")
 
 
-def gemm_slots(weight_hh, batch_size: int, keep: list) -> dict[str, int] | None:
+def _packing() -> tuple | None:
+    """MKL's cblas_sgemm_pack_get_size and cblas_sgemm_pack as ctypes functions, made once; None where
+    PyTorch's library lacks the packed API."""
+    if "packing" not in _blas:
+        symbols, c_int, c_void_p = _torch_blas(), ctypes.c_int, ctypes.c_void_p
+        _blas["packing"] = None
+        if all(symbols.get(n) for n in ("cblas_sgemm_pack_get_size", "cblas_sgemm_pack", "cblas_sgemm_compute")):
+            _blas["packing"] = (
+                ctypes.CFUNCTYPE(ctypes.c_size_t, c_int, c_int, c_int, c_int)(symbols["cblas_sgemm_pack_get_size"]),
+                ctypes.CFUNCTYPE(None, c_int, c_int, c_int, c_int, c_int, c_int, ctypes.c_float, c_void_p, c_int,
+                                 c_void_p)(symbols["cblas_sgemm_pack"]))
+    return _blas["packing"]  # type: ignore[return-value]
+
+
+def gemm_slots(weight_hh, batch_size: int, keep: list, backward: bool = True) -> dict[str, int] | None:
     """The GEMM slots for a sequence call with recurrent weights `weight_hh` (G, H) and `batch_size` rows:
-    packed copies of W_hh for float32 (appended to `keep`, which the caller holds for the call), the
-    Fortran GEMM for float64; None where PyTorch's library offers neither (the caller then runs the time
-    loop in Python with torch.mm)."""
+    packed copies of W_hh for float32 (the backward's only with `backward`; appended to `keep`, which the
+    caller holds for the call), the Fortran GEMM for float64; None where PyTorch's library offers neither
+    (the caller then runs the time loop in Python with torch.mm)."""
     import torch
 
     symbols = _torch_blas()
     weight_hh = weight_hh.detach().contiguous()
     keep.append(weight_hh)
     G, H = weight_hh.shape
-    if weight_hh.dtype == torch.float32 and all(symbols.get(n) for n in ("cblas_sgemm_pack_get_size",
-                                                                          "cblas_sgemm_pack",
-                                                                          "cblas_sgemm_compute")):
-        c_int, c_void_p = ctypes.c_int, ctypes.c_void_p
-        size = ctypes.CFUNCTYPE(ctypes.c_size_t, c_int, c_int, c_int, c_int)(symbols["cblas_sgemm_pack_get_size"])
-        pack = ctypes.CFUNCTYPE(None, c_int, c_int, c_int, c_int, c_int, c_int, ctypes.c_float, c_void_p, c_int,
-                                c_void_p)(symbols["cblas_sgemm_pack"])
+    if weight_hh.dtype == torch.float32 and (packing := _packing()) is not None:
+        size, pack = packing
         row_major, b_matrix, no_trans, trans = 101, 162, 111, 112
         packed = []
         # x (B, H) @ W^T -> (B, G); d (B, G) @ W -> (B, H): W (G, H) row-major, leading dimension H.
-        for m, n, k, t in ((batch_size, G, H, trans), (batch_size, H, G, no_trans)):
+        for m, n, k, t in ((batch_size, G, H, trans), (batch_size, H, G, no_trans))[:2 if backward else 1]:
             buffer = torch.empty(size(b_matrix, m, n, k) + 64, dtype=torch.uint8)
             pack(row_major, b_matrix, t, m, n, k, 1.0, weight_hh.data_ptr(), H, buffer.data_ptr())
             packed.append(buffer)
         keep.extend(packed)
         return {"gemm_kind": 1, "gemm_fn": symbols["cblas_sgemm_compute"], "weight_hh": weight_hh.data_ptr(),
-                "packed_wt": packed[0].data_ptr(), "packed_w": packed[1].data_ptr()}
+                "packed_wt": packed[0].data_ptr(), "packed_w": packed[1].data_ptr() if backward else 0}
     fortran = symbols.get("dgemm_" if weight_hh.dtype == torch.float64 else "sgemm_")
     if fortran:
         return {"gemm_kind": 2, "gemm_fn": fortran, "weight_hh": weight_hh.data_ptr()}
@@ -247,12 +256,13 @@ def gemm_slots(weight_hh, batch_size: int, keep: list) -> dict[str, int] | None:
 def python_loop() -> Iterator[None]:
     """Within the block, the kernels' callers run the time loop in Python with torch.mm, as where
     PyTorch's library has no usable GEMM (for comparisons in tests and benchmarks)."""
-    saved = _torch_blas()
-    _blas["symbols"] = {}
+    saved = dict(_blas)
+    _blas.update(symbols={}, packing=None)
     try:
         yield
     finally:
-        _blas["symbols"] = saved
+        _blas.clear()
+        _blas.update(saved)
 
 
 def step_gemm(dtype) -> int:
