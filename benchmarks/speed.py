@@ -9,7 +9,9 @@ Measures, for each case, the median and min-max over --repeats runs after a warm
 - streaming latency at B=1 (one step per call): rnnkit's `Recurrent.step`, `nn.LSTM` called with T=1,
   `nn.LSTMCell`, and the bare matrix-vector products of a step as the floor;
 - the machine's sgemm peak (a 2048-square matrix product), and each LSTM training step as a fraction of it
-  (floating-point work counted as 3x the forward's matrix products).
+  (floating-point work counted as 3x the forward's matrix products): against the peak measured at the start
+  of the run, and, for rnnkit's and torch.nn's LSTM, paired (the step and the product timed in turn, the
+  median of the pairs' ratios), which holds when the machine's speed drifts during the run.
 
 First-call times (compilation included, for Flax) are reported separately, and so is the time a fresh process
 takes to have rnnkit's native C++ kernels ready, with an empty cache (the build) and with a cached build.
@@ -95,6 +97,25 @@ def sgemm_peak(repeats: int) -> float:
     return 2 * 2048**3 / (r["median_ms"] / 1000) / 1e9
 
 
+def paired_fraction(step: Callable[[], object], flops: float, repeats: int) -> dict[str, float]:
+    """A training step's rate as a fraction of the sgemm peak, drift-proof: the step and a 2048-square
+    product timed in turn, `repeats` pairs, each pair's ratio of rates; the median and min-max of the
+    ratios. (This machine's speed drifts by a third over a day, more than the differences measured here, so
+    a peak taken minutes earlier can misstate the fraction.)"""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    step(), a @ b
+    ratios = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        t_step = time.perf_counter() - t
+        t = time.perf_counter()
+        a @ b
+        t_gemm = time.perf_counter() - t
+        ratios.append((flops / t_step) / (2 * 2048**3 / t_gemm))
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
 def lstm_flops(B: int, T: int, I: int, H: int, L: int) -> float:
     """Matrix-product work of an LSTM training step: forward 2*B*(I+H)*4H per step and layer, backward twice that."""
     per_step = sum(2 * B * ((I if layer == 0 else H) + H) * 4 * H for layer in range(L))
@@ -173,11 +194,15 @@ def flax_train_step(kind: str, B: int, T: int, I: int, H: int, L: int, repeats: 
 
 
 def training_step(module: nn.Module, run: Callable, x: torch.Tensor, repeats: int) -> dict[str, float]:
+    return timed(one_training_step(module, run, x), repeats, warmup=2)
+
+
+def one_training_step(module: nn.Module, run: Callable, x: torch.Tensor) -> Callable[[], None]:
     def step():
         module.zero_grad(set_to_none=True)
         run(x).sum().backward()
 
-    return timed(step, repeats, warmup=2)
+    return step
 
 
 def inference(run: Callable, x: torch.Tensor, repeats: int) -> dict[str, float]:
@@ -293,8 +318,14 @@ def main() -> None:
             infer = inference(run, x, args.repeats)
             entry = {"case": name, **size, "L": L, "I": I, "train": train, "inference": infer}
             if name.endswith(" lstm"):
-                gflops = lstm_flops(B, T, I, H, L) / (train["median_ms"] / 1000) / 1e9
-                entry["train"]["fraction_of_peak"] = gflops / peak
+                flops = lstm_flops(B, T, I, H, L)
+                entry["train"]["fraction_of_peak"] = flops / (train["median_ms"] / 1000) / 1e9 / peak
+                if name.startswith(("rnnkit", "torch")):
+                    paired = paired_fraction(one_training_step(module, run, x), flops, args.repeats)
+                    entry["train"]["fraction_of_peak_paired"] = paired
+                    print(json.dumps({"case": name, **size,
+                                      "fraction_of_peak": round(entry["train"]["fraction_of_peak"], 3),
+                                      "paired": {k: round(v, 3) for k, v in paired.items()}}), flush=True)
             results["cases"].append(entry)
             print(json.dumps({"case": name, **size, "train_ms": round(train["median_ms"], 1),
                               "train_min_max": [round(train["min_ms"], 1), round(train["max_ms"], 1)],

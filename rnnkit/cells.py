@@ -199,8 +199,9 @@ def _native_sequence(kind: str, xp: Tensor, state: State, params: Mapping[str, T
     from rnnkit.sequences import CellSequence
 
     c0 = state[1] if kind == "lstm" else None
+    # xp is this layer's own temporary (the input product just computed): the kernel may overwrite it.
     out, *final = CellSequence.apply(kind, xp, state[0], c0, params["weight_hh"], bias_hn,
-                                     params.get("recurrent_mask"), mask, *norms, *peepholes)
+                                     params.get("recurrent_mask"), mask, *norms, *peepholes, True)
     return out, tuple(final)
 
 

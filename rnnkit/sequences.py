@@ -41,6 +41,15 @@ def _first_order_only() -> None:
             "layer, which then runs the cell step by step under autograd")
 
 
+def _graph_kept() -> bool:
+    """Whether the backward pass now running keeps the graph for another one (retain_graph=True), so that
+    the values saved for it must stay intact; True where PyTorch cannot say."""
+    try:
+        return bool(torch._C._autograd._get_current_graph_task_keep_graph())
+    except (AttributeError, RuntimeError):
+        return True
+
+
 def _zeros_if_none(grad: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if grad is None else grad
 
@@ -320,24 +329,35 @@ class CellSequence(torch.autograd.Function):
     forward(kind, xp (T, B, G) = W_ih x + b_ih + b_hh (GRU: + [b_hr, b_hz, 0]), h0 (B, H), c0 (B, H) or
             None (LSTM only), weight_hh (G, H), bias_hn (H) or None (GRU only), recurrent_mask (B, H) or
             None, mask (T, B, 1) or None, ln_ih_weight (G) or None, shift_ih (G) or None, ln_hh_weight (G)
-            or None, weight_ci, weight_cf, weight_co (H each) or None) -> outputs (T, B, H), h_T[, c_T]
+            or None, weight_ci, weight_cf, weight_co (H each) or None, xp_scratch=False)
+            -> outputs (T, B, H), h_T[, c_T]
     With `ln_ih_weight` (GRU only), xp is the bare product u = W_ih x and the input half is
     LN(u; ln_ih_weight) + shift_ih (shift_ih = b_ih + [b_hr, b_hz, 0]); with `ln_hh_weight`, the recurrent
     product enters as LN(W_hh h; ln_hh_weight), b_hh added after it as before.
+
+    Memory traffic: with `xp_scratch` (xp is the caller's own temporary, which nothing else reads), the
+    LSTM and GRU write their gates over xp, each step's row in place of the row it has just read, rather
+    than into a buffer of their own; and a backward pass that frees the graph (no `retain_graph`) writes
+    the gates' gradient over the saved gates the same way. Each saves a (T, B, G) buffer and a stream of
+    cache misses per step (measured in benchmarks/speed.py).
     """
 
     @staticmethod
     def forward(ctx, kind, xp, h0, c0, weight_hh, bias_hn, recurrent_mask, mask, ln_ih_weight, shift_ih,
-                ln_hh_weight, weight_ci, weight_cf, weight_co):
+                ln_hh_weight, weight_ci, weight_cf, weight_co, xp_scratch=False):
         T, B, G = xp.shape
         H = h0.shape[1]
         new = xp.new_empty
-        xp = xp.contiguous()
         lstm, gru = kind == "lstm", kind == "gru"
+        # The gates may replace xp where the caller allows it and the backward does not read xp (it does
+        # for the input layer norm of LayerNormGRUCell).
+        in_place = xp_scratch and xp.is_contiguous() and ln_ih_weight is None
+        xp = xp.contiguous()
         recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
         hs, cs, h_in = _states(h0, c0 if lstm else None, T, recurrent_mask)
         step_mask = None if mask is None else mask.reshape(T, B).contiguous()
-        buffers = dict(act=new(T, B, G) if lstm or gru else None, aux=new(T, B, H) if lstm or gru else None,
+        gates = (xp if in_place else new(T, B, G)) if lstm or gru else None
+        buffers = dict(act=gates, aux=new(T, B, H) if lstm or gru else None,
                        c_new=(cs[1:] if mask is None else new(T, B, H)) if lstm else None,
                        out=hs[1:] if mask is None else new(T, B, H))
         norms = {}
@@ -375,7 +395,9 @@ class CellSequence(torch.autograd.Function):
         dh_mm = _zeros_if_none(grad_h, hs[0]).clone()  # the gradient of h_T enters where the product's would
         keep_h = hs.new_zeros(B, H)
         dc = _zeros_if_none(grad_c, hs[0]).clone() if kind == "lstm" else None
-        d_xp = new(T, B, G)
+        # The saved gates are read for the last time at their own step, just before that step's gradient
+        # is written: the gradient can take their place, unless the graph is kept for another backward.
+        d_xp = buffers["act"] if buffers["act"] is not None and not _graph_kept() else new(T, B, G)
         d_prod = new(T, B, G) if kind == "gru" else d_xp
         # b_hn, ln_ih_weight, shift_ih, ln_hh_weight, the peepholes: summed over the steps in the kernel, in float64
         d_sums = hs.new_zeros(4 * H + 3 * G, dtype=torch.float64)
@@ -396,7 +418,7 @@ class CellSequence(torch.autograd.Function):
         sums = [g.to(hs.dtype) if has[name] else None
                 for name, g in zip(("bias_hn", "ln_ih", "shift", "ln_hh", "ci", "cf", "co"),
                                    (d_bias_hn, d_ln_ih, d_shift, d_ln_hh, d_ci, d_cf, d_co), strict=True)]
-        return (None, d_xp, dh, dc, d_weight_hh, sums[0], None, None, *sums[1:])
+        return (None, d_xp, dh, dc, d_weight_hh, sums[0], None, None, *sums[1:], None)
 
 
 def native_sequence_possible(x: Tensor, H: int) -> bool:

@@ -256,3 +256,47 @@ def test_a_failed_build_falls_back_to_the_aten_paths(tmp_path):
     assert native_status == "native"
     assert float(native_out) == pytest.approx(float(out_sum), rel=1e-10)
     assert float(native_grad) == pytest.approx(float(grad_sum), rel=1e-10)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole-lstm", "layernorm-gru"])
+def test_a_kept_graph_gives_the_same_gradients_twice(cell):
+    """The native backward writes the gates' gradient over the saved gates when the graph is freed after
+    it; with retain_graph=True it must leave them intact, so a second backward gives the same gradients
+    as the first, and both equal a backward through a fresh graph."""
+    from rnnkit import Recurrent
+
+    torch.manual_seed(8)
+    layer = Recurrent(cell, I, H, num_layers=2).double()
+    x = torch.randn(B, T, I, dtype=DT)
+
+    def loss():
+        out, _ = layer(x)
+        return (out * torch.linspace(-1, 1, H, dtype=DT)).sum()
+
+    params = list(layer.parameters())
+    fresh = torch.autograd.grad(loss(), params)
+    kept = loss()
+    first = torch.autograd.grad(kept, params, retain_graph=True)
+    second = torch.autograd.grad(kept, params)
+    for a, b, c in zip(fresh, first, second, strict=True):
+        assert torch.equal(a, b)
+        assert torch.equal(a, c)
+
+
+def test_the_input_half_is_left_alone_unless_the_caller_gives_it_up():
+    """CellSequence writes the LSTM's gates over xp only with xp_scratch=True (the layers' own temporary);
+    by default the caller's xp is untouched and the results are the same either way."""
+    from rnnkit.sequences import CellSequence
+
+    torch.manual_seed(9)
+    xp = torch.randn(T, B, 4 * H, dtype=DT)
+    h0, c0, w = torch.randn(B, H, dtype=DT), torch.randn(B, H, dtype=DT), torch.randn(4 * H, H, dtype=DT)
+    args = (h0, c0, w, None, None, None, None, None, None, None, None, None)
+    kept = xp.clone()
+    out = CellSequence.apply("lstm", xp, *args)
+    assert torch.equal(xp, kept)
+    scratch = xp.clone()
+    again = CellSequence.apply("lstm", scratch, *args, True)
+    assert not torch.equal(scratch, kept)  # now holds the gates
+    for a, b in zip(out, again, strict=True):
+        assert torch.equal(a, b)
