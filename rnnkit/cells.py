@@ -190,18 +190,20 @@ class RNNCell(_PlainCell):
                  ) -> tuple[Tensor, State]:
         """The cell over a whole time-major sequence in rnnkit's native kernels (sequences.CellSequence)."""
         kind = "rnn" if self.nonlinearity == "tanh" else "rnn-relu"
-        return _native_sequence(kind, F.linear(x, params["weight_ih"], _both_biases(params)), state, params, mask)
+        return _native_sequence(kind, F.linear(x, params["weight_ih"]), state, params, mask, bias=_both_biases(params))
 
 
 def _native_sequence(kind: str, xp: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None,
                      bias_hn: Tensor | None = None, norms: tuple = (None, None, None),
-                     peepholes: tuple = (None, None, None)) -> tuple[Tensor, State]:
+                     peepholes: tuple = (None, None, None), bias: Tensor | None = None) -> tuple[Tensor, State]:
+    """A cell over a time-major sequence in CellSequence; `bias` is the input half's, added in the kernel
+    (xp is then the bare product W_ih x)."""
     from rnnkit.sequences import CellSequence
 
     c0 = state[1] if kind == "lstm" else None
     # xp is this layer's own temporary (the input product just computed): the kernel may overwrite it.
     out, *final = CellSequence.apply(kind, xp, state[0], c0, params["weight_hh"], bias_hn,
-                                     params.get("recurrent_mask"), mask, *norms, *peepholes, True)
+                                     params.get("recurrent_mask"), mask, *norms, *peepholes, bias, True)
     return out, tuple(final)
 
 
@@ -251,7 +253,8 @@ class LSTMCell(_PlainCell):
     def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
                  ) -> tuple[Tensor, State]:
         """The cell over a whole time-major sequence in rnnkit's native kernels (sequences.CellSequence)."""
-        return _native_sequence("lstm", F.linear(x, params["weight_ih"], _both_biases(params)), state, params, mask)
+        return _native_sequence("lstm", F.linear(x, params["weight_ih"]), state, params, mask,
+                                bias=_both_biases(params))
 
 
 class GRUCell(_PlainCell):
@@ -293,8 +296,8 @@ class GRUCell(_PlainCell):
         if b_hh is not None:
             rz = torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
             bias = rz if b_ih is None else b_ih + rz
-        xp = F.linear(x, params["weight_ih"], bias)
-        return _native_sequence("gru", xp, state, params, mask, None if b_hh is None else b_hh[2 * H:])
+        return _native_sequence("gru", F.linear(x, params["weight_ih"]), state, params, mask,
+                                None if b_hh is None else b_hh[2 * H:], bias=bias)
 
 
 def _both_biases(params: Mapping[str, Tensor]) -> Tensor | None:
@@ -488,10 +491,11 @@ class PeepholeLSTMCell(Cell):
         kernels (the LSTM kernel with peepholes), else as `LayerNormLSTMCell.sequence` (sequences.py)."""
         from rnnkit.sequences import PeepholeLSTMSequence
 
-        xp = F.linear(x, params["weight_ih"], _both_biases(params))
         if self.sequence_native(x):
-            return _native_sequence("lstm", xp, state, params, mask,
-                                    peepholes=(params["weight_ci"], params["weight_cf"], params["weight_co"]))
+            return _native_sequence("lstm", F.linear(x, params["weight_ih"]), state, params, mask,
+                                    peepholes=(params["weight_ci"], params["weight_cf"], params["weight_co"]),
+                                    bias=_both_biases(params))
+        xp = F.linear(x, params["weight_ih"], _both_biases(params))
         out, h, c = PeepholeLSTMSequence.apply(
             xp, *state, params["weight_hh"], params["weight_ci"], params["weight_cf"], params["weight_co"],
             params.get("recurrent_mask"), mask)

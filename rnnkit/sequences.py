@@ -329,8 +329,12 @@ class CellSequence(torch.autograd.Function):
     forward(kind, xp (T, B, G) = W_ih x + b_ih + b_hh (GRU: + [b_hr, b_hz, 0]), h0 (B, H), c0 (B, H) or
             None (LSTM only), weight_hh (G, H), bias_hn (H) or None (GRU only), recurrent_mask (B, H) or
             None, mask (T, B, 1) or None, ln_ih_weight (G) or None, shift_ih (G) or None, ln_hh_weight (G)
-            or None, weight_ci, weight_cf, weight_co (H each) or None, xp_scratch=False)
+            or None, weight_ci, weight_cf, weight_co (H each) or None, bias (G) or None, xp_scratch=False)
             -> outputs (T, B, H), h_T[, c_T]
+    `bias`, where given, is the input half's bias (b_ih + b_hh; the GRU's b_ih + [b_hr, b_hz, 0]), added
+    in the kernel's steps, xp then the bare product W_ih x: that saves a pass over a (T, B, G) tensor each
+    way (adding the bias, and summing its gradient, which the kernel sums as it goes). Not with the layer
+    norms, whose input bias is `shift_ih`.
     With `ln_ih_weight` (GRU only), xp is the bare product u = W_ih x and the input half is
     LN(u; ln_ih_weight) + shift_ih (shift_ih = b_ih + [b_hr, b_hz, 0]); with `ln_hh_weight`, the recurrent
     product enters as LN(W_hh h; ln_hh_weight), b_hh added after it as before.
@@ -344,7 +348,7 @@ class CellSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kind, xp, h0, c0, weight_hh, bias_hn, recurrent_mask, mask, ln_ih_weight, shift_ih,
-                ln_hh_weight, weight_ci, weight_cf, weight_co, xp_scratch=False):
+                ln_hh_weight, weight_ci, weight_cf, weight_co, bias=None, xp_scratch=False):
         T, B, G = xp.shape
         H = h0.shape[1]
         new = xp.new_empty
@@ -368,17 +372,20 @@ class CellSequence(torch.autograd.Function):
             norms.update(gain_hh=ln_hh_weight.contiguous(), r_hat=new(T, B, G), r_rstd=new(T, B))
         if weight_ci is not None:
             norms.update(peep_i=weight_ci.contiguous(), peep_f=weight_cf.contiguous(), peep_o=weight_co.contiguous())
+        if bias is not None and (ln_ih_weight is not None or ln_hh_weight is not None):
+            raise ValueError("CellSequence: the layer-normalised GRU takes its input bias as shift_ih, not bias")
         bias_hn = None if bias_hn is None else bias_hn.contiguous()
+        bias = None if bias is None else bias.contiguous()
         product = new(B, G)
         keep: list[Tensor] = []
         gemm = native.gemm_slots(weight_hh, B, keep, backward=any(ctx.needs_input_grad))
         slots = native.Slots(native.CELL_SLOTS, T=T, B=B, H=H, cell=native.CELL_KINDS[kind], xp=xp, prod=product,
                              bias_hn=bias_hn, mask=step_mask, rmask=recurrent_mask, hs=hs, cs=cs, h_in=h_in,
-                             **buffers, **norms, **(gemm or {}))
+                             bias_x=bias, **buffers, **norms, **(gemm or {}))
         _run_forward("cell", slots, gemm, xp.dtype, weight_hh, hs if h_in is None else h_in, product, LN_EPS)
         ctx.gemm = (gemm, keep)
         ctx.kind = kind
-        ctx.steps = (xp, hs, cs, h_in, buffers, norms, step_mask, bias_hn is not None)
+        ctx.steps = (xp, hs, cs, h_in, buffers, norms, step_mask, bias_hn is not None, bias is not None)
         ctx.save_for_backward(weight_hh, recurrent_mask)
         out = buffers["out"].clone()
         return (out, hs[T].clone(), cs[T].clone()) if lstm else (out, hs[T].clone())
@@ -387,7 +394,7 @@ class CellSequence(torch.autograd.Function):
     def backward(ctx, grad_out, grad_h, grad_c=None):
         _first_order_only()
         weight_hh, recurrent_mask = ctx.saved_tensors
-        xp, hs, cs, h_in, buffers, norms, step_mask, has_bias_hn = ctx.steps
+        xp, hs, cs, h_in, buffers, norms, step_mask, has_bias_hn, has_bias = ctx.steps
         kind = ctx.kind
         T1, B, H = hs.shape
         T, G = T1 - 1, weight_hh.shape[0]
@@ -399,25 +406,26 @@ class CellSequence(torch.autograd.Function):
         # is written: the gradient can take their place, unless the graph is kept for another backward.
         d_xp = buffers["act"] if buffers["act"] is not None and not _graph_kept() else new(T, B, G)
         d_prod = new(T, B, G) if kind == "gru" else d_xp
-        # b_hn, ln_ih_weight, shift_ih, ln_hh_weight, the peepholes: summed over the steps in the kernel, in float64
-        d_sums = hs.new_zeros(4 * H + 3 * G, dtype=torch.float64)
-        d_bias_hn, d_ln_ih, d_shift, d_ln_hh, d_ci, d_cf, d_co = d_sums.split([H, G, G, G, H, H, H])
+        # b_hn, ln_ih_weight, shift_ih, ln_hh_weight, the peepholes, the bias: summed over the steps in the
+        # kernel, in float64
+        d_sums = hs.new_zeros(4 * H + 4 * G, dtype=torch.float64)
+        d_bias_hn, d_ln_ih, d_shift, d_ln_hh, d_ci, d_cf, d_co, d_bias = d_sums.split([H, G, G, G, H, H, H, G])
         peep = "peep_i" in norms
         has = dict(bias_hn=has_bias_hn, ln_ih="gain_ih" in norms, shift=norms.get("shift_ih") is not None,
-                   ln_hh="gain_hh" in norms, ci=peep, cf=peep, co=peep)
+                   ln_hh="gain_hh" in norms, ci=peep, cf=peep, co=peep, bias=has_bias)
         slots = native.Slots(native.CELL_SLOTS, T=T, B=B, H=H, cell=native.CELL_KINDS[kind], xp=xp, mask=step_mask,
                              rmask=recurrent_mask, hs=hs, cs=cs,
                              grad_out=None if grad_out is None else grad_out.contiguous(), dh_mm=dh_mm, keep_h=keep_h,
                              dc=dc, d_xp=d_xp, d_prod=d_prod, d_bias_hn=d_bias_hn if has["bias_hn"] else None,
                              d_gain_ih=d_ln_ih if has["ln_ih"] else None, d_shift_ih=d_shift if has["shift"] else None,
                              d_gain_hh=d_ln_hh if has["ln_hh"] else None, d_peep_i=d_ci if peep else None,
-                             d_peep_f=d_cf if peep else None, d_peep_o=d_co if peep else None, **buffers, **norms,
-                             **(ctx.gemm[0] or {}))
+                             d_peep_f=d_cf if peep else None, d_peep_o=d_co if peep else None,
+                             d_bias_x=d_bias if has_bias else None, **buffers, **norms, **(ctx.gemm[0] or {}))
         dh = _run_backward("cell", slots, ctx.gemm[0], hs.dtype, weight_hh, d_prod, dh_mm, recurrent_mask, keep_h)
         d_weight_hh = _recurrent_weight_gradient(d_prod, hs, h_in)
         sums = [g.to(hs.dtype) if has[name] else None
-                for name, g in zip(("bias_hn", "ln_ih", "shift", "ln_hh", "ci", "cf", "co"),
-                                   (d_bias_hn, d_ln_ih, d_shift, d_ln_hh, d_ci, d_cf, d_co), strict=True)]
+                for name, g in zip(("bias_hn", "ln_ih", "shift", "ln_hh", "ci", "cf", "co", "bias"),
+                                   (d_bias_hn, d_ln_ih, d_shift, d_ln_hh, d_ci, d_cf, d_co, d_bias), strict=True)]
         return (None, d_xp, dh, dc, d_weight_hh, sums[0], None, None, *sums[1:], None)
 
 

@@ -296,7 +296,35 @@ def test_the_input_half_is_left_alone_unless_the_caller_gives_it_up():
     out = CellSequence.apply("lstm", xp, *args)
     assert torch.equal(xp, kept)
     scratch = xp.clone()
-    again = CellSequence.apply("lstm", scratch, *args, True)
+    again = CellSequence.apply("lstm", scratch, *args, None, True)
     assert not torch.equal(scratch, kept)  # now holds the gates
     for a, b in zip(out, again, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "rnn-relu", "lstm", "gru"])
+def test_a_bias_added_in_the_kernel_equals_one_added_to_xp(kind):
+    """CellSequence's `bias` (the input half's, added in the kernel's steps, its gradient summed there)
+    gives what the same bias added to xp beforehand gives, gradients included, with lengths."""
+    from rnnkit.sequences import CellSequence
+
+    torch.manual_seed(10)
+    G = {"lstm": 4, "gru": 3}.get(kind, 1) * H
+    u = torch.randn(T, B, G, dtype=DT, requires_grad=True)
+    bias = torch.randn(G, dtype=DT, requires_grad=True)
+    h0, w = torch.randn(B, H, dtype=DT), torch.randn(G, H, dtype=DT) * 0.5
+    c0 = torch.randn(B, H, dtype=DT) if kind == "lstm" else None
+    b_hn = torch.randn(H, dtype=DT) if kind == "gru" else None
+    mask = (torch.arange(T).unsqueeze(1) < torch.tensor([T, 3, 5])).unsqueeze(2)
+    rest = (None, mask, None, None, None, None, None, None)
+    inside = CellSequence.apply(kind, u, h0, c0, w, b_hn, *rest, bias)
+    outside = CellSequence.apply(kind, u + bias, h0, c0, w, b_hn, *rest)
+    weights = [torch.randn_like(o) for o in inside]
+
+    def grads(outs):
+        return torch.autograd.grad(sum((o * k).sum() for o, k in zip(outs, weights, strict=True)), [u, bias])
+
+    for a, b in zip(inside, outside, strict=True):
+        assert_close(a, b)
+    for a, b in zip(grads(inside), grads(outside), strict=True):
+        assert_close(a, b)

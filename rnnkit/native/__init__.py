@@ -156,7 +156,7 @@ LNLSTM_SLOTS = ("T", "B", "H", "xp", "prod", "gain_hh", "gain_c", "bias_c", "mas
 CELL_SLOTS = ("T", "B", "H", "cell", "xp", "prod", "bias_hn", "mask", "rmask", "hs", "cs", "h_in", "act", "aux",
               "c_new", "out", "grad_out", "dh_mm", "keep_h", "dc", "d_xp", "d_prod", "d_bias_hn", "gain_ih", "shift_ih",
               "u_mean", "u_rstd", "gain_hh", "r_hat", "r_rstd", "d_gain_ih", "d_shift_ih", "d_gain_hh", "peep_i",
-              "peep_f", "peep_o", "d_peep_i", "d_peep_f", "d_peep_o", *GEMM_SLOTS)
+              "peep_f", "peep_o", "d_peep_i", "d_peep_f", "d_peep_o", "bias_x", "d_bias_x", *GEMM_SLOTS)
 CELL_KINDS = {"rnn": 0, "rnn-relu": 1, "lstm": 2, "gru": 3}
 # then four per layer: w_ih, w_hh, b_ih, b_hh
 STEP_SLOTS = ("cell", "B", "I", "H", "layers", "x", "h0", "c0", "h_out", "c_out", "scratch", "gemm_fn")

@@ -65,6 +65,10 @@ enum Slot : int {
   kDPeepI,   // (H) float64, accumulated
   kDPeepF,   // (H) float64, accumulated
   kDPeepO,   // (H) float64, accumulated
+  // The input half's bias, added here rather than into Xp (which is then the bare product W_ih x): one
+  // pass over a (T, B, G) tensor fewer each way, the gradient summed in the kernel.
+  kBiasX,    // (G) or 0; not with the layer norms (LayerNormGRUCell's input bias is ShiftIH)
+  kDBiasX,   // (G) float64, accumulated, or 0
   kGemmKind,  // five slots for the sequence functions' products: rnnkit::gemm_at (gemm.h)
   kSlots = kGemmKind + 5
 };
@@ -79,10 +83,11 @@ template <typename S>
 void forward_step(const int64_t* p, int64_t t, S eps) {
   const int64_t B = p[kB], H = p[kH], cell = p[kCell];
   const int64_t G = cell == kLstm ? 4 * H : cell == kGru ? 3 * H : H;
-  const S* prod_all = at<S>(p, kProd);
+  S* prod_all = at<S>(p, kProd);
   const bool* mask = p[kMask] ? at<bool>(p, kMask) + t * B : nullptr;
   const S* rmask = p[kRMask] ? at<S>(p, kRMask) : nullptr;
   const S* b_hn = p[kBiasHN] ? at<S>(p, kBiasHN) : nullptr;
+  const S* bias_x = p[kBiasX] ? at<S>(p, kBiasX) : nullptr;
   const int threads = rnnkit::threads_for(B, G);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
@@ -98,6 +103,10 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
     const S* h = at<S>(p, kHs) + row * H;  // hs[t] row b: (t * B + b) * H
     S* out = at<S>(p, kOut) + row * H;
     S* hn = at<S>(p, kHs) + (row + B) * H;
+    if (bias_x && cell != kGru) {  // the product row is this step's scratch: the bias joins it there
+      S* pr_row = prod_all + b * G;
+      for (int64_t k = 0; k < G; ++k) pr_row[k] += bias_x[k];
+    }
     if (cell == kRnnTanh) {
       for (int64_t k = 0; k < H; ++k) out[k] = std::tanh(xp[k] + pr[k]);
     } else if (cell == kRnnRelu) {
@@ -155,11 +164,20 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
         }
         pr = p_norm;
       }
-      for (int64_t k = 0; k < 2 * H; ++k) act[k] = sigmoid(x[k] + pr[k]);
-      for (int64_t k = 0; k < H; ++k) {
-        S q = pr[2 * H + k] + (b_hn ? b_hn[k] : S(0));
-        hn_saved[k] = q;
-        act[2 * H + k] = std::tanh(x[2 * H + k] + act[k] * q);
+      if (bias_x) {  // (the GRU without layer norms: the bias belongs to the input half, outside r * q)
+        for (int64_t k = 0; k < 2 * H; ++k) act[k] = sigmoid(x[k] + bias_x[k] + pr[k]);
+        for (int64_t k = 0; k < H; ++k) {
+          S q = pr[2 * H + k] + (b_hn ? b_hn[k] : S(0));
+          hn_saved[k] = q;
+          act[2 * H + k] = std::tanh(x[2 * H + k] + bias_x[2 * H + k] + act[k] * q);
+        }
+      } else {
+        for (int64_t k = 0; k < 2 * H; ++k) act[k] = sigmoid(x[k] + pr[k]);
+        for (int64_t k = 0; k < H; ++k) {
+          S q = pr[2 * H + k] + (b_hn ? b_hn[k] : S(0));
+          hn_saved[k] = q;
+          act[2 * H + k] = std::tanh(x[2 * H + k] + act[k] * q);
+        }
       }
       for (int64_t k = 0; k < H; ++k) {
         S z = act[H + k];
@@ -211,15 +229,16 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
   const S* peep_o = p[kPeepO] ? at<S>(p, kPeepO) : nullptr;
   // The biases', gains' and peepholes' gradients: sums over rows, per thread where there are several
   // (parallel.h).
-  const int sum_slots[7] = {kDBiasHN, kDGainIH, kDShiftIH, kDGainHH, kDPeepI, kDPeepF, kDPeepO};
-  double* totals[7];
-  for (int j = 0; j < 7; ++j) totals[j] = p[sum_slots[j]] ? at<double>(p, sum_slots[j]) : nullptr;
+  const int sum_slots[8] = {kDBiasHN, kDGainIH, kDShiftIH, kDGainHH, kDPeepI, kDPeepF, kDPeepO, kDBiasX};
+  double* totals[8];
+  for (int j = 0; j < 8; ++j) totals[j] = p[sum_slots[j]] ? at<double>(p, sum_slots[j]) : nullptr;
   const int threads = rnnkit::threads_for(B, G);
-  rnnkit::ThreadSums<7> sums(totals, {H, G, G, G, H, H, H}, threads);
+  rnnkit::ThreadSums<8> sums(totals, {H, G, G, G, H, H, H, G}, threads);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
     double *d_b_hn = sums.part(0), *d_gain_ih = sums.part(1), *d_shift_ih = sums.part(2), *d_gain_hh = sums.part(3);
     double *d_peep_i = sums.part(4), *d_peep_f = sums.part(5), *d_peep_o = sums.part(6);
+    double* d_bias_x = sums.part(7);
     const int64_t row = t * B + b;
     S* d_xp = at<S>(p, kDXp) + row * G;
     S* d_prod = at<S>(p, kDProd) + row * G;
@@ -314,6 +333,8 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
         layer_norm_backward_of(d_xp, g_ih, u_hat, u_rstd, G, d_xp);
       }
     }
+    if (d_bias_x)
+      for (int64_t k = 0; k < G; ++k) d_bias_x[k] += double(d_xp[k]);
   }
   sums.merge();
 }

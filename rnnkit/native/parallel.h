@@ -36,9 +36,9 @@ class ThreadSums {
       totals_[j] = totals[j];
       sizes_[j] = sizes[j];
       offsets_[j] = width_;
-      width_ += sizes[j];
+      if (totals[j]) width_ += sizes[j];  // parts only for the sums wanted
     }
-    if (threads > 1) parts_.assign(threads * width_, 0.0);
+    if (threads > 1 && width_ > 0) parts_.assign(threads * width_, 0.0);
   }
 
   // Where the calling thread adds part j (inside the parallel loop).
