@@ -12,7 +12,8 @@ sequence in one `autograd.Function`:
   loop: one (G*H x T*B) @ (T*B x H) matrix product instead of T small ones.
 
 The input half of each gate (W_ih x + b_ih, and b_hh) stays outside, computed for all steps at once
-under ordinary autograd; the functions take it time-major as `xp` (T, B, G*H).
+under ordinary autograd; the functions take it time-major as `xp` (T, B, G*H). (CellSequence, the plain
+cells' native function, takes the bias apart and adds it in its steps.)
 
 All three support `recurrent_mask` (B, H), a dropout mask on the state where it enters the recurrent
 product, and `mask` (T, B, 1) bool for variable lengths: a row past its end keeps its state and

@@ -103,7 +103,7 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
     const S* h = at<S>(p, kHs) + row * H;  // hs[t] row b: (t * B + b) * H
     S* out = at<S>(p, kOut) + row * H;
     S* hn = at<S>(p, kHs) + (row + B) * H;
-    if (bias_x && cell != kGru) {  // the product row is this step's scratch: the bias joins it there
+    if (bias_x && (cell == kRnnTanh || cell == kRnnRelu)) {  // the product row is scratch: the bias joins it
       S* pr_row = prod_all + b * G;
       for (int64_t k = 0; k < G; ++k) pr_row[k] += bias_x[k];
     }
@@ -116,7 +116,10 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
       S* tanh_c = at<S>(p, kAux) + row * H;
       S* c_new = at<S>(p, kCNew) + row * H;
       const S* c = at<S>(p, kCs) + row * H;
-      for (int64_t k = 0; k < G; ++k) act[k] = xp[k] + pr[k];
+      if (bias_x)
+        for (int64_t k = 0; k < G; ++k) act[k] = xp[k] + bias_x[k] + pr[k];
+      else
+        for (int64_t k = 0; k < G; ++k) act[k] = xp[k] + pr[k];
       if (peep_i) {  // the gates also see the cell: p_i * c and p_f * c before the update, p_o * c' after
         for (int64_t k = 0; k < H; ++k) {
           S i = sigmoid(act[k] + peep_i[k] * c[k]), f = sigmoid(act[H + k] + peep_f[k] * c[k]);
