@@ -190,7 +190,15 @@ class RNNCell(_PlainCell):
                  ) -> tuple[Tensor, State]:
         """The cell over a whole time-major sequence in rnnkit's native kernels (sequences.CellSequence)."""
         kind = "rnn" if self.nonlinearity == "tanh" else "rnn-relu"
-        return _native_sequence(kind, F.linear(x, params["weight_ih"]), state, params, mask, bias=_both_biases(params))
+        return _native_sequence(kind, _input_product(x, params["weight_ih"]), state, params, mask,
+                                bias=_both_biases(params))
+
+
+def _input_product(x: Tensor, weight: Tensor) -> Tensor:
+    """x W_ih^T for a native sequence (sequences.input_product: into a reused buffer when training)."""
+    from rnnkit.sequences import input_product
+
+    return input_product(x, weight)
 
 
 def _native_sequence(kind: str, xp: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None,
@@ -253,7 +261,7 @@ class LSTMCell(_PlainCell):
     def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
                  ) -> tuple[Tensor, State]:
         """The cell over a whole time-major sequence in rnnkit's native kernels (sequences.CellSequence)."""
-        return _native_sequence("lstm", F.linear(x, params["weight_ih"]), state, params, mask,
+        return _native_sequence("lstm", _input_product(x, params["weight_ih"]), state, params, mask,
                                 bias=_both_biases(params))
 
 
@@ -296,7 +304,7 @@ class GRUCell(_PlainCell):
         if b_hh is not None:
             rz = torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
             bias = rz if b_ih is None else b_ih + rz
-        return _native_sequence("gru", F.linear(x, params["weight_ih"]), state, params, mask,
+        return _native_sequence("gru", _input_product(x, params["weight_ih"]), state, params, mask,
                                 None if b_hh is None else b_hh[2 * H:], bias=bias)
 
 
@@ -436,7 +444,7 @@ class LayerNormGRUCell(Cell):
             if b_hh is not None:  # b_hr and b_hz join the input half; b_hn stays inside the reset gate's product
                 rz = torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
                 shift = rz if b_ih is None else b_ih + rz
-            return _native_sequence("gru", F.linear(x, params["weight_ih"]), state, params, mask,
+            return _native_sequence("gru", _input_product(x, params["weight_ih"]), state, params, mask,
                                     None if b_hh is None else b_hh[2 * H:],
                                     (params["ln_ih_weight"], shift, params["ln_hh_weight"]))
         xp = self.project(x, params)  # b_hh stays inside: the reset gate scales the recurrent candidate with it
@@ -492,7 +500,7 @@ class PeepholeLSTMCell(Cell):
         from rnnkit.sequences import PeepholeLSTMSequence
 
         if self.sequence_native(x):
-            return _native_sequence("lstm", F.linear(x, params["weight_ih"]), state, params, mask,
+            return _native_sequence("lstm", _input_product(x, params["weight_ih"]), state, params, mask,
                                     peepholes=(params["weight_ci"], params["weight_cf"], params["weight_co"]),
                                     bias=_both_biases(params))
         xp = F.linear(x, params["weight_ih"], _both_biases(params))

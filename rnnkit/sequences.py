@@ -23,6 +23,8 @@ outputs zeros. The gradients are checked against autograd through the step-by-st
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor
 
@@ -40,6 +42,92 @@ def _first_order_only() -> None:
             "rnnkit's whole-sequence cells (layer-norm and peephole LSTM/GRU) have a first-order backward only; "
             "for second-order gradients (create_graph=True) set `layer.whole_sequence = False` on the Recurrent "
             "layer, which then runs the cell step by step under autograd")
+
+
+class ScratchPool:
+    """Large CPU scratch tensors kept from one training step to the next.
+
+    A training step allocates the same big buffers every time: the input product (which the LSTM and GRU
+    kernels turn into the gates, then into the gates' gradient), the states saved for the backward, tens of
+    MB per layer. Fresh from the C allocator, memory of that size comes as new pages from the operating
+    system, each zeroed and mapped on first touch (some 5 ms per training step of a 2-layer LSTM at B=32,
+    T=100, H=512: benchmarks/speed.py). A buffer is given back once the backward that last reads it is done
+    and the graph freed (not with retain_graph), and the next forward takes it again. At most `limit_bytes`
+    are kept; GPU tensors never come here (PyTorch's caching allocator already does this there).
+    """
+
+    def __init__(self, limit_bytes: int = 1 << 30) -> None:
+        self.limit_bytes = limit_bytes
+        self._free: dict[tuple, list[Tensor]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """An uninitialised tensor of `shape`, `like`'s dtype and device: a kept one where there is one."""
+        key = (tuple(shape), like.dtype, like.device)
+        with self._lock:
+            kept = self._free.get(key)
+            if kept:
+                tensor = kept.pop()
+                self._bytes -= tensor.nbytes
+                return tensor
+        return like.new_empty(shape)
+
+    def give(self, *tensors: Tensor | None) -> None:
+        """Keep these for a later take(); each must be a whole contiguous CPU tensor nobody reads again."""
+        with self._lock:
+            for tensor in tensors:
+                if (tensor is None or tensor.device.type != "cpu" or not tensor.is_contiguous()
+                        or tensor.storage_offset() != 0 or tensor.untyped_storage().nbytes() != tensor.nbytes
+                        or self._bytes + tensor.nbytes > self.limit_bytes):
+                    continue
+                self._free.setdefault((tuple(tensor.shape), tensor.dtype, tensor.device), []).append(tensor)
+                self._bytes += tensor.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+            self._bytes = 0
+
+
+SCRATCH = ScratchPool()
+
+
+class InputProjection(torch.autograd.Function):
+    """x W^T for every step at once, x (T, B, I) -> (T, B, G), into a buffer of SCRATCH: the input half of
+    the gates for the native cells. Their kernels may write the gates, then the gates' gradient, over it;
+    when that gradient comes back here (the same buffer), it returns to SCRATCH after the weight's and the
+    input's gradients are taken from it."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        T, B, I = x.shape
+        G = weight.shape[0]
+        rows = x.reshape(T * B, I)
+        out = SCRATCH.take((T, B, G), x)
+        torch.mm(rows, weight.t(), out=out.view(T * B, G))
+        ctx.save_for_backward(rows, weight)
+        ctx.out_ptr = out.data_ptr()
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        rows, weight = ctx.saved_tensors
+        T, B, G = grad.shape
+        flat = grad.reshape(T * B, G)
+        d_x = flat.mm(weight).view(T, B, -1) if ctx.needs_input_grad[0] else None
+        d_weight = flat.t().mm(rows) if ctx.needs_input_grad[1] else None
+        if grad.data_ptr() == ctx.out_ptr and not _graph_kept():
+            SCRATCH.give(grad)
+        return d_x, d_weight
+
+
+def input_product(x: Tensor, weight: Tensor) -> Tensor:
+    """x (T, B, I) W^T: through InputProjection where a CPU backward will follow, else F.linear."""
+    if torch.is_grad_enabled() and x.device.type == "cpu" and (x.requires_grad or weight.requires_grad):
+        return InputProjection.apply(x, weight)
+    return torch.nn.functional.linear(x, weight)
 
 
 def _graph_kept() -> bool:
@@ -203,19 +291,20 @@ def _native_library(xp: Tensor, H: int):
     return native.library()
 
 
-def _states(h0: Tensor, c0: Tensor | None, T: int, recurrent_mask: Tensor | None):
+def _states(h0: Tensor, c0: Tensor | None, T: int, recurrent_mask: Tensor | None, pooled: bool = False):
     """The (T+1, B, H) buffers the native kernels keep the state in, the first row set: h, c (or None), and
-    h * recurrent_mask (the products' input, or None without a mask)."""
+    h * recurrent_mask (the products' input, or None without a mask); from SCRATCH with `pooled`."""
     B, H = h0.shape
-    hs = h0.new_empty(T + 1, B, H)
+    empty = (lambda: SCRATCH.take((T + 1, B, H), h0)) if pooled else (lambda: h0.new_empty(T + 1, B, H))
+    hs = empty()
     hs[0] = h0
     cs = None
     if c0 is not None:
-        cs = h0.new_empty(T + 1, B, H)
+        cs = empty()
         cs[0] = c0
     h_in = None
     if recurrent_mask is not None:
-        h_in = h0.new_empty(T + 1, B, H)
+        h_in = empty()
         torch.mul(h0, recurrent_mask, out=h_in[0])
     return hs, cs, h_in
 
@@ -359,10 +448,13 @@ class CellSequence(torch.autograd.Function):
         in_place = xp_scratch and xp.is_contiguous() and ln_ih_weight is None
         xp = xp.contiguous()
         recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
-        hs, cs, h_in = _states(h0, c0 if lstm else None, T, recurrent_mask)
+        # Where a backward will follow, the saved states come from SCRATCH and go back at its end.
+        pooled = any(ctx.needs_input_grad) and xp.device.type == "cpu"
+        hs, cs, h_in = _states(h0, c0 if lstm else None, T, recurrent_mask, pooled)
         step_mask = None if mask is None else mask.reshape(T, B).contiguous()
         gates = (xp if in_place else new(T, B, G)) if lstm or gru else None
-        buffers = dict(act=gates, aux=new(T, B, H) if lstm or gru else None,
+        aux = (SCRATCH.take((T, B, H), xp) if pooled else new(T, B, H)) if lstm or gru else None
+        buffers = dict(act=gates, aux=aux,
                        c_new=(cs[1:] if mask is None else new(T, B, H)) if lstm else None,
                        out=hs[1:] if mask is None else new(T, B, H))
         norms = {}
@@ -406,7 +498,7 @@ class CellSequence(torch.autograd.Function):
         # The saved gates are read for the last time at their own step, just before that step's gradient
         # is written: the gradient can take their place, unless the graph is kept for another backward.
         d_xp = buffers["act"] if buffers["act"] is not None and not _graph_kept() else new(T, B, G)
-        d_prod = new(T, B, G) if kind == "gru" else d_xp
+        d_prod = SCRATCH.take((T, B, G), hs) if kind == "gru" else d_xp
         # b_hn, ln_ih_weight, shift_ih, ln_hh_weight, the peepholes, the bias: summed over the steps in the
         # kernel, in float64
         d_sums = hs.new_zeros(4 * H + 4 * G, dtype=torch.float64)
@@ -427,6 +519,9 @@ class CellSequence(torch.autograd.Function):
         sums = [g.to(hs.dtype) if has[name] else None
                 for name, g in zip(("bias_hn", "ln_ih", "shift", "ln_hh", "ci", "cf", "co", "bias"),
                                    (d_bias_hn, d_ln_ih, d_shift, d_ln_hh, d_ci, d_cf, d_co, d_bias), strict=True)]
+        if not _graph_kept():  # nothing reads the saved states again: they go back for the next forward
+            SCRATCH.give(hs, cs, h_in, buffers["aux"], d_prod if d_prod is not d_xp else None)
+            ctx.steps = None
         return (None, d_xp, dh, dc, d_weight_hh, sums[0], None, None, *sums[1:], None)
 
 

@@ -328,3 +328,53 @@ def test_a_bias_added_in_the_kernel_equals_one_added_to_xp(kind):
         assert_close(a, b)
     for a, b in zip(grads(inside), grads(outside), strict=True):
         assert_close(a, b)
+
+
+def test_input_projection_matches_linear_and_its_buffer_is_reused():
+    """InputProjection is x W^T with F.linear's gradients (gradcheck in float64); in training its output
+    buffer, which the LSTM kernel turns into the gates and then their gradient, goes back to the pool after
+    the backward and the next step takes it again, with the same results."""
+    from rnnkit import Recurrent
+    from rnnkit.sequences import SCRATCH, InputProjection
+
+    x = torch.randn(4, 3, 5, dtype=DT, requires_grad=True)
+    w = torch.randn(6, 5, dtype=DT, requires_grad=True)
+    assert_close(InputProjection.apply(x, w), torch.nn.functional.linear(x, w))
+    assert torch.autograd.gradcheck(lambda a, b: InputProjection.apply(a, b) * 1.0, (x, w))
+
+    SCRATCH.clear()
+    torch.manual_seed(11)
+    layer = Recurrent("lstm", I, H, num_layers=2).double()
+    x = torch.randn(B, T, I, dtype=DT)
+    seen = []
+    original = InputProjection.forward
+
+    def spy(ctx, *args):
+        out = original(ctx, *args)
+        seen.append(out.data_ptr())
+        return out
+
+    results = []
+    try:
+        InputProjection.forward = staticmethod(spy)
+        for _ in range(2):
+            out, _ = layer(x)
+            grads = torch.autograd.grad(out.square().sum(), list(layer.parameters()))
+            results.append([out.detach(), *grads])
+    finally:
+        InputProjection.forward = staticmethod(original)
+    assert set(seen[2:]) <= set(seen[:2])  # the second step reused the first step's buffers
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_scratch_pool_keeps_only_whole_tensors_within_its_limit():
+    from rnnkit.sequences import ScratchPool
+
+    pool = ScratchPool(limit_bytes=1000)
+    whole, big = torch.empty(10, 10), torch.empty(20, 20)  # 400 and 1600 bytes
+    pool.give(whole[:5], whole.t(), big)  # a view, a transposed view, and one over the limit: all refused
+    assert pool.take((5, 10), whole).data_ptr() != whole.data_ptr()
+    pool.give(whole)
+    assert pool.take((10, 10), whole).data_ptr() == whole.data_ptr()
+    assert pool.take((10, 10), whole).data_ptr() != whole.data_ptr()  # taken once only
