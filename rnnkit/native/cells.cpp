@@ -167,20 +167,19 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
         }
         pr = p_norm;
       }
-      if (bias_x) {  // (the GRU without layer norms: the bias belongs to the input half, outside r * q)
-        for (int64_t k = 0; k < 2 * H; ++k) act[k] = sigmoid(x[k] + bias_x[k] + pr[k]);
-        for (int64_t k = 0; k < H; ++k) {
-          S q = pr[2 * H + k] + (b_hn ? b_hn[k] : S(0));
-          hn_saved[k] = q;
-          act[2 * H + k] = std::tanh(x[2 * H + k] + bias_x[2 * H + k] + act[k] * q);
-        }
-      } else {
-        for (int64_t k = 0; k < 2 * H; ++k) act[k] = sigmoid(x[k] + pr[k]);
-        for (int64_t k = 0; k < H; ++k) {
-          S q = pr[2 * H + k] + (b_hn ? b_hn[k] : S(0));
-          hn_saved[k] = q;
-          act[2 * H + k] = std::tanh(x[2 * H + k] + act[k] * q);
-        }
+      const S* x_n = x + 2 * H;  // the candidate's input half
+      if (bias_x) {  // (the GRU without layer norms) r's and z's bias joins the product row (scratch); n's
+                     // belongs to the input half, outside r * q: written into n's place in act first
+        S* pr_row = prod_all + b * G;
+        for (int64_t k = 0; k < 2 * H; ++k) pr_row[k] += bias_x[k];
+        for (int64_t k = 0; k < H; ++k) act[2 * H + k] = x[2 * H + k] + bias_x[2 * H + k];
+        x_n = act + 2 * H;
+      }
+      for (int64_t k = 0; k < 2 * H; ++k) act[k] = sigmoid(x[k] + pr[k]);
+      for (int64_t k = 0; k < H; ++k) {
+        S q = pr[2 * H + k] + (b_hn ? b_hn[k] : S(0));
+        hn_saved[k] = q;
+        act[2 * H + k] = std::tanh(x_n[k] + act[k] * q);
       }
       for (int64_t k = 0; k < H; ++k) {
         S z = act[H + k];
