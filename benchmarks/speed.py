@@ -11,7 +11,7 @@ Measures, for each case, the median and min-max over --repeats runs after a warm
 - the machine's sgemm peak (a 2048-square matrix product), and each LSTM training step as a fraction of it
   (floating-point work counted as 3x the forward's matrix products): against the peak measured at the start
   of the run, and, for rnnkit's and torch.nn's LSTM, paired (the step and the product timed in turn, the
-  median of the pairs' ratios), which holds when the machine's speed drifts during the run.
+  median of at least 15 pairs' ratios), which holds when the machine's speed drifts during the run.
 
 First-call times (compilation included, for Flax) are reported separately, and so is the time a fresh process
 takes to have rnnkit's native C++ kernels ready, with an empty cache (the build) and with a cached build.
@@ -321,7 +321,7 @@ def main() -> None:
                 flops = lstm_flops(B, T, I, H, L)
                 entry["train"]["fraction_of_peak"] = flops / (train["median_ms"] / 1000) / 1e9 / peak
                 if name.startswith(("rnnkit", "torch")):
-                    paired = paired_fraction(one_training_step(module, run, x), flops, args.repeats)
+                    paired = paired_fraction(one_training_step(module, run, x), flops, max(args.repeats, 15))
                     entry["train"]["fraction_of_peak_paired"] = paired
                     print(json.dumps({"case": name, **size,
                                       "fraction_of_peak": round(entry["train"]["fraction_of_peak"], 3),

@@ -215,8 +215,21 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
 // (before the rmask; with `last` set, the gradient of h_T itself and no rmask), KeepH what reached h_{t+1}
 // other than through that product, Dc (LSTM) the gradient of c_{t+1}. On return KeepH and Dc hold the same
 // for h_t and c_t; the caller adds DProd[t] W_hh (the product) to reach h_t.
+// The sums of the backward (the biases', gains' and peepholes' gradients), per thread where there are several
+// (parallel.h): made once for a whole sequence, or for one step where the Python side drives the loop.
+using Sums = rnnkit::ThreadSums<8>;
+
+inline Sums backward_sums(const int64_t* p) {
+  const int64_t H = p[kH], cell = p[kCell];
+  const int64_t G = cell == kLstm ? 4 * H : cell == kGru ? 3 * H : H;
+  const int sum_slots[8] = {kDBiasHN, kDGainIH, kDShiftIH, kDGainHH, kDPeepI, kDPeepF, kDPeepO, kDBiasX};
+  double* totals[8];
+  for (int j = 0; j < 8; ++j) totals[j] = p[sum_slots[j]] ? at<double>(p, sum_slots[j]) : nullptr;
+  return Sums(totals, {H, G, G, G, H, H, H, G}, rnnkit::threads_for(p[kB], G));
+}
+
 template <typename S>
-void backward_step(const int64_t* p, int64_t t, int64_t last) {
+void backward_step(const int64_t* p, int64_t t, int64_t last, Sums& sums) {
   const int64_t B = p[kB], H = p[kH], cell = p[kCell];
   const int64_t G = cell == kLstm ? 4 * H : cell == kGru ? 3 * H : H;
   const bool* mask = p[kMask] ? at<bool>(p, kMask) + t * B : nullptr;
@@ -229,13 +242,7 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
   const S* peep_i = p[kPeepI] ? at<S>(p, kPeepI) : nullptr;
   const S* peep_f = p[kPeepF] ? at<S>(p, kPeepF) : nullptr;
   const S* peep_o = p[kPeepO] ? at<S>(p, kPeepO) : nullptr;
-  // The biases', gains' and peepholes' gradients: sums over rows, per thread where there are several
-  // (parallel.h).
-  const int sum_slots[8] = {kDBiasHN, kDGainIH, kDShiftIH, kDGainHH, kDPeepI, kDPeepF, kDPeepO, kDBiasX};
-  double* totals[8];
-  for (int j = 0; j < 8; ++j) totals[j] = p[sum_slots[j]] ? at<double>(p, sum_slots[j]) : nullptr;
   const int threads = rnnkit::threads_for(B, G);
-  rnnkit::ThreadSums<8> sums(totals, {H, G, G, G, H, H, H, G}, threads);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
     double *d_b_hn = sums.part(0), *d_gain_ih = sums.part(1), *d_shift_ih = sums.part(2), *d_gain_hh = sums.part(3);
@@ -338,6 +345,12 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
     if (d_bias_x)
       for (int64_t k = 0; k < G; ++k) d_bias_x[k] += double(d_xp[k]);
   }
+}
+
+template <typename S>
+void backward_one_step(const int64_t* p, int64_t t, int64_t last) {
+  Sums sums = backward_sums(p);
+  backward_step<S>(p, t, last, sums);
   sums.merge();
 }
 
@@ -356,8 +369,11 @@ void forward_sequence(const int64_t* p, S eps) {
 template <typename S>
 void backward_sequence(const int64_t* p) {
   const int64_t T = p[kT];
+  Sums sums = backward_sums(p);  // each thread sums its rows over all steps; merged once, in thread order
   rnnkit::backward_loop<S>(rnnkit::gemm_at(p, kGemmKind), T, p[kB], gates(p), p[kH], at<S>(p, kDProd),
-                           at<S>(p, kDhMM), [p, T](int64_t t) { backward_step<S>(p, t, t == T - 1); });
+                           at<S>(p, kDhMM),
+                           [p, T, &sums](int64_t t) { backward_step<S>(p, t, t == T - 1, sums); });
+  sums.merge();
 }
 
 // One step of a stack of plain-cell layers for streaming (Recurrent.step without autograd), in one call:
@@ -497,6 +513,10 @@ void rnnkit_cell_backward_sequence_f64(const int64_t* p) { backward_sequence<dou
 int64_t rnnkit_cell_slots() { return kSlots; }
 void rnnkit_cell_forward_f32(const int64_t* p, int64_t t, double eps) { forward_step<float>(p, t, float(eps)); }
 void rnnkit_cell_forward_f64(const int64_t* p, int64_t t, double eps) { forward_step<double>(p, t, eps); }
-void rnnkit_cell_backward_f32(const int64_t* p, int64_t t, int64_t last) { backward_step<float>(p, t, last); }
-void rnnkit_cell_backward_f64(const int64_t* p, int64_t t, int64_t last) { backward_step<double>(p, t, last); }
+void rnnkit_cell_backward_f32(const int64_t* p, int64_t t, int64_t last) {
+  backward_one_step<float>(p, t, last);
+}
+void rnnkit_cell_backward_f64(const int64_t* p, int64_t t, int64_t last) {
+  backward_one_step<double>(p, t, last);
+}
 }

@@ -159,8 +159,20 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
 // product (before the rmask; at the last step, with `last` set, the gradient of h_T itself), KeepH what
 // reached h_{t+1} past the row's end, Dc the gradient of c_{t+1}. On return Dc is the gradient of c_t and
 // KeepH that of h_t past the end; the caller adds DR[t] W_hh (the product) to reach h_t.
+// The gains' and shifts' gradients: sums over rows, per thread where there are several (parallel.h); made
+// once for a whole sequence, or for one step where the Python side drives the loop.
+using Sums = rnnkit::ThreadSums<5>;
+
+inline Sums backward_sums(const int64_t* p) {
+  const int64_t H = p[kH], G = 4 * H;
+  double* totals[5] = {at<double>(p, kDGainHH), at<double>(p, kDGainC), at<double>(p, kDBiasC),
+                       p[kDGainIH] ? at<double>(p, kDGainIH) : nullptr,
+                       p[kDShiftIH] ? at<double>(p, kDShiftIH) : nullptr};
+  return Sums(totals, {G, H, H, G, G}, rnnkit::threads_for(p[kB], G));
+}
+
 template <typename S>
-void backward_step(const int64_t* p, int64_t t, int64_t last) {
+void backward_step(const int64_t* p, int64_t t, int64_t last, Sums& sums) {
   const int64_t B = p[kB], H = p[kH], G = 4 * H;
   const S* g_hh = at<S>(p, kGainHH);
   const S* g_c = at<S>(p, kGainC);
@@ -172,12 +184,7 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
   S* dc_all = at<S>(p, kDc);
   const S* cs = at<S>(p, kCs) + t * B * H;
   const S* g_ih = p[kGainIH] ? at<S>(p, kGainIH) : nullptr;
-  // The gains' and shifts' gradients: sums over rows, per thread where there are several (parallel.h).
-  double* totals[5] = {at<double>(p, kDGainHH), at<double>(p, kDGainC), at<double>(p, kDBiasC),
-                       p[kDGainIH] ? at<double>(p, kDGainIH) : nullptr,
-                       p[kDShiftIH] ? at<double>(p, kDShiftIH) : nullptr};
   const int threads = rnnkit::threads_for(B, G);
-  rnnkit::ThreadSums<5> sums(totals, {G, H, H, G, G}, threads);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
     double *d_gain_hh = sums.part(0), *d_gain_c = sums.part(1), *d_bias_c = sums.part(2);
@@ -244,6 +251,12 @@ void backward_step(const int64_t* p, int64_t t, int64_t last) {
       d_bias_c[k] += double(d_lnc[k]);
     }
   }
+}
+
+template <typename S>
+void backward_one_step(const int64_t* p, int64_t t, int64_t last) {
+  Sums sums = backward_sums(p);
+  backward_step<S>(p, t, last, sums);
   sums.merge();
 }
 
@@ -258,8 +271,11 @@ void forward_sequence(const int64_t* p, S eps) {
 template <typename S>
 void backward_sequence(const int64_t* p) {
   const int64_t T = p[kT];
+  Sums sums = backward_sums(p);  // each thread sums its rows over all steps; merged once, in thread order
   rnnkit::backward_loop<S>(rnnkit::gemm_at(p, kGemmKind), T, p[kB], 4 * p[kH], p[kH], at<S>(p, kDR),
-                           at<S>(p, kDhMM), [p, T](int64_t t) { backward_step<S>(p, t, t == T - 1); });
+                           at<S>(p, kDhMM),
+                           [p, T, &sums](int64_t t) { backward_step<S>(p, t, t == T - 1, sums); });
+  sums.merge();
 }
 
 }  // namespace
@@ -272,6 +288,10 @@ void rnnkit_lnlstm_backward_sequence_f64(const int64_t* p) { backward_sequence<d
 int64_t rnnkit_lnlstm_slots() { return kSlots; }
 void rnnkit_lnlstm_forward_f32(const int64_t* p, int64_t t, double eps) { forward_step<float>(p, t, float(eps)); }
 void rnnkit_lnlstm_forward_f64(const int64_t* p, int64_t t, double eps) { forward_step<double>(p, t, eps); }
-void rnnkit_lnlstm_backward_f32(const int64_t* p, int64_t t, int64_t last) { backward_step<float>(p, t, last); }
-void rnnkit_lnlstm_backward_f64(const int64_t* p, int64_t t, int64_t last) { backward_step<double>(p, t, last); }
+void rnnkit_lnlstm_backward_f32(const int64_t* p, int64_t t, int64_t last) {
+  backward_one_step<float>(p, t, last);
+}
+void rnnkit_lnlstm_backward_f64(const int64_t* p, int64_t t, int64_t last) {
+  backward_one_step<double>(p, t, last);
+}
 }
