@@ -5,15 +5,19 @@
 - `compile`: one forward step of a layer-normalised LSTM cell (B=32, H=256) eager and under `torch.compile`,
   with the compile time;
 - `streaming`: a 2-layer LSTM (H=512) stepped at B=1 without autograd: rnnkit's native step kernel, ATen's
-  one-step cell functions, the generic cell step, and the bare matrix-vector products as the floor.
+  one-step cell functions, the generic cell step, and the bare matrix-vector products as the floor;
+- `faults`: the training step of a 2-layer LSTM (B=32, T=100, I=128, H=512, the speed table's) with the native
+  kernels' scratch pool and without it (`rnnkit.sequences.SCRATCH` keeping nothing): the minor page faults per step
+  (fresh pages the operating system maps and zeroes, from getrusage) and the step's time, in turn.
 
-    python benchmarks/probes.py --threads 2 [optimizer compile streaming]
+    python benchmarks/probes.py --threads 2 [optimizer compile streaming faults]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -115,7 +119,39 @@ def streaming() -> dict[str, object]:
                 "generic step": median_us(generic, 200, 9), "bare products": median_us(bare, 200, 9)}
 
 
-PROBES = {"optimizer": optimizer, "compile": compile_step, "streaming": streaming}
+def faults() -> dict[str, object]:
+    from rnnkit.sequences import SCRATCH
+
+    torch.manual_seed(0)
+    layer = Recurrent("lstm", 128, 512, num_layers=2)
+    x = torch.randn(32, 100, 128)
+
+    def step():
+        layer.zero_grad(set_to_none=True)
+        layer(x)[0].sum().backward()
+
+    kept = SCRATCH.limit_bytes
+    runs: dict[str, dict[str, list[float]]] = {"pool": {"faults": [], "ms": []}, "no pool": {"faults": [], "ms": []}}
+    try:
+        for _ in range(3):
+            step()
+        for _ in range(10):  # the two in turn, so that the machine's drift falls on both
+            for name, limit in (("pool", kept), ("no pool", 0)):
+                SCRATCH.limit_bytes = limit
+                if limit == 0:
+                    SCRATCH.clear()
+                step()  # settle into this setting
+                before, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+                step()
+                runs[name]["ms"].append((time.perf_counter() - start) * 1000)
+                runs[name]["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    finally:
+        SCRATCH.limit_bytes = kept
+    return {name: {"page_faults_per_step": statistics.median(r["faults"]),
+                   "step_ms": round(statistics.median(r["ms"]), 1)} for name, r in runs.items()}
+
+
+PROBES = {"optimizer": optimizer, "compile": compile_step, "streaming": streaming, "faults": faults}
 
 
 def main() -> None:
