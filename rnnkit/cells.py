@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit.sequences import input_product
+
 State = tuple[Tensor, ...]
 
 
@@ -190,15 +192,8 @@ class RNNCell(_PlainCell):
                  ) -> tuple[Tensor, State]:
         """The cell over a whole time-major sequence in rnnkit's native kernels (sequences.CellSequence)."""
         kind = "rnn" if self.nonlinearity == "tanh" else "rnn-relu"
-        return _native_sequence(kind, _input_product(x, params["weight_ih"]), state, params, mask,
+        return _native_sequence(kind, input_product(x, params["weight_ih"]), state, params, mask,
                                 bias=_both_biases(params))
-
-
-def _input_product(x: Tensor, weight: Tensor) -> Tensor:
-    """x W_ih^T for a native sequence (sequences.input_product: into a reused buffer when training)."""
-    from rnnkit.sequences import input_product
-
-    return input_product(x, weight)
 
 
 def _native_sequence(kind: str, xp: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None,
@@ -261,7 +256,7 @@ class LSTMCell(_PlainCell):
     def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
                  ) -> tuple[Tensor, State]:
         """The cell over a whole time-major sequence in rnnkit's native kernels (sequences.CellSequence)."""
-        return _native_sequence("lstm", _input_product(x, params["weight_ih"]), state, params, mask,
+        return _native_sequence("lstm", input_product(x, params["weight_ih"]), state, params, mask,
                                 bias=_both_biases(params))
 
 
@@ -304,7 +299,7 @@ class GRUCell(_PlainCell):
         if b_hh is not None:
             rz = torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
             bias = rz if b_ih is None else b_ih + rz
-        return _native_sequence("gru", _input_product(x, params["weight_ih"]), state, params, mask,
+        return _native_sequence("gru", input_product(x, params["weight_ih"]), state, params, mask,
                                 None if b_hh is None else b_hh[2 * H:], bias=bias)
 
 
@@ -444,7 +439,7 @@ class LayerNormGRUCell(Cell):
             if b_hh is not None:  # b_hr and b_hz join the input half; b_hn stays inside the reset gate's product
                 rz = torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
                 shift = rz if b_ih is None else b_ih + rz
-            return _native_sequence("gru", _input_product(x, params["weight_ih"]), state, params, mask,
+            return _native_sequence("gru", input_product(x, params["weight_ih"]), state, params, mask,
                                     None if b_hh is None else b_hh[2 * H:],
                                     (params["ln_ih_weight"], shift, params["ln_hh_weight"]))
         xp = self.project(x, params)  # b_hh stays inside: the reset gate scales the recurrent candidate with it
@@ -500,7 +495,7 @@ class PeepholeLSTMCell(Cell):
         from rnnkit.sequences import PeepholeLSTMSequence
 
         if self.sequence_native(x):
-            return _native_sequence("lstm", _input_product(x, params["weight_ih"]), state, params, mask,
+            return _native_sequence("lstm", input_product(x, params["weight_ih"]), state, params, mask,
                                     peepholes=(params["weight_ci"], params["weight_cf"], params["weight_co"]),
                                     bias=_both_biases(params))
         xp = F.linear(x, params["weight_ih"], _both_biases(params))

@@ -495,9 +495,10 @@ class CellSequence(torch.autograd.Function):
         dh_mm = _zeros_if_none(grad_h, hs[0]).clone()  # the gradient of h_T enters where the product's would
         keep_h = hs.new_zeros(B, H)
         dc = _zeros_if_none(grad_c, hs[0]).clone() if kind == "lstm" else None
+        kept = _graph_kept()
         # The saved gates are read for the last time at their own step, just before that step's gradient
         # is written: the gradient can take their place, unless the graph is kept for another backward.
-        d_xp = buffers["act"] if buffers["act"] is not None and not _graph_kept() else new(T, B, G)
+        d_xp = buffers["act"] if buffers["act"] is not None and not kept else new(T, B, G)
         d_prod = SCRATCH.take((T, B, G), hs) if kind == "gru" else d_xp
         # b_hn, ln_ih_weight, shift_ih, ln_hh_weight, the peepholes, the bias: summed over the steps in the
         # kernel, in float64
@@ -519,7 +520,7 @@ class CellSequence(torch.autograd.Function):
         sums = [g.to(hs.dtype) if has[name] else None
                 for name, g in zip(("bias_hn", "ln_ih", "shift", "ln_hh", "ci", "cf", "co", "bias"),
                                    (d_bias_hn, d_ln_ih, d_shift, d_ln_hh, d_ci, d_cf, d_co, d_bias), strict=True)]
-        if not _graph_kept():  # nothing reads the saved states again: they go back for the next forward
+        if not kept:  # nothing reads the saved states again: they go back for the next forward
             SCRATCH.give(hs, cs, h_in, buffers["aux"], d_prod if d_prod is not d_xp else None)
             ctx.steps = None
         return (None, d_xp, dh, dc, d_weight_hh, sums[0], None, None, *sums[1:], None)

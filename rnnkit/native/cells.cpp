@@ -79,10 +79,14 @@ using rnnkit::layer_norm_backward_of;
 using rnnkit::moments;
 using rnnkit::sigmoid;
 
+// G, the width of a row of gates: 4H, 3H or H.
+inline int64_t gates(const int64_t* p) {
+  return p[kCell] == kLstm ? 4 * p[kH] : p[kCell] == kGru ? 3 * p[kH] : p[kH];
+}
+
 template <typename S>
 void forward_step(const int64_t* p, int64_t t, S eps) {
-  const int64_t B = p[kB], H = p[kH], cell = p[kCell];
-  const int64_t G = cell == kLstm ? 4 * H : cell == kGru ? 3 * H : H;
+  const int64_t B = p[kB], H = p[kH], cell = p[kCell], G = gates(p);
   S* prod_all = at<S>(p, kProd);
   const bool* mask = p[kMask] ? at<bool>(p, kMask) + t * B : nullptr;
   const S* rmask = p[kRMask] ? at<S>(p, kRMask) : nullptr;
@@ -103,9 +107,10 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
     const S* h = at<S>(p, kHs) + row * H;  // hs[t] row b: (t * B + b) * H
     S* out = at<S>(p, kOut) + row * H;
     S* hn = at<S>(p, kHs) + (row + B) * H;
-    if (bias_x && (cell == kRnnTanh || cell == kRnnRelu)) {  // the product row is scratch: the bias joins it
+    if (bias_x) {  // the product row is this step's scratch: the input bias joins it there, except the GRU's
+                   // n part, which sits outside r * q (added to the input half below)
       S* pr_row = prod_all + b * G;
-      for (int64_t k = 0; k < G; ++k) pr_row[k] += bias_x[k];
+      for (int64_t k = 0, n = cell == kGru ? 2 * H : G; k < n; ++k) pr_row[k] += bias_x[k];
     }
     if (cell == kRnnTanh) {
       for (int64_t k = 0; k < H; ++k) out[k] = std::tanh(xp[k] + pr[k]);
@@ -116,10 +121,7 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
       S* tanh_c = at<S>(p, kAux) + row * H;
       S* c_new = at<S>(p, kCNew) + row * H;
       const S* c = at<S>(p, kCs) + row * H;
-      if (bias_x)
-        for (int64_t k = 0; k < G; ++k) act[k] = xp[k] + bias_x[k] + pr[k];
-      else
-        for (int64_t k = 0; k < G; ++k) act[k] = xp[k] + pr[k];
+      for (int64_t k = 0; k < G; ++k) act[k] = xp[k] + pr[k];
       if (peep_i) {  // the gates also see the cell: p_i * c and p_f * c before the update, p_o * c' after
         for (int64_t k = 0; k < H; ++k) {
           S i = sigmoid(act[k] + peep_i[k] * c[k]), f = sigmoid(act[H + k] + peep_f[k] * c[k]);
@@ -168,10 +170,7 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
         pr = p_norm;
       }
       const S* x_n = x + 2 * H;  // the candidate's input half
-      if (bias_x) {  // (the GRU without layer norms) r's and z's bias joins the product row (scratch); n's
-                     // belongs to the input half, outside r * q: written into n's place in act first
-        S* pr_row = prod_all + b * G;
-        for (int64_t k = 0; k < 2 * H; ++k) pr_row[k] += bias_x[k];
+      if (bias_x) {  // (the GRU without layer norms) n's bias, written into n's place in act first
         for (int64_t k = 0; k < H; ++k) act[2 * H + k] = x[2 * H + k] + bias_x[2 * H + k];
         x_n = act + 2 * H;
       }
@@ -220,8 +219,7 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
 using Sums = rnnkit::ThreadSums<8>;
 
 inline Sums backward_sums(const int64_t* p) {
-  const int64_t H = p[kH], cell = p[kCell];
-  const int64_t G = cell == kLstm ? 4 * H : cell == kGru ? 3 * H : H;
+  const int64_t H = p[kH], G = gates(p);
   const int sum_slots[8] = {kDBiasHN, kDGainIH, kDShiftIH, kDGainHH, kDPeepI, kDPeepF, kDPeepO, kDBiasX};
   double* totals[8];
   for (int j = 0; j < 8; ++j) totals[j] = p[sum_slots[j]] ? at<double>(p, sum_slots[j]) : nullptr;
@@ -230,8 +228,7 @@ inline Sums backward_sums(const int64_t* p) {
 
 template <typename S>
 void backward_step(const int64_t* p, int64_t t, int64_t last, Sums& sums) {
-  const int64_t B = p[kB], H = p[kH], cell = p[kCell];
-  const int64_t G = cell == kLstm ? 4 * H : cell == kGru ? 3 * H : H;
+  const int64_t B = p[kB], H = p[kH], cell = p[kCell], G = gates(p);
   const bool* mask = p[kMask] ? at<bool>(p, kMask) + t * B : nullptr;
   const S* rmask = (p[kRMask] && !last) ? at<S>(p, kRMask) : nullptr;
   const S* grad_out = p[kGradOut] ? at<S>(p, kGradOut) + t * B * H : nullptr;
@@ -352,10 +349,6 @@ void backward_one_step(const int64_t* p, int64_t t, int64_t last) {
   Sums sums = backward_sums(p);
   backward_step<S>(p, t, last, sums);
   sums.merge();
-}
-
-inline int64_t gates(const int64_t* p) {
-  return p[kCell] == kLstm ? 4 * p[kH] : p[kCell] == kGru ? 3 * p[kH] : p[kH];
 }
 
 // The whole sequence, the recurrent products included (gemm.h).
