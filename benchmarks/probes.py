@@ -7,8 +7,8 @@
 - `streaming`: a 2-layer LSTM (H=512) stepped at B=1 without autograd: rnnkit's native step kernel, ATen's
   one-step cell functions, the generic cell step, and the bare matrix-vector products as the floor;
 - `faults`: the training step of a 2-layer LSTM (B=32, T=100, I=128, H=512, the speed table's) with the native
-  kernels' scratch pool and without it (`rnnkit.sequences.SCRATCH` keeping nothing): the minor page faults per step
-  (fresh pages the operating system maps and zeroes, from getrusage) and the step's time, in turn.
+  kernels' scratch pool and without it (`rnnkit.kernels.sequences.SCRATCH` keeping nothing): the minor page
+  faults per step (fresh pages the operating system maps and zeroes, from getrusage) and the step's time, in turn.
 
     python benchmarks/probes.py --threads 2 [optimizer compile streaming faults]
 """
@@ -25,7 +25,8 @@ from collections.abc import Callable
 import torch
 from bench_common import environment
 
-from rnnkit import Recurrent, native
+from rnnkit import Recurrent
+from rnnkit.kernels import native
 from rnnkit.models.language_model import LanguageModel
 
 
@@ -120,7 +121,7 @@ def streaming() -> dict[str, object]:
 
 
 def faults() -> dict[str, object]:
-    from rnnkit.sequences import SCRATCH
+    from rnnkit.kernels.sequences import SCRATCH
 
     torch.manual_seed(0)
     layer = Recurrent("lstm", 128, 512, num_layers=2)

@@ -38,8 +38,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rnnkit import Recurrent, native
+from rnnkit import Recurrent
 from rnnkit.cells import LayerNormLSTMCell
+from rnnkit.kernels import native
 
 CELLS = ["rnn", "lstm", "gru", "layernorm-lstm", "layernorm-gru", "peephole-lstm", "indrnn", "mingru", "minlstm"]
 TORCH_PEER = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -70,7 +71,7 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, 
 def native_start_up() -> dict[str, object]:
     """Seconds a fresh process (rnnkit already imported) takes to have rnnkit's native kernels ready: with an
     empty cache (the C++ build included) and with the library already cached."""
-    code = "import time; from rnnkit import native; t = time.perf_counter(); s = native.status(); " \
+    code = "import time; from rnnkit.kernels import native; t = time.perf_counter(); s = native.status(); " \
            "print(s, time.perf_counter() - t)"
     out: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as cache:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.sequences import input_product
+from rnnkit.kernels.sequences import input_product
 
 State = tuple[Tensor, ...]
 
@@ -153,7 +153,7 @@ class _PlainCell(Cell):
     those cannot run, a layer uses PyTorch's fused kernel or the step loop)."""
 
     def sequence_possible(self, x: Tensor) -> bool:
-        from rnnkit.sequences import native_cell_sequence_possible
+        from rnnkit.kernels.sequences import native_cell_sequence_possible
 
         return native_cell_sequence_possible(x)
 
@@ -201,7 +201,7 @@ def _native_sequence(kind: str, xp: Tensor, state: State, params: Mapping[str, T
                      peepholes: tuple = (None, None, None), bias: Tensor | None = None) -> tuple[Tensor, State]:
     """A cell over a time-major sequence in CellSequence; `bias` is the input half's, added in the kernel
     (xp is then the bare product W_ih x)."""
-    from rnnkit.sequences import CellSequence
+    from rnnkit.kernels.sequences import CellSequence
 
     c0 = state[1] if kind == "lstm" else None
     # xp is this layer's own temporary (the input product just computed): the kernel may overwrite it.
@@ -371,7 +371,7 @@ class LayerNormLSTMCell(Cell):
         return h, c
 
     def sequence_native(self, x: Tensor) -> bool:
-        from rnnkit.sequences import native_sequence_possible
+        from rnnkit.kernels.sequences import native_sequence_possible
 
         return native_sequence_possible(x, self.hidden_size)
 
@@ -382,7 +382,7 @@ class LayerNormLSTMCell(Cell):
         x (T, B, I) time-major; mask (T, B, 1) bool or None. Returns outputs (T, B, H) and the final state.
         The input half of the gates is computed for all steps at once, both biases folded into its shift.
         """
-        from rnnkit.sequences import LayerNormLSTMSequence, NativeLayerNormLSTMSequence
+        from rnnkit.kernels.sequences import LayerNormLSTMSequence, NativeLayerNormLSTMSequence
 
         if self.sequence_native(x):  # the input product's layer norm happens inside the kernel's steps
             out, h, c = NativeLayerNormLSTMSequence.apply(
@@ -430,7 +430,7 @@ class LayerNormGRUCell(Cell):
                  ) -> tuple[Tensor, State]:
         """The cell over a whole sequence, with a hand-written backward through time (sequences.py); as
         `LayerNormLSTMCell.sequence`."""
-        from rnnkit.sequences import LayerNormGRUSequence
+        from rnnkit.kernels.sequences import LayerNormGRUSequence
 
         if self.sequence_native(x):  # both layer norms inside the kernel's steps
             H = self.hidden_size
@@ -492,7 +492,7 @@ class PeepholeLSTMCell(Cell):
                  ) -> tuple[Tensor, State]:
         """The cell over a whole sequence, with a hand-written backward through time: in rnnkit's native
         kernels (the LSTM kernel with peepholes), else as `LayerNormLSTMCell.sequence` (sequences.py)."""
-        from rnnkit.sequences import PeepholeLSTMSequence
+        from rnnkit.kernels.sequences import PeepholeLSTMSequence
 
         if self.sequence_native(x):
             return _native_sequence("lstm", input_product(x, params["weight_ih"]), state, params, mask,

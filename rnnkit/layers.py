@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from rnnkit import native
 from rnnkit.cells import CELLS, FUSED_MODES, Cell, make_cell
-from rnnkit.scan import linear_recurrence, linear_scan_log
+from rnnkit.kernels import native
+from rnnkit.kernels.scan import linear_recurrence, linear_scan_log
 
 LayerState = Tensor | tuple[Tensor, ...]
 

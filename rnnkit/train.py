@@ -44,8 +44,8 @@ from rnnkit.checkpoint import (
 )
 from rnnkit.config import TrainConfig, UserError
 from rnnkit.data.text import atomic_write
+from rnnkit.kernels.sequences import SCRATCH
 from rnnkit.layers import detach_state
-from rnnkit.sequences import SCRATCH
 
 
 class BatchSource(Protocol):

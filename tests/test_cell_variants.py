@@ -15,7 +15,7 @@ from torch.testing import assert_close
 
 from rnnkit import Recurrent
 from rnnkit.cells import CELLS, make_cell
-from rnnkit.scan import linear_scan_log, linear_scan_loop
+from rnnkit.kernels.scan import linear_scan_log, linear_scan_loop
 
 B, T, I, H = 3, 6, 4, 5
 DT = torch.float64
@@ -327,14 +327,14 @@ def test_linear_recurrence_backward_passes_gradcheck(path):
     """The loop and its backward, in rnnkit's native kernels (where they build) and in ATen calls."""
     import contextlib
 
-    from rnnkit import native
+    from rnnkit.kernels import native
 
     with native.disabled() if path == "aten" else contextlib.nullcontext():
         _check_linear_recurrence()
 
 
 def _check_linear_recurrence():
-    from rnnkit.scan import linear_recurrence
+    from rnnkit.kernels.scan import linear_recurrence
 
     torch.manual_seed(8)
     a = torch.rand(2, 6, 3, dtype=DT, requires_grad=True)

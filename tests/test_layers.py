@@ -11,7 +11,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.testing import assert_close
 
-from rnnkit import Recurrent, detach_state, native, reset_state
+from rnnkit import Recurrent, detach_state, reset_state
+from rnnkit.kernels import native
 
 TORCH = {
     "rnn": lambda **kw: nn.RNN(nonlinearity="tanh", **kw),

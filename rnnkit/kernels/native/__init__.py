@@ -96,7 +96,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         count = getattr(lib, f"rnnkit_{kind}_slots")
         count.restype = i64
         if count() != len(slots):
-            raise RuntimeError(f"rnnkit's {kind} kernels have {count()} slots; rnnkit.native expects {len(slots)}")
+            raise RuntimeError(f"rnnkit's {kind} kernels have {count()} slots; rnnkit.kernels.native expects "
+                               f"{len(slots)}")
         for dtype in ("f32", "f64"):
             fwd = getattr(lib, f"rnnkit_{kind}_forward_{dtype}")
             fwd.argtypes, fwd.restype = forward_args, None
@@ -168,7 +169,7 @@ def disabled() -> Iterator[None]:
     library()
     with _lock:
         saved = dict(_state)
-        _state.update(lib=None, reason="disabled by rnnkit.native.disabled()")
+        _state.update(lib=None, reason="disabled by rnnkit.kernels.native.disabled()")
     try:
         yield
     finally:

@@ -1,9 +1,9 @@
-"""The whole-sequence functions with a hand-written backward (rnnkit.sequences) against autograd through
+"""The whole-sequence functions with a hand-written backward (rnnkit.kernels.sequences) against autograd through
 the cells' own step-by-step recurrence, in float64: outputs, final states and every gradient, with
 variable lengths, a recurrent dropout mask and gradients flowing into the final state.
 
 The layer-normalised LSTM and GRU and the peephole LSTM have two implementations of their steps: the fused C++ kernels
-(rnnkit.native), used wherever they build (with the time loop in C++ where PyTorch's library offers a GEMM,
+(rnnkit.kernels.native), used wherever they build (with the time loop in C++ where PyTorch's library offers a GEMM,
 in Python otherwise), and the ATen one; `name:python-loop` and `name:aten` run the same checks on the other
 two."""
 
@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from rnnkit import native
 from rnnkit.cells import make_cell
+from rnnkit.kernels import native
 
 B, T, I, H = 3, 7, 4, 5
 DT = torch.float64
@@ -231,7 +231,7 @@ def test_a_failed_build_falls_back_to_the_aten_paths(tmp_path):
     import sys
 
     code = (
-        "import torch; from rnnkit import Recurrent, native\n"
+        "import torch; from rnnkit import Recurrent\nfrom rnnkit.kernels import native\n"
         "torch.manual_seed(0); layer = Recurrent('layernorm-lstm', 3, 5).double()\n"
         "x = torch.randn(2, 4, 3, dtype=torch.float64)\n"
         "out, _ = layer(x); out.sum().backward()\n"
@@ -286,7 +286,7 @@ def test_a_kept_graph_gives_the_same_gradients_twice(cell):
 def test_the_input_half_is_left_alone_unless_the_caller_gives_it_up():
     """CellSequence writes the LSTM's gates over xp only with xp_scratch=True (the layers' own temporary);
     by default the caller's xp is untouched and the results are the same either way."""
-    from rnnkit.sequences import CellSequence
+    from rnnkit.kernels.sequences import CellSequence
 
     torch.manual_seed(9)
     xp = torch.randn(T, B, 4 * H, dtype=DT)
@@ -306,7 +306,7 @@ def test_the_input_half_is_left_alone_unless_the_caller_gives_it_up():
 def test_a_bias_added_in_the_kernel_equals_one_added_to_xp(kind):
     """CellSequence's `bias` (the input half's, added in the kernel's steps, its gradient summed there)
     gives what the same bias added to xp beforehand gives, gradients included, with lengths."""
-    from rnnkit.sequences import CellSequence
+    from rnnkit.kernels.sequences import CellSequence
 
     torch.manual_seed(10)
     G = {"lstm": 4, "gru": 3}.get(kind, 1) * H
@@ -335,7 +335,7 @@ def test_input_projection_matches_linear_and_its_buffer_is_reused():
     buffer, which the LSTM kernel turns into the gates and then their gradient, goes back to the pool after
     the backward and the next step takes it again, with the same results."""
     from rnnkit import Recurrent
-    from rnnkit.sequences import SCRATCH, InputProjection
+    from rnnkit.kernels.sequences import SCRATCH, InputProjection
 
     x = torch.randn(4, 3, 5, dtype=DT, requires_grad=True)
     w = torch.randn(6, 5, dtype=DT, requires_grad=True)
@@ -369,7 +369,7 @@ def test_input_projection_matches_linear_and_its_buffer_is_reused():
 
 
 def test_the_scratch_pool_keeps_only_whole_tensors_within_its_limit():
-    from rnnkit.sequences import ScratchPool
+    from rnnkit.kernels.sequences import ScratchPool
 
     pool = ScratchPool(limit_bytes=1000)
     whole, big = torch.empty(10, 10), torch.empty(20, 20)  # 400 and 1600 bytes

@@ -65,7 +65,7 @@ def _native(a: Tensor):
     """rnnkit's native kernels for the loops below, where they apply (float32/float64 on the CPU)."""
     if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64):
         return None
-    from rnnkit import native
+    from rnnkit.kernels import native
 
     return native.library()
 
@@ -83,7 +83,7 @@ class _LinearRecurrence(torch.autograd.Function):
         # a, b: (T, B, H) contiguous, time-major, so each step reads and writes one contiguous block.
         out = torch.empty_like(b)
         lib = _native(a)
-        if lib is not None:  # the loop in C++ (rnnkit/native/cells.cpp)
+        if lib is not None:  # the loop in C++ (rnnkit/kernels/native/cells.cpp)
             T, N = a.shape[0], a[0].numel()
             f = lib.rnnkit_linear_forward_f64 if a.dtype == torch.float64 else lib.rnnkit_linear_forward_f32
             f(a.data_ptr(), b.data_ptr(), h0.data_ptr(), out.data_ptr(), T, N)

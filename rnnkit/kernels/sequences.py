@@ -28,7 +28,7 @@ import threading
 import torch
 from torch import Tensor
 
-from rnnkit import native
+from rnnkit.kernels import native
 
 aten = torch.ops.aten
 LN_EPS = 1e-5  # as cells._layer_norm
@@ -284,7 +284,7 @@ class LayerNormLSTMSequence(torch.autograd.Function):
 
 
 def _native_library(xp: Tensor, H: int):
-    """rnnkit's fused C++ step kernels (rnnkit/native) where they apply: float32 or float64 on the CPU,
+    """rnnkit's fused C++ step kernels (rnnkit/kernels/native) where they apply: float32 or float64 on the CPU,
     H <= 4096; None otherwise, or where they cannot be built (the ATen path below then runs)."""
     if xp.device.type != "cpu" or xp.dtype not in (torch.float32, torch.float64) or H > 4096:
         return None
