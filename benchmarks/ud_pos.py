@@ -17,7 +17,7 @@ from pathlib import Path
 from bench_common import environment, train_seconds
 
 from rnnkit.config import DataConfig, ModelConfig, RunConfig, TagConfig, TrainConfig
-from rnnkit.data.text import atomic_write_text
+from rnnkit.io import atomic_write_text
 from rnnkit.tasks import tag
 
 TARGET = 0.95

@@ -1,8 +1,8 @@
-"""Run directories: atomic writes, model weights, resumable training state, and loading with checks.
+"""Run directories: model weights, resumable training state, and loading with checks.
 
-What is here: `atomic_write` (temporary file + rename, so a crash never leaves half a file), writing and
-reading `config.json`, `model.safetensors` and the training checkpoint, and the version and shape checks
-done when a run is loaded. What is not: building models or tokenizers (tasks/) and the training loop.
+What is here: writing and reading `config.json`, `model.safetensors` and the training checkpoint
+(atomically, through rnnkit.io), and the version and shape checks done when a run is loaded. What is not:
+the file helpers themselves (rnnkit.io), building models or tokenizers (tasks/) and the training loop.
 
 A run directory holds:
     config.json          the RunConfig, the task's own settings, and the versions that made it
@@ -16,7 +16,6 @@ A run directory holds:
 from __future__ import annotations
 
 import io
-import json
 import os
 import platform
 import warnings
@@ -27,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from rnnkit.config import UserError
-from rnnkit.data.text import atomic_write
+from rnnkit.io import atomic_write, read_json
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -40,25 +39,6 @@ def versions() -> dict[str, str]:
     from rnnkit import __version__
 
     return {"rnnkit": __version__, "torch": torch.__version__, "python": platform.python_version()}
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
-                        "expected the JSON file rnnkit wrote") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory; expected a JSON file") from None
 
 
 def save_weights(path: str | Path, model: torch.nn.Module) -> None:

@@ -50,7 +50,7 @@ def setup(device: torch.device) -> Context | None:
     Args:
         device: the resolved training device (not "auto"): it picks the backend.
     """
-    assert isinstance(device, torch.device), "resolve the device (train.resolve_device) before choosing a backend"
+    assert isinstance(device, torch.device), "resolve the device (device.resolve_device) before choosing a backend"
     if not requested():
         return None
     device = local_device(device)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from rnnkit.checkpoint import read_run_config
 from rnnkit.config import UserError
-from rnnkit.data.text import atomic_write
+from rnnkit.io import atomic_write
 from rnnkit.layers import Recurrent
 
 FORMATS = ("onnx", "pt2")

@@ -1,14 +1,19 @@
 """Task metrics computed from predictions, for the reports of `rnnkit evaluate`.
 
 What is here, by task section. Classification: `confusion_matrix`, `classification_report` (accuracy,
-macro F1, per-class precision/recall/F1/support and the confusion matrix) and `plot_confusion`. What
-is not: the per-batch figures the trainer logs (each model's `metrics`) and anything that reads files.
+macro F1, per-class precision/recall/F1/support and the confusion matrix). Tagging: `token_accuracy`,
+`tag_scores` (plain tags such as UPOS, per tag) and `entity_scores` (entity level with CoNLL-eval
+semantics, through seqeval). Sequences: `edit_distance`, `token_error_rate` and `text_metrics` (BLEU and
+chrF through sacrebleu, exact match, token error rate). Forecasting: the naive and seasonal-naive
+baselines, `mase_scale`, `forecast_errors` (MAE, RMSE, MASE, sMAPE) and `forecast_scores` (those and the
+errors in standardised units). What is not: the per-batch figures the trainer logs (each model's
+`metrics`), plots (viz.py) and anything that reads files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,36 +64,162 @@ def classification_report(targets: Sequence[int], predictions: Sequence[int], la
     }
 
 
-def plot_confusion(matrix: Sequence[Sequence[int]], labels: Sequence[str], title: str = "") -> bytes:
-    """The confusion matrix as a PNG image (rows: true class, columns: predicted), counts in the cells."""
-    from rnnkit.viz import png_bytes, pyplot
-
-    plt = pyplot()
-    m = np.asarray(matrix)
-    C = len(labels)
-    size = min(max(3.5, 0.45 * C + 2), 14)
-    fig, ax = plt.subplots(figsize=(size, size), dpi=110)
-    rows = m.sum(axis=1, keepdims=True)
-    shade = np.divide(m, rows, out=np.zeros(m.shape), where=rows > 0)  # colour by recall share of each row
-    ax.imshow(shade, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(C), labels=[str(x) for x in labels], rotation=45 if C > 6 else 0,
-                  ha="right" if C > 6 else "center")
-    ax.set_yticks(range(C), labels=[str(x) for x in labels])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if C <= 30:
-        for i in range(C):
-            for j in range(C):
-                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if shade[i, j] > 0.5 else "black")
-    if title:
-        ax.set_title(title)
-    return png_bytes(fig)
+# ------------------------------------------------------------------------------------------ tagging
 
 
-def write_confusion_plot(path: str | Path, matrix: Sequence[Sequence[int]], labels: Sequence[str],
-                         title: str = "") -> Path:
-    """Write `plot_confusion` to `path` atomically."""
-    from rnnkit.data.text import atomic_write
+def token_accuracy(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> float:
+    """The share of tokens whose predicted tag equals the gold tag."""
+    tokens = sum(len(g) for g in gold)
+    correct = sum(a == b for g, p in zip(gold, predicted, strict=True) for a, b in zip(g, p, strict=True))
+    return correct / max(tokens, 1)
 
-    return atomic_write(path, plot_confusion(matrix, labels, title))
+
+def tag_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """Scores of plain tags (e.g. UPOS), where every token is one decision; fractions in [0, 1].
+
+    `f1` is the micro-average over tags, which equals `token_accuracy` (as do `precision` and `recall`);
+    `macro_f1` averages the per-tag F1 of the tags in `gold`; `per_type` gives each tag's figures.
+    """
+    tokens = sum(len(g) for g in gold)
+    accuracy = token_accuracy(gold, predicted)
+    tp: Counter[str] = Counter()
+    gold_count: Counter[str] = Counter()
+    pred_count: Counter[str] = Counter()
+    for g, p in zip(gold, predicted, strict=True):
+        for a, b in zip(g, p, strict=True):
+            gold_count[a] += 1
+            pred_count[b] += 1
+            tp[a] += a == b
+    per_type = {}
+    for tag in sorted(gold_count):
+        prec = tp[tag] / pred_count[tag] if pred_count[tag] else 0.0
+        rec = tp[tag] / gold_count[tag]
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        per_type[tag] = {"precision": prec, "recall": rec, "f1": f1, "support": gold_count[tag]}
+    macro = sum(v["f1"] for v in per_type.values()) / max(len(per_type), 1)
+    return {"f1": accuracy, "precision": accuracy, "recall": accuracy, "token_accuracy": accuracy,
+            "macro_f1": macro, "f1_kind": "micro-averaged over tags (equals token accuracy)",
+            "per_type": per_type, "sentences": len(gold), "tokens": tokens}
+
+
+def entity_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]], accuracy: float
+                  ) -> dict[str, Any]:
+    """Entity-level precision, recall and F1 (seqeval, CoNLL-eval semantics) overall and per type.
+
+    An entity counts when its type and both ends match. Fractions in [0, 1].
+
+    Args:
+        gold, predicted: the tags of each sentence in BIO.
+        accuracy: the token accuracy of the tags as the model wrote them (reported as `token_accuracy`;
+            a conversion to BIO can make different tags equal).
+    """
+    from seqeval.metrics import classification_report as seqeval_report
+
+    report = seqeval_report([list(g) for g in gold], [list(p) for p in predicted], output_dict=True,
+                            zero_division=0)
+    micro = report["micro avg"]
+    per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
+                    "support": int(v["support"])}
+                for k, v in sorted(report.items()) if not k.endswith(" avg")}
+    return {"f1": float(micro["f1-score"]), "precision": float(micro["precision"]), "recall": float(micro["recall"]),
+            "token_accuracy": accuracy, "f1_kind": "entity level, micro-averaged (CoNLL-eval)",
+            "per_type": per_type, "entities": int(micro["support"]), "sentences": len(gold),
+            "tokens": sum(len(g) for g in gold)}
+
+
+# ---------------------------------------------------------------------------------------- sequences
+
+
+def edit_distance(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Levenshtein distance: the fewest insertions, deletions and substitutions turning a into b."""
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        current = [i]
+        for j, y in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def token_error_rate(hypotheses: Sequence[Sequence[Any]], references: Sequence[Sequence[Any]]) -> float:
+    """Summed edit distance over summed reference length (a corpus-level rate; 0 is perfect)."""
+    errors = sum(edit_distance(h, r) for h, r in zip(hypotheses, references, strict=True))
+    return errors / max(sum(len(r) for r in references), 1)
+
+
+def text_metrics(hypotheses: Sequence[str], references: Sequence[str], units: Callable[[str], Sequence[Any]]
+                 ) -> dict[str, float]:
+    """BLEU and chrF (sacrebleu, 0-100), exact match and token error rate (fractions).
+
+    Args:
+        hypotheses, references: one text each.
+        units: the tokens of a text that the token error rate counts.
+    """
+    import sacrebleu
+
+    hypotheses, references = list(hypotheses), list(references)
+    return {
+        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+        "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+        "exact_match": sum(h.strip() == r.strip() for h, r in zip(hypotheses, references, strict=True))
+        / max(len(references), 1),
+        "token_error_rate": token_error_rate([units(h) for h in hypotheses], [units(r) for r in references]),
+    }
+
+
+# ---------------------------------------------------------------------------------------- forecasting
+
+
+def naive_forecast(y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+    """(B, H, C): the last value before each origin, repeated."""
+    return np.repeat(y[origins - 1][:, None, :], horizon, axis=1)
+
+
+def seasonal_naive_forecast(y: np.ndarray, origins: np.ndarray, horizon: int, season: int) -> np.ndarray:
+    """(B, H, C): y[o + h - m * ceil((h + 1) / m)], the value one (or more) seasons back from each step.
+
+    Origins with fewer than `season` values before them fall back to the naive forecast.
+    """
+    h = np.arange(horizon)
+    back = season * np.ceil((h + 1) / season).astype(np.int64)  # (H,) always >= h + 1: strictly in the past
+    idx = origins[:, None] + h[None, :] - back[None, :]  # (B, H)
+    short = (origins < season)[:, None]
+    idx = np.where(short, origins[:, None] - 1, idx)
+    return y[idx]
+
+
+def mase_scale(y: np.ndarray, season: int) -> np.ndarray:
+    """(C,) the in-sample mean absolute error of the seasonal-naive forecast (Hyndman & Koehler 2006).
+
+    Falls back to the lag-1 error when the series has season + 1 values or fewer (fewer than two seasonal
+    differences to average); columns whose scale is zero get 1 so that MASE stays finite.
+    """
+    m = season if len(y) > season + 1 else 1
+    scale = np.abs(y[m:] - y[:-m]).mean(axis=0) if len(y) > m else np.ones(y.shape[1])
+    return np.where(scale > 0, scale, 1.0)
+
+
+def forecast_errors(truth: np.ndarray, forecast: np.ndarray, scale: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE, MASE (per-column MAE over `scale`, averaged) and sMAPE of (B, H, C) forecasts.
+
+    sMAPE is a fraction in [0, 2]: the mean of 2|y - f| / (|y| + |f|), terms with y = f = 0 count 0.
+    """
+    err = forecast - truth
+    denom = np.abs(truth) + np.abs(forecast)
+    smape_terms = np.where(denom > 0, 2 * np.abs(err) / np.where(denom > 0, denom, 1.0), 0.0)
+    mae_per_column = np.abs(err).reshape(-1, truth.shape[-1]).mean(axis=0)
+    return {
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err ** 2).mean())),
+        "mase": float((mae_per_column / scale).mean()),
+        "smape": float(smape_terms.mean()),
+    }
+
+
+def forecast_scores(truth: np.ndarray, forecast: np.ndarray, scale: np.ndarray, std: np.ndarray
+                    ) -> dict[str, float]:
+    """`forecast_errors`, and MSE and MAE in standardised units (errors over the (C,) `std`), as the
+    ETT papers report them."""
+    scaled_err = (forecast - truth) / std
+    return {**forecast_errors(truth, forecast, scale), "mse_scaled": float((scaled_err ** 2).mean()),
+            "mae_scaled": float(np.abs(scaled_err).mean())}

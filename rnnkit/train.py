@@ -1,8 +1,9 @@
 """The training loop: backpropagation through time, full or truncated, for any task model.
 
 What is here: `Trainer` (optimizer, learning-rate schedule, gradient clipping, evaluation, early
-stopping, checkpoints and exact resume, progress and metrics), `build_optimizer`, `LRSchedule`,
-`resolve_device`. What is not: anything about a particular task. A model only has to offer
+stopping, checkpoints and exact resume, progress and metrics), `build_optimizer`, `LRSchedule`. What is
+not: anything about a particular task, choosing the device (device.py) or scoring a model over a batch
+source (evaluation.py). A model only has to offer
 
     out = model.loss(batch, state)       # -> LossOutput(loss, count, stats, state)
     figures = model.metrics(stats, count)
@@ -21,16 +22,16 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from rnnkit import distributed
+from rnnkit import distributed, viz
 from rnnkit.checkpoint import (
     CHECKPOINT_FILE,
     METRICS_FILE,
@@ -43,40 +44,15 @@ from rnnkit.checkpoint import (
     save_weights,
 )
 from rnnkit.config import TrainConfig, UserError
-from rnnkit.data.text import atomic_write
+from rnnkit.device import training_device
+from rnnkit.evaluation import BatchSource, evaluate_model
+from rnnkit.io import atomic_write
 from rnnkit.kernels.sequences import SCRATCH
 from rnnkit.layers import detach_state
 
 
-class BatchSource(Protocol):
-    """What the trainer needs of training or validation data."""
-
-    stateful: bool  # True for a continuous stream whose state carries from batch to batch
-
-    def __len__(self) -> int: ...
-
-    def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]: ...
-
-
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says where and what was kept."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu; a named device is checked to exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps: MPS is not available on this machine; use --device cpu or auto")
-    return torch.device(name)
-
-
-def training_device(name: str) -> torch.device:
-    """The device this process trains on: `resolve_device`, and under torchrun the GPU of this process's
-    LOCAL_RANK for a CUDA device."""
-    return distributed.local_device(resolve_device(name))
 
 
 def open_run(cfg: Any, out: str | Path, resume: bool,
@@ -620,27 +596,9 @@ class Trainer:
         """Write curves.png: training loss by step and the validation figures by step."""
         if not self.main:
             return None
-        from rnnkit.viz import pyplot, save_figure
-
-        plt = pyplot()
         path = self.run_dir / METRICS_FILE
         records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        history = self.state.history
-        if not records and not history:
-            return None
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-        if history:
-            ax.plot([h["step"] for h in history], [h["loss"] for h in history], label="train loss", lw=1)
-        valid_key = f"valid_{self.monitor}"
-        valid = [r for r in records if valid_key in r]
-        if valid:
-            ax.plot([r["step"] for r in valid], [r[valid_key] for r in valid], "o-", label=f"valid {self.monitor}")
-        ax.set_xlabel("step")
-        ax.set_ylabel(self.monitor)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-        return save_figure(fig, self.run_dir / "curves.png")
+        return viz.plot_curves(self.state.history, records, self.monitor, self.run_dir / "curves.png")
 
 
 class _LossModule(nn.Module):
@@ -652,44 +610,6 @@ class _LossModule(nn.Module):
 
     def forward(self, batch: dict[str, Any], state: Any = None) -> Any:
         return self.model.loss(batch, state)
-
-
-@torch.no_grad()
-def evaluate_model(model: nn.Module, source: BatchSource, device: torch.device | str = "cpu",
-                   dist: distributed.Context | None = None) -> dict[str, float]:
-    """A task model's metrics over every batch of `source`, in eval mode (state carried for streams).
-
-    In distributed training each rank scores its share of every batch and the sums are added up.
-    """
-    was_training = model.training
-    model.eval()
-    stats: dict[str, float] = {}
-    count = 0
-    state = None
-    for batch in source.batches(0):
-        if dist is not None:
-            if distributed.batch_rows(batch) < dist.world:
-                batch = batch if dist.main else None  # rank 0 scores a batch too small to share
-                if batch is None:
-                    continue
-            else:
-                batch = distributed.shard(batch, dist, source)
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        out = model.loss(batch, state)
-        state = out.state if source.stateful else None
-        count += out.count
-        for k, v in out.stats.items():
-            stats[k] = stats.get(k, 0.0) + v
-    if dist is not None:
-        keys = sorted(stats)
-        totals = [torch.as_tensor(stats[k], dtype=torch.float64, device=device).clone() for k in keys]
-        counted = torch.tensor([float(count)], dtype=torch.float64, device=device)
-        for t in [*totals, counted]:
-            torch.distributed.all_reduce(t)
-        stats = {k: (float(t) if t.dim() == 0 else t.cpu()) for k, t in zip(keys, totals, strict=True)}
-        count = int(counted.item())
-    model.train(was_training)
-    return model.metrics(stats, count)
 
 
 def _rank_seed(seed: int, rank: int) -> int:

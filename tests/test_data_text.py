@@ -3,7 +3,8 @@
 import pytest
 
 from rnnkit.config import UserError
-from rnnkit.data.text import atomic_write_text, read_text, split_holdout
+from rnnkit.data.text import read_text, split_holdout
+from rnnkit.io import atomic_write_text
 
 
 def test_read_text_roundtrip_strips_bom_and_crlf(tmp_path):

@@ -22,9 +22,10 @@ import torch.multiprocessing as mp
 
 from rnnkit import distributed
 from rnnkit.config import RunConfig, TrainConfig
+from rnnkit.device import training_device
 from rnnkit.models.language_model import LanguageModel
 from rnnkit.tasks.lm import LineSource, StreamSource
-from rnnkit.train import Trainer, open_run, seed_everything, training_device
+from rnnkit.train import Trainer, open_run, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 12

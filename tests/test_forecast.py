@@ -13,7 +13,8 @@ from torch.testing import assert_close
 
 from rnnkit.cli import main
 from rnnkit.config import DataConfig, ForecastConfig, ModelConfig, RunConfig, TrainConfig, UserError
-from rnnkit.data.series import Series, naive_forecast, seasonal_naive_forecast
+from rnnkit.data.series import Series
+from rnnkit.metrics import naive_forecast, seasonal_naive_forecast
 from rnnkit.models.forecaster import Forecaster
 from rnnkit.tasks import forecast
 

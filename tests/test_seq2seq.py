@@ -1,10 +1,9 @@
-"""seq2seq end to end: reading pairs, the sequence metrics against brute force, and the command line
+"""seq2seq end to end: reading pairs, the text metrics over the target tokens, and the command line
 (train, evaluate --json, predict with beam search and attention plots, unknown names copied through,
 inputs longer than any seen, bad files)."""
 
 import contextlib
 import io
-import itertools
 import json
 import random
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 import sacrebleu
 import torch
 
+from rnnkit import metrics
 from rnnkit.cli import main
 from rnnkit.config import RunConfig, UserError
 from rnnkit.data import CharTokenizer, WordTokenizer
@@ -122,31 +122,16 @@ def test_read_sources_keeps_blank_lines_and_takes_the_first_column():
 # ----------------------------------------------------------------------------------- metrics
 
 
-def _brute_distance(a, b):
-    if not a or not b:
-        return len(a) + len(b)
-    return min(_brute_distance(a[1:], b) + 1, _brute_distance(a, b[1:]) + 1,
-               _brute_distance(a[1:], b[1:]) + (a[0] != b[0]))
-
-
-def test_edit_distance_equals_brute_force():
-    rng = random.Random(0)
-    for _ in range(60):
-        a = [rng.choice("abc") for _ in range(rng.randrange(6))]
-        b = [rng.choice("abc") for _ in range(rng.randrange(6))]
-        assert seq2seq.edit_distance(a, b) == _brute_distance(a, b)
-
-
 def test_text_metrics():
     tok = WordTokenizer.fit("the cat sat on the mat")
     refs = ["the cat sat on the mat", "the cat"]
     hyps = ["the cat sat on the mat", "a cat sat"]
-    figures = seq2seq.text_metrics(hyps, refs, tok)
+    figures = metrics.text_metrics(hyps, refs, lambda text: seq2seq.target_units(tok, text))
     assert figures["exact_match"] == 0.5
     assert figures["token_error_rate"] == pytest.approx(2 / 8)  # "a" for "the", "sat" inserted
     assert figures["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
     assert figures["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
-    perfect = seq2seq.text_metrics(refs, refs, tok)
+    perfect = metrics.text_metrics(refs, refs, lambda text: seq2seq.target_units(tok, text))
     assert perfect["bleu"] == pytest.approx(100.0) and perfect["token_error_rate"] == 0.0
 
 
@@ -291,8 +276,3 @@ def test_resume_continues_the_run(data, tmp_path):
     assert code == 0, err
     assert "resuming at epoch 2" in err
     assert json.loads(stdout)["steps"] == 10  # 38 training pairs in batches of 8, twice
-
-
-def test_brute_force_helper_is_itself_right():
-    assert _brute_distance("kitten", "sitting") == 3
-    assert all(_brute_distance(a, a) == 0 for a in map("".join, itertools.product("ab", repeat=3)))

@@ -1,7 +1,6 @@
-"""Time-series reading and helpers: checks with line and column, imputation, calendar, scaling, metrics."""
+"""Time-series reading and helpers: checks with line and column, imputation, calendar, scaling, windows."""
 
 import io
-import math
 import warnings
 
 import numpy as np
@@ -13,15 +12,11 @@ from rnnkit.data.series import (
     Scaler,
     calendar_features,
     calendar_names,
-    forecast_errors,
     future_times,
     infer_season,
     infer_step,
     leading_rows_seen,
-    mase_scale,
-    naive_forecast,
     read_series,
-    seasonal_naive_forecast,
     window_origins,
 )
 
@@ -109,33 +104,6 @@ def test_window_origins_keep_history_and_horizon_inside():
     assert len(window_origins(4, 3, 2)) == 0
 
 
-def test_baselines_and_metrics_against_brute_force():
-    rng = np.random.default_rng(0)
-    y = rng.normal(size=(40, 2)) + 5
-    origins, H, m = np.array([12, 20, 31]), 5, 4
-    naive = naive_forecast(y, origins, H)
-    seasonal = seasonal_naive_forecast(y, origins, H, m)
-    for i, o in enumerate(origins):
-        for h in range(H):
-            assert np.array_equal(naive[i, h], y[o - 1])
-            k = 1
-            while o + h - k * m >= o:
-                k += 1
-            assert np.array_equal(seasonal[i, h], y[o + h - k * m])  # the latest value one season back
-    truth = np.stack([y[o:o + H] for o in origins])
-    f = truth + rng.normal(size=truth.shape)
-    scale = mase_scale(y[:30], m)
-    got = forecast_errors(truth, f, scale)
-    errors = [(f[i, h, c] - truth[i, h, c], truth[i, h, c], f[i, h, c], c)
-              for i in range(3) for h in range(H) for c in range(2)]
-    assert math.isclose(got["mae"], sum(abs(e) for e, *_ in errors) / len(errors))
-    assert math.isclose(got["rmse"], math.sqrt(sum(e * e for e, *_ in errors) / len(errors)))
-    assert math.isclose(got["smape"], sum(2 * abs(e) / (abs(t) + abs(p)) for e, t, p, _ in errors) / len(errors))
-    insample = [sum(abs(y[t, c] - y[t - m, c]) for t in range(m, 30)) / (30 - m) for c in range(2)]
-    per_col = [sum(abs(e) for e, *_, cc in errors if cc == c) / (len(errors) / 2) / insample[c] for c in range(2)]
-    assert math.isclose(got["mase"], sum(per_col) / 2)
-
-
 def test_reading_warns_nothing_on_clean_files(tmp_path):
     path = write(tmp_path, "t,a\n1,1\n2,2\n")
     with warnings.catch_warnings():
@@ -205,15 +173,6 @@ def test_regular_grids_and_irregular_events_have_no_gaps(tmp_path, times):
         warnings.simplefilter("error")
         s = read_series(write(tmp_path, text), ["a"], "t", gaps=False)
     assert len(s) == len(times)
-
-
-def test_mase_scale_falls_back_to_lag_one_below_two_seasonal_differences():
-    y = np.random.default_rng(1).normal(size=(10, 2))
-    lag = {k: np.abs(y[k:] - y[:-k]).mean(axis=0) for k in (1, 4)}
-    np.testing.assert_allclose(mase_scale(y[:5], 4), np.abs(y[1:5] - y[:4]).mean(axis=0))  # season + 1 values
-    np.testing.assert_allclose(mase_scale(y[:6], 4), np.abs(y[4:6] - y[:2]).mean(axis=0))  # season + 2 values
-    np.testing.assert_allclose(mase_scale(y, 4), lag[4])
-    np.testing.assert_allclose(mase_scale(y, 1), lag[1])
 
 
 def test_leading_rows_seen_against_brute_force():

@@ -317,8 +317,8 @@ def test_optimizers_use_the_fused_kernels_where_torch_has_them(name):
 
 def test_damaged_run_json_files_give_clear_errors(tmp_path):
     """A run file that is not JSON, not UTF-8 text, or a directory: an rnnkit error naming it, no traceback."""
-    from rnnkit.checkpoint import read_json
     from rnnkit.config import UserError
+    from rnnkit.io import read_json
 
     cases = {"bad.json": b'{"task": "lm",', "binary.json": b"\xff\xfe\x00garbage", "dir.json": None}
     for name, content in cases.items():

@@ -12,7 +12,7 @@ from rnnkit.data.batching import (
     pad_sequences,
     stream_layout,
 )
-from rnnkit.data.text import atomic_write, atomic_write_text, read_text, split_holdout
+from rnnkit.data.text import read_text, split_holdout
 from rnnkit.data.tokenizers import (
     BOS_ID,
     EOS_ID,
@@ -44,8 +44,6 @@ __all__ = [
     "StreamBatches",
     "Tokenizer",
     "WordTokenizer",
-    "atomic_write",
-    "atomic_write_text",
     "BucketedSource",
     "bucket_batches",
     "epoch_generator",

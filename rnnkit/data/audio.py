@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rnnkit.config import UserError
-from rnnkit.data.text import atomic_write_text
+from rnnkit.io import atomic_write_text
 
 SCALER_FILE = "scaler.json"
 WINDOW_S = 0.025  # analysis window

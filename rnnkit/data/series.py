@@ -5,11 +5,9 @@ cells, sorted unique timestamps, missing values interpolated with a counted warn
 regular time grid counted with a warning or refused),
 `calendar_features` derived from timestamps, `infer_step` / `infer_season` / `future_times`,
 `Scaler` (per-column standardisation fitted on training rows only, saved as JSON), `window_origins`
-(where forecasts may start: a whole history before, a whole horizon after), `leading_rows_seen` (how many
-first rows of a file repeat rows seen before, for series in row order),
-and the forecast metrics with the naive and seasonal-naive baselines (`forecast_errors`, `naive_forecast`,
-`seasonal_naive_forecast`, `mase_scale`). What is not: models, training, or anything that touches the
-command line.
+(where forecasts may start: a whole history before, a whole horizon after) and `leading_rows_seen` (how
+many first rows of a file repeat rows seen before, for series in row order). What is not: the forecast
+metrics and baselines (metrics.py), models, training, or anything that touches the command line.
 
 Rows are counted as in the file: the header is line 1, so the first data row is line 2.
 """
@@ -27,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from rnnkit.config import UserError
-from rnnkit.data.text import atomic_write_text
+from rnnkit.io import atomic_write_text
 
 DAY = pd.Timedelta(days=1)
 
@@ -457,55 +455,6 @@ def _z_array(seq: list[int]) -> list[int]:
         if i + z[i] > right:
             left, right = i, i + z[i]
     return z
-
-
-# -------------------------------------------------------------------------- metrics and baselines
-
-
-def naive_forecast(y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
-    """(B, H, C): the last value before each origin, repeated."""
-    return np.repeat(y[origins - 1][:, None, :], horizon, axis=1)
-
-
-def seasonal_naive_forecast(y: np.ndarray, origins: np.ndarray, horizon: int, season: int) -> np.ndarray:
-    """(B, H, C): y[o + h - m * ceil((h + 1) / m)], the value one (or more) seasons back from each step.
-
-    Origins with fewer than `season` values before them fall back to the naive forecast.
-    """
-    h = np.arange(horizon)
-    back = season * np.ceil((h + 1) / season).astype(np.int64)  # (H,) always >= h + 1: strictly in the past
-    idx = origins[:, None] + h[None, :] - back[None, :]  # (B, H)
-    short = (origins < season)[:, None]
-    idx = np.where(short, origins[:, None] - 1, idx)
-    return y[idx]
-
-
-def mase_scale(y: np.ndarray, season: int) -> np.ndarray:
-    """(C,) the in-sample mean absolute error of the seasonal-naive forecast (Hyndman & Koehler 2006).
-
-    Falls back to the lag-1 error when the series has season + 1 values or fewer (fewer than two seasonal
-    differences to average); columns whose scale is zero get 1 so that MASE stays finite.
-    """
-    m = season if len(y) > season + 1 else 1
-    scale = np.abs(y[m:] - y[:-m]).mean(axis=0) if len(y) > m else np.ones(y.shape[1])
-    return np.where(scale > 0, scale, 1.0)
-
-
-def forecast_errors(truth: np.ndarray, forecast: np.ndarray, scale: np.ndarray) -> dict[str, float]:
-    """MAE, RMSE, MASE (per-column MAE over `scale`, averaged) and sMAPE of (B, H, C) forecasts.
-
-    sMAPE is a fraction in [0, 2]: the mean of 2|y - f| / (|y| + |f|), terms with y = f = 0 count 0.
-    """
-    err = forecast - truth
-    denom = np.abs(truth) + np.abs(forecast)
-    smape_terms = np.where(denom > 0, 2 * np.abs(err) / np.where(denom > 0, denom, 1.0), 0.0)
-    mae_per_column = np.abs(err).reshape(-1, truth.shape[-1]).mean(axis=0)
-    return {
-        "mae": float(np.abs(err).mean()),
-        "rmse": float(np.sqrt((err ** 2).mean())),
-        "mase": float((mae_per_column / scale).mean()),
-        "smape": float(smape_terms.mean()),
-    }
 
 
 def to_jsonable(x: Any) -> Any:

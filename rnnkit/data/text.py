@@ -1,14 +1,12 @@
 """Reading text corpora and splitting off a held-out part.
 
-What is here: `read_text` (strict UTF-8 reading with precise error messages), `split_holdout`, and
-`atomic_write_text`, the one atomic file writer the data package uses. What is not: tokenization
-(tokenizers.py) and batching (batching.py).
+What is here: `read_text` (strict UTF-8 reading with precise error messages) and `split_holdout`. What
+is not: tokenization (tokenizers.py), batching (batching.py) and writing files (rnnkit.io).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from rnnkit.config import UserError
@@ -78,33 +76,3 @@ def split_holdout(text: str, fraction: float) -> tuple[str, str]:
         raise UserError(f"holdout fraction: found {fraction}; expected a number in [0, 1)")
     cut = len(text) - round(len(text) * fraction)
     return text[:cut], text[cut:]
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
-    """Write bytes (or text as UTF-8) through a temporary file in the same folder, then rename it in place.
-
-    A crash or a full disk never leaves a half-written file, and what was there stays until the new
-    file is complete. Creates the parent folder if needed.
-
-    Returns:
-        The destination path.
-    """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return dest
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write text as UTF-8 atomically (see `atomic_write`)."""
-    return atomic_write(path, text)

@@ -24,7 +24,7 @@ from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from rnnkit.config import UserError
-from rnnkit.data.text import atomic_write_text
+from rnnkit.io import atomic_write_text
 
 PAD_ID = 0
 UNK_ID = 1

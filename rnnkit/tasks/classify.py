@@ -33,10 +33,8 @@ from rnnkit.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
     load_weights,
-    read_json,
     read_run_config,
     versions,
-    write_json,
 )
 from rnnkit.config import RunConfig, UserError
 from rnnkit.data import (
@@ -45,7 +43,6 @@ from rnnkit.data import (
     UNK_ID,
     BucketedSource,
     Tokenizer,
-    atomic_write,
     build_tokenizer,
     load_tokenizer,
     pad_sequences,
@@ -53,9 +50,12 @@ from rnnkit.data import (
 from rnnkit.data.audio import AudioItem, FeatureScaler, FeatureSpec, load_features, read_manifest
 from rnnkit.data.tabular import LabelledText, check_labels, read_labelled, read_texts, texts_from_lines
 from rnnkit.data.vectors import embedding_matrix, read_vectors
-from rnnkit.metrics import classification_report, write_confusion_plot
+from rnnkit.device import resolve_device
+from rnnkit.io import atomic_write, read_json, write_json
+from rnnkit.metrics import classification_report
 from rnnkit.models.classifier import SequenceClassifier
-from rnnkit.train import Trainer, open_run, resolve_device
+from rnnkit.train import Trainer, open_run
+from rnnkit.viz import write_confusion_plot
 
 LABELS_FILE = "labels.json"
 EVAL_BATCH = 64

@@ -7,7 +7,8 @@ timestamp seen in training, or, for a series in row order, after the first rows 
 training; against the naive and seasonal-naive baselines), `predict` (the horizon after
 the end of a series, with intervals and a plot) and the one-step-ahead anomaly scores behind
 `predict --anomalies`. What is not: the network (models/forecaster.py), reading and checking CSV files,
-scaling, windows and the metrics themselves (data/series.py), the loop (train.py).
+scaling and windows (data/series.py), the metrics and baselines themselves (metrics.py), the plots (viz.py),
+the loop (train.py).
 
 A run directory holds, beside the usual files: `scaler.json` (means and standard deviations of the
 training part), `series.json` (columns, time step, season, the last timestamp seen in training),
@@ -31,15 +32,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rnnkit import distributed
+from rnnkit import distributed, metrics, viz
 from rnnkit.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
     load_weights,
-    read_json,
     read_run_config,
     versions,
-    write_json,
 )
 from rnnkit.config import RunConfig, UserError
 from rnnkit.data import epoch_generator
@@ -48,20 +47,17 @@ from rnnkit.data.series import (
     Series,
     calendar_features,
     calendar_names,
-    forecast_errors,
     future_times,
     infer_season,
     infer_step,
     leading_rows_seen,
-    mase_scale,
-    naive_forecast,
     read_series,
-    seasonal_naive_forecast,
     window_origins,
 )
-from rnnkit.data.text import atomic_write, atomic_write_text
+from rnnkit.device import resolve_device
+from rnnkit.io import atomic_write, atomic_write_text, read_json, write_json
 from rnnkit.models.forecaster import Forecaster, normal_quantile
-from rnnkit.train import Trainer, open_run, resolve_device
+from rnnkit.train import Trainer, open_run
 
 SCALER_FILE = "scaler.json"
 SERIES_FILE = "series.json"
@@ -71,7 +67,6 @@ SEEN_FILE = "seen.npz"
 SERIES_KEYS = ("target", "covariates", "time_column", "time_kind", "step", "season", "calendar", "input_size",
                "last_seen")
 EVAL_BATCH = 512  # windows per forward pass when forecasting (no gradients)
-MAX_PLOTTED = 20  # forecasts drawn by `evaluate --plot`
 
 
 class WindowSource:
@@ -451,13 +446,11 @@ def evaluate(run_dir: str | Path, data_path: str | Path, stride: int | None = No
     y = series.targets
     truth = y[origins[:, None] + np.arange(H)[None, :]]  # (B, H, C)
     found = forecast(run, series, origins)
-    scale = mase_scale(insample, m)
+    scale = metrics.mase_scale(insample, m)
     std = run.scaler.std[:run.target_size]
 
     def scores(f: np.ndarray) -> dict[str, float]:
-        scaled_err = (f - truth) / std
-        return {**forecast_errors(truth, f, scale), "mse_scaled": float((scaled_err ** 2).mean()),
-                "mae_scaled": float(np.abs(scaled_err).mean())}
+        return metrics.forecast_scores(truth, f, scale, std)
 
     figures: dict[str, Any] = scores(found["point"])
     if "lower" in found:
@@ -469,11 +462,11 @@ def evaluate(run_dir: str | Path, data_path: str | Path, stride: int | None = No
     figures["seen_rows"] = first
     figures["season"] = m
     figures["baselines"] = {
-        "naive": scores(naive_forecast(y, origins, H)),
-        "seasonal_naive": scores(seasonal_naive_forecast(y, origins, H, m)),
+        "naive": scores(metrics.naive_forecast(y, origins, H)),
+        "seasonal_naive": scores(metrics.seasonal_naive_forecast(y, origins, H, m)),
     }
     if plot:
-        _plot_evaluation(plot, series, origins, found, run)
+        viz.plot_forecast_evaluation(plot, series.times, series.targets, origins, found, H, run.meta["target"])
     return figures
 
 
@@ -592,7 +585,7 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
               f"{float(found['threshold']):.3f})", file=sys.stderr)
         _write_table(frame, output_path, format)
         if plot:
-            _plot_anomalies(plot, series, rows, cols, names)
+            viz.plot_anomalies(plot, series.times, series.targets, rows, cols, names)
         return frame
     step: Any = pd.Timedelta(seconds=run.meta["step"]) if series.is_datetime else run.meta["step"]
     ahead = future_times(times, H, step)
@@ -607,77 +600,5 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
     frame = pd.DataFrame(columns)
     _write_table(frame, output_path, format)
     if plot:
-        _plot_forecast(plot, series, ahead, found, names, history=max(L, 3 * H))
+        viz.plot_forecast(plot, series.times, series.targets, ahead, found, names, history=max(L, 3 * H))
     return frame
-
-
-# ---------------------------------------------------------------------------------------------- plots
-
-
-def _figure(rows: int):
-    from rnnkit.viz import pyplot
-
-    plt = pyplot()
-    fig, axes = plt.subplots(rows, 1, figsize=(9, 2.6 * rows + 0.6), dpi=110, squeeze=False)
-    return plt, fig, axes[:, 0]
-
-
-def _save(plt: Any, fig: Any, path: str | Path) -> None:
-    from rnnkit.viz import save_figure
-
-    fig.autofmt_xdate()
-    save_figure(fig, path)
-
-
-def _plot_forecast(path: str | Path, series: Series, ahead: pd.Index, found: dict[str, np.ndarray],
-                   names: list[str], history: int) -> None:
-    shown = min(len(names), 4)
-    plt, fig, axes = _figure(shown)
-    past = series.times[-history:]
-    for c, ax in enumerate(axes):
-        ax.plot(past, series.targets[-history:, c], color="0.3", lw=1, label="history")
-        ax.plot(ahead, found["point"][0, :, c], color="C0", lw=1.5, label="forecast")
-        if "lower" in found:
-            ax.fill_between(ahead, found["lower"][0, :, c], found["upper"][0, :, c], color="C0", alpha=0.25,
-                            label="interval")
-        ax.set_title(names[c], fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    _save(plt, fig, path)
-
-
-def _plot_evaluation(path: str | Path, series: Series, origins: np.ndarray, found: dict[str, np.ndarray],
-                     run: LoadedForecaster) -> None:
-    H = run.config.options.horizon
-    names = run.meta["target"]
-    shown = min(len(names), 4)
-    plt, fig, axes = _figure(shown)
-    # Forecasts that do not overlap (one per horizon), at most MAX_PLOTTED of them, so each stays readable.
-    picked = np.flatnonzero((origins - origins[0]) % H == 0)[:MAX_PLOTTED]
-    lo, hi = int(origins[picked[0]]), int(origins[picked[-1]]) + H
-    for c, ax in enumerate(axes):
-        ax.plot(series.times[lo:hi], series.targets[lo:hi, c], color="0.3", lw=1, label="truth")
-        for n, i in enumerate(picked):
-            span = series.times[origins[i]:origins[i] + H]
-            ax.plot(span, found["point"][i, :, c], color="C1", lw=1.2, label="forecast" if n == 0 else None)
-            if "lower" in found:
-                ax.fill_between(span, found["lower"][i, :, c], found["upper"][i, :, c], color="C1", alpha=0.2,
-                                label="interval" if n == 0 else None)
-        ax.set_title(names[c], fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    _save(plt, fig, path)
-
-
-def _plot_anomalies(path: str | Path, series: Series, rows: np.ndarray, cols: np.ndarray, names: list[str]) -> None:
-    shown = min(len(names), 4)
-    plt, fig, axes = _figure(shown)
-    for c, ax in enumerate(axes):
-        ax.plot(series.times, series.targets[:, c], color="0.3", lw=0.8)
-        mine = rows[cols == c]
-        ax.scatter(series.times[mine], series.targets[mine, c], color="C3", s=18, zorder=3, label="flagged")
-        ax.set_title(names[c], fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    _save(plt, fig, path)
-

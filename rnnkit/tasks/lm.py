@@ -23,7 +23,6 @@ from rnnkit.checkpoint import (
     load_weights,
     read_run_config,
     versions,
-    write_json,
 )
 from rnnkit.config import RunConfig, UserError
 from rnnkit.data import (
@@ -39,8 +38,11 @@ from rnnkit.data import (
     read_text,
     split_holdout,
 )
+from rnnkit.device import resolve_device
+from rnnkit.evaluation import evaluate_model
+from rnnkit.io import write_json
 from rnnkit.models.language_model import IGNORE_INDEX, LanguageModel
-from rnnkit.train import Trainer, evaluate_model, open_run, resolve_device
+from rnnkit.train import Trainer, open_run
 
 EVAL_ROWS = 10  # rows of the stream when evaluating: long contexts, as is usual for perplexity
 

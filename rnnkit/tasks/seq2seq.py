@@ -3,9 +3,9 @@
 What is here: the batch source for pairs, `train`, `load`, `translate` (greedy or beam search, length
 limit relative to the source, `<unk>` replaced by the most attended source token), `evaluate` (BLEU and
 chrF through sacrebleu, exact match, token error rate), `predict` (one output line per input line, with
-attention heatmaps on request), and the sequence metrics `edit_distance` and `token_error_rate`. What is
-not: the network (models/seq2seq.py), attention (attention.py), the loop (train.py), the search
-algorithms (decoding.py).
+attention heatmaps on request), and `target_units` (the tokens the token error rate counts). What is not:
+the network (models/seq2seq.py), attention (attention.py), the loop (train.py), the search algorithms
+(decoding.py), the metrics (metrics.py) and the heatmaps' drawing (viz.py).
 """
 
 from __future__ import annotations
@@ -15,19 +15,19 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rnnkit import decoding, distributed
+from rnnkit import decoding, distributed, metrics, viz
 from rnnkit.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
     load_weights,
     read_run_config,
     versions,
-    write_json,
 )
 from rnnkit.config import RunConfig, UserError
 from rnnkit.data import (
@@ -37,15 +37,17 @@ from rnnkit.data import (
     UNK_ID,
     BucketedSource,
     Tokenizer,
-    atomic_write_text,
     bucket_batches,
     build_tokenizer,
     load_tokenizer,
     pad_sequences,
 )
 from rnnkit.data.pairs import Pair, read_pairs, read_sources
+from rnnkit.device import resolve_device
+from rnnkit.evaluation import evaluate_model
+from rnnkit.io import atomic_write_text, write_json
 from rnnkit.models.seq2seq import IGNORE_INDEX, Seq2Seq
-from rnnkit.train import Trainer, evaluate_model, open_run, resolve_device
+from rnnkit.train import Trainer, open_run
 
 SOURCE_DIR, TARGET_DIR = "source", "target"  # where the run directory keeps each side's tokenizer
 DECODE_BATCH = 64  # sources translated together
@@ -327,40 +329,9 @@ def translate(
 # ------------------------------------------------------------------------------------ metrics
 
 
-def edit_distance(a: Sequence[Any], b: Sequence[Any]) -> int:
-    """Levenshtein distance: the fewest insertions, deletions and substitutions turning a into b."""
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, start=1):
-        current = [i]
-        for j, y in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
-
-
 def target_units(tokenizer: Tokenizer, text: str) -> list[str]:
     """The target tokens of a text, as counted by the token error rate."""
     return _surface_units(tokenizer, text, tokenizer.encode(text))
-
-
-def token_error_rate(hypotheses: Sequence[Sequence[Any]], references: Sequence[Sequence[Any]]) -> float:
-    """Summed edit distance over summed reference length (a corpus-level rate; 0 is perfect)."""
-    errors = sum(edit_distance(h, r) for h, r in zip(hypotheses, references, strict=True))
-    return errors / max(sum(len(r) for r in references), 1)
-
-
-def text_metrics(hypotheses: list[str], references: list[str], tokenizer: Tokenizer) -> dict[str, float]:
-    """BLEU and chrF (sacrebleu, 0-100), exact match and token error rate (fractions)."""
-    import sacrebleu
-
-    return {
-        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
-        "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
-        "exact_match": sum(h.strip() == r.strip() for h, r in zip(hypotheses, references, strict=True))
-        / max(len(references), 1),
-        "token_error_rate": token_error_rate([target_units(tokenizer, h) for h in hypotheses],
-                                             [target_units(tokenizer, r) for r in references]),
-    }
 
 
 # ------------------------------------------------------------------------------- entry points
@@ -371,7 +342,8 @@ def evaluate(run_dir: str | Path | LoadedSeq2Seq, data_path: str | Path, beam: i
     loaded = run_dir if isinstance(run_dir, LoadedSeq2Seq) else load(run_dir)
     pairs = read_pairs(data_path)
     outputs = translate(loaded, [p.source for p in pairs], beam=beam or 1)
-    figures = text_metrics([t.text for t in outputs], [p.target for p in pairs], loaded.target_tokenizer)
+    figures = metrics.text_metrics([t.text for t in outputs], [p.target for p in pairs],
+                                   partial(target_units, loaded.target_tokenizer))
     encoded = _encode_pairs(pairs, loaded.source_tokenizer, loaded.target_tokenizer)
     teacher_forced = evaluate_model(loaded.model, PairSource(encoded, DECODE_BATCH, False, 0), loaded.device)
     figures.update(loss=teacher_forced["loss"], perplexity=teacher_forced["perplexity"], pairs=float(len(pairs)))
@@ -379,23 +351,11 @@ def evaluate(run_dir: str | Path | LoadedSeq2Seq, data_path: str | Path, beam: i
 
 
 def plot_attention(translation: Translation, path: str | Path, title: str | None = None) -> Path:
-    """Write a heatmap of where each output token looked in the source (PNG)."""
-    from rnnkit.viz import pyplot, save_figure
-
-    plt = pyplot()
+    """Write a heatmap of where each output token looked in the source (PNG; see `viz.plot_attention`)."""
     if translation.attention is None:
         raise ValueError("the translation carries no attention weights")
-    w = translation.attention.numpy()
-    rows, cols = w.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * cols + 2), max(3.0, 0.4 * rows + 1.5)), dpi=110)
-    ax.imshow(w, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(cols), translation.source_units, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(rows), translation.target_units[:rows], fontsize=8)
-    ax.set_xlabel("source")
-    ax.set_ylabel("output")
-    if title:
-        ax.set_title(title, fontsize=9)
-    return save_figure(fig, path)
+    return viz.plot_attention(translation.attention, translation.source_units, translation.target_units, path,
+                              title)
 
 
 def predict(

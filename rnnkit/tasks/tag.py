@@ -2,9 +2,9 @@
 
 What is here: `TagVocab` (words, characters, word shapes and tags, saved in the run directory), the
 batch source of padded sentences, `score` (entity precision, recall and F1 overall and per type with
-CoNLL-eval semantics through seqeval, token accuracy; per-tag figures for plain tags such as UPOS),
-and `train`, `load`, `evaluate`, `predict`. What is not: the network (models/tagger.py), the CRF
-(crf.py), the readers and tag schemes (data/conll.py), the loop (train.py).
+CoNLL-eval semantics, token accuracy; per-tag figures for plain tags such as UPOS: the tag scheme read
+here, the arithmetic in metrics.py), and `train`, `load`, `evaluate`, `predict`. What is not: the network
+(models/tagger.py), the CRF (crf.py), the readers and tag schemes (data/conll.py), the loop (train.py).
 """
 
 from __future__ import annotations
@@ -18,21 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from seqeval.metrics import classification_report
 
-from rnnkit import distributed
+from rnnkit import distributed, metrics
 from rnnkit.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
     load_weights,
-    read_json,
     read_run_config,
     versions,
-    write_json,
 )
 from rnnkit.config import RunConfig, UserError
 from rnnkit.crf import allowed_transitions
-from rnnkit.data import BucketedSource, atomic_write_text, read_text
+from rnnkit.data import BucketedSource, read_text
 from rnnkit.data.conll import (
     Sentence,
     convert,
@@ -44,8 +41,11 @@ from rnnkit.data.conll import (
     tokenize,
 )
 from rnnkit.data.vectors import embedding_matrix, read_vectors
+from rnnkit.device import resolve_device
+from rnnkit.evaluation import evaluate_model
+from rnnkit.io import atomic_write_text, read_json, write_json
 from rnnkit.models.tagger import IGNORE_INDEX, PAD, UNK, Tagger
-from rnnkit.train import Trainer, evaluate_model, open_run, resolve_device
+from rnnkit.train import Trainer, open_run
 
 VOCAB_FILE = "tag_vocab.json"
 MAX_WORD_CHARS = 30  # longer tokens (URLs, mostly) are read by their first characters only
@@ -195,43 +195,15 @@ def score(gold: list[list[str]], predicted: list[list[str]], scheme: str) -> dic
 
     For entity tags (BIO, BIOES): entity-level `precision`, `recall`, `f1` (an entity counts when its
     type and both ends match, read with CoNLL-eval semantics by seqeval) overall (micro) and
-    `per_type`, plus `token_accuracy`. For plain tags (`none`, e.g. UPOS) every token is one
-    decision: `f1` is the micro-average over tags, which equals `token_accuracy`; `macro_f1` and
-    `per_type` (per tag) are given as well.
+    `per_type`, plus `token_accuracy` (see `metrics.entity_scores`). For plain tags (`none`, e.g. UPOS)
+    every token is one decision: `f1` is the micro-average over tags, which equals `token_accuracy`;
+    `macro_f1` and `per_type` (per tag) are given as well (see `metrics.tag_scores`).
     """
-    tokens = sum(len(g) for g in gold)
-    correct = sum(a == b for g, p in zip(gold, predicted, strict=True) for a, b in zip(g, p, strict=True))
-    accuracy = correct / max(tokens, 1)
     if scheme == "none":
-        tp: Counter[str] = Counter()
-        gold_count: Counter[str] = Counter()
-        pred_count: Counter[str] = Counter()
-        for g, p in zip(gold, predicted, strict=True):
-            for a, b in zip(g, p, strict=True):
-                gold_count[a] += 1
-                pred_count[b] += 1
-                tp[a] += a == b
-        per_type = {}
-        for tag in sorted(gold_count):
-            prec = tp[tag] / pred_count[tag] if pred_count[tag] else 0.0
-            rec = tp[tag] / gold_count[tag]
-            f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-            per_type[tag] = {"precision": prec, "recall": rec, "f1": f1, "support": gold_count[tag]}
-        macro = sum(v["f1"] for v in per_type.values()) / max(len(per_type), 1)
-        return {"f1": accuracy, "precision": accuracy, "recall": accuracy, "token_accuracy": accuracy,
-                "macro_f1": macro, "f1_kind": "micro-averaged over tags (equals token accuracy)",
-                "per_type": per_type, "sentences": len(gold), "tokens": tokens}
+        return metrics.tag_scores(gold, predicted)
     # seqeval reads B/I/E/S prefixes as conlleval does; BIO is the common ground of both schemes.
-    g = [convert(x, "bio") for x in gold]
-    p = [convert(x, "bio") for x in predicted]
-    report = classification_report(g, p, output_dict=True, zero_division=0)
-    micro = report["micro avg"]
-    per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
-                    "support": int(v["support"])}
-                for k, v in sorted(report.items()) if not k.endswith(" avg")}
-    return {"f1": float(micro["f1-score"]), "precision": float(micro["precision"]), "recall": float(micro["recall"]),
-            "token_accuracy": accuracy, "f1_kind": "entity level, micro-averaged (CoNLL-eval)",
-            "per_type": per_type, "entities": int(micro["support"]), "sentences": len(gold), "tokens": tokens}
+    return metrics.entity_scores([convert(x, "bio") for x in gold], [convert(x, "bio") for x in predicted],
+                                 metrics.token_accuracy(gold, predicted))
 
 
 # ------------------------------------------------------------------------------------------ train
