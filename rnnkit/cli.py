@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import sys
 import typing
@@ -18,16 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rnnkit.config import TASKS, RunConfig, UserError, default_of, load_toml, sections_for
-
-TASK_HELP = {
-    "lm": "language model: text generation and autocomplete (UTF-8 text)",
-    "classify": "sequence classification: text (CSV/TSV/JSONL/SST lines) or audio (--audio, a WAV manifest)",
-    "tag": "sequence tagging: named entities, parts of speech (CoNLL, CoNLL-U)",
-    "seq2seq": "encoder-decoder with attention: translation and other pairs (TSV source<TAB>target)",
-    "forecast": "time-series forecasting with anomaly flags (CSV with a header)",
-}
-
+from rnnkit.config import RunConfig, TrainingError, UserError, default_of, load_toml, sections_for
 
 # ----------------------------------------------------------------------------- option building
 
@@ -79,20 +69,6 @@ def run_config_from_args(task: str, args: argparse.Namespace) -> RunConfig:
 # ------------------------------------------------------------------------------------- handlers
 
 
-def _task_of(run_dir: str) -> str:
-    from rnnkit.checkpoint import read_run_config
-
-    task = read_run_config(run_dir)["task"]
-    task_module(task)  # refuses tasks this installation lacks
-    return task
-
-
-def task_module(task: str) -> Any:
-    from rnnkit.tasks import task_module as find
-
-    return find(task)
-
-
 def _task_options(args: argparse.Namespace, table: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """The task-specific options the user gave (those not None), by keyword name."""
     given = {}
@@ -104,22 +80,26 @@ def _task_options(args: argparse.Namespace, table: list[tuple[str, dict[str, Any
     return given
 
 
-def _call_with_options(task: str, func: Callable[..., Any], fixed: tuple, options: dict[str, Any]) -> Any:
-    """Call a task's evaluate/predict with the options it accepts; name any option it does not take."""
-    accepted = inspect.signature(func).parameters
-    wrong = ["--" + k.replace("_", "-") for k in options if k not in accepted]
-    if wrong:
-        raise UserError(f"{', '.join(wrong)}: not an option for {task} runs")
-    return func(*fixed, **options)
+def _text_generator(run_dir: str, verb: str, hint: str = "") -> Any:
+    """The loaded run for generate/complete, refusing runs of tasks that do not generate text."""
+    from rnnkit.tasks import runner
+
+    task = runner.task_of(run_dir)
+    if not task.generates_text:
+        raise UserError(f"{run_dir}: {verb} needs a language model ('lm') run{hint}")
+    return runner.load(run_dir)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    module = task_module(args.task)
+    from rnnkit.tasks import get_task
+
+    get_task(args.task)  # refuses tasks this installation lacks
     cfg = run_config_from_args(args.task, args)
     from rnnkit import distributed
+    from rnnkit.tasks.training import train
 
-    # Under torchrun, the task's train joins the process group first thing (train.open_run).
-    result = module.train(cfg, args.train, args.out, valid_path=args.valid, test_path=args.test, resume=args.resume)
+    # Under torchrun, training joins the process group first thing (train.open_run).
+    result = train(cfg, args.train, args.out, valid_path=args.valid, test_path=args.test, resume=args.resume)
     if distributed.is_main():
         print(json.dumps(result, indent=2))
     distributed.close()
@@ -127,10 +107,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    task = _task_of(args.run_dir)
-    module = task_module(task)
-    figures = _call_with_options(task, module.evaluate, (args.run_dir, args.data),
-                                 _task_options(args, EVALUATE_OPTIONS))
+    from rnnkit.tasks import runner
+
+    figures = runner.evaluate(args.run_dir, args.data, **_task_options(args, EVALUATE_OPTIONS))
     if args.json:
         print(json.dumps(figures))
     else:
@@ -158,23 +137,16 @@ def _figure_text(v: Any) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    task = _task_of(args.run_dir)
-    module = task_module(task)
-    if not hasattr(module, "predict"):
-        raise UserError(f"{args.run_dir}: predict does not apply to {task} runs"
-                        + ("; use 'rnnkit generate' or 'rnnkit complete'" if task == "lm" else ""))
-    _call_with_options(task, module.predict, (args.run_dir, args.input, args.output),
-                       _task_options(args, PREDICT_OPTIONS))
+    from rnnkit.tasks import runner
+
+    runner.predict(args.run_dir, args.input, args.output, **_task_options(args, PREDICT_OPTIONS))
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    if _task_of(args.run_dir) != "lm":
-        raise UserError(f"{args.run_dir}: generate needs a language model ('lm') run; "
-                        "other runs answer 'rnnkit predict'")
     from rnnkit.tasks import lm
 
-    model = lm.load(args.run_dir)
+    model = _text_generator(args.run_dir, "generate", "; other runs answer 'rnnkit predict'")
     # The prompt goes out with the first generated piece, so that a refused request (--max-tokens 0,
     # --top-p 2) writes nothing to stdout.
     pending = [args.prompt]
@@ -190,11 +162,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
-    if _task_of(args.run_dir) != "lm":
-        raise UserError(f"{args.run_dir}: complete needs a language model ('lm') run")
     from rnnkit.tasks import lm
 
-    results = lm.complete(args.run_dir, args.prefix, args.n)
+    results = lm.complete(_text_generator(args.run_dir, "complete"), args.prefix, args.n)
     if args.json:
         print(json.dumps(results))
     else:
@@ -223,18 +193,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from rnnkit.export import export_run
 
-    _task_of(args.run_dir)
     report = export_run(args.run_dir, args.format, args.out, check=not args.no_check)
     print(json.dumps(report, indent=2))
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    task = _task_of(args.run_dir)
     out = args.out or str(Path(args.run_dir) / "inspect")
     from rnnkit.diagnostics import inspect_run
 
-    figures = inspect_run(args.run_dir, task, args.data, out, steps=args.steps, rows=args.rows)
+    figures = inspect_run(args.run_dir, args.data, out, steps=args.steps, rows=args.rows)
     print(json.dumps(figures, indent=2))
     print(f"plots in {out}", file=sys.stderr)
     return 0
@@ -251,11 +219,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
+    from rnnkit.tasks import available_tasks, get_task
+
+    names = available_tasks()
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True,
-                             help="what to train: " + ", ".join(TASKS) + " ('rnnkit train TASK --help' lists its "
+                             help="what to train: " + ", ".join(names) + " ('rnnkit train TASK --help' lists its "
                                   "options)")
-    for task in TASKS:
-        t = tasks.add_parser(task, help=TASK_HELP[task], description=f"Train a {TASK_HELP[task]}.")
+    for task in names:
+        summary = get_task(task).summary
+        t = tasks.add_parser(task, help=summary, description=f"Train a {summary}.")
         t.add_argument("--train", required=True, metavar="PATH", help="training data file")
         t.add_argument("--valid", metavar="PATH", help="validation data (default: hold out the end of --train)")
         t.add_argument("--test", metavar="PATH", help="test data, evaluated once at the end")
@@ -405,8 +377,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from rnnkit.train import TrainingError
-
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning

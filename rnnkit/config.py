@@ -24,6 +24,10 @@ class UserError(ValueError):
     """A mistake in the user's input: a file, an option or a value. Printed without a traceback."""
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says where and what was kept."""
+
+
 def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None = None) -> Any:
     meta: dict[str, Any] = {"help": help}
     if flag:

@@ -272,14 +272,14 @@ def encoder_gradient_flow(layer: Recurrent, loss_of: Callable[[], Tensor]) -> tu
 
 
 @dataclass
-class _Sequence:
+class InspectSequence:
     """One sequence to inspect: a batch of one row for the model's loss, and what each step reads."""
 
     batch: dict[str, Tensor]
     labels: list[str]
 
 
-def _classify_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Recurrent, list[_Sequence], Any]:
+def _classify_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Recurrent, list[InspectSequence], Any]:
     from rnnkit.tasks import classify
 
     clf = classify.load(run_dir)
@@ -290,7 +290,7 @@ def _classify_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any
             labels = [clf.tokenizer.token_text(int(i)) for i in x]
         else:
             labels = [str(i) for i in range(x.shape[0])]  # audio frames
-        found.append(_Sequence({"inputs": x[None], "lengths": torch.tensor([x.shape[0]]),
+        found.append(InspectSequence({"inputs": x[None], "lengths": torch.tensor([x.shape[0]]),
                                 "targets": torch.tensor([y])}, labels))
 
     def loss(batch: dict[str, Tensor]) -> Tensor:
@@ -299,13 +299,13 @@ def _classify_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any
     return clf, clf.model.rnn, found, loss
 
 
-def _tag_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Recurrent, list[_Sequence], Any]:
+def _tag_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Recurrent, list[InspectSequence], Any]:
     from rnnkit.models.tagger import IGNORE_INDEX
     from rnnkit.tasks import tag
 
     tagger = tag.load(run_dir)
     sentences, _ = tag._read_labelled(data_path, tagger.config, tagger.vocab.scheme)
-    found = [_Sequence(tag.collate([tagger.vocab.encode(s.tokens, s.tags)]), list(s.tokens)) for s in sentences]
+    found = [InspectSequence(tag.collate([tagger.vocab.encode(s.tokens, s.tags)]), list(s.tokens)) for s in sentences]
 
     def loss(batch: dict[str, Tensor]) -> Tensor:
         scores = tagger.model.emissions(batch)[0, -1]  # (K,): the last token's tag scores
@@ -316,7 +316,7 @@ def _tag_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Rec
     return tagger, tagger.model.rnn, found, loss
 
 
-def _seq2seq_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Recurrent, list[_Sequence], Any]:
+def _seq2seq_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Recurrent, list[InspectSequence], Any]:
     from rnnkit.data.pairs import read_pairs
     from rnnkit.tasks import seq2seq
 
@@ -326,7 +326,7 @@ def _seq2seq_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any,
     found = []
     for source, target in encoded:
         batch = next(iter(seq2seq.PairSource([(source, target)], 1, False, 0).batches(0)))
-        found.append(_Sequence(batch, [loaded.source_tokenizer.token_text(i) for i in source]))
+        found.append(InspectSequence(batch, [loaded.source_tokenizer.token_text(i) for i in source]))
 
     def loss(batch: dict[str, Tensor]) -> Tensor:
         return loaded.model.loss(batch).loss  # the target's loss given the source
@@ -334,7 +334,7 @@ def _seq2seq_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any,
     return loaded, loaded.model.encoder, found, loss
 
 
-def _forecast_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Recurrent, list[_Sequence], Any]:
+def _forecast_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Recurrent, list[InspectSequence], Any]:
     from rnnkit.data.series import window_origins
     from rnnkit.tasks import forecast
 
@@ -344,7 +344,7 @@ def _forecast_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any
     feats, cal = forecast._features(series, run.scaler, run.meta["calendar"])
     origins = window_origins(len(series), o.lookback, o.horizon)
     source = forecast.WindowSource(feats, cal, feats[:, :run.target_size], origins, o.lookback, o.horizon, 1)
-    found = [_Sequence(batch, [str(int(i)) for i in range(int(at) - o.lookback, int(at))])
+    found = [InspectSequence(batch, [str(int(i)) for i in range(int(at) - o.lookback, int(at))])
              for at, batch in zip(origins, source.batches(0), strict=True)]
 
     def loss(batch: dict[str, Tensor]) -> Tensor:
@@ -353,7 +353,7 @@ def _forecast_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any
     return run, run.model.encoder, found, loss
 
 
-ENCODER_TASKS: dict[str, Callable[[str | Path, str | Path], tuple[Any, Recurrent, list[_Sequence], Any]]] = {
+ENCODER_TASKS: dict[str, Callable[[str | Path, str | Path], tuple[Any, Recurrent, list[InspectSequence], Any]]] = {
     "classify": _classify_sequences,
     "tag": _tag_sequences,
     "seq2seq": _seq2seq_sequences,

@@ -2,14 +2,15 @@
 
 What is here: `atomic_write` and `atomic_write_text` (temporary file in the same folder, then a rename, so a
 crash or a full disk never leaves half a file), `write_json` and `read_json` (with messages that say what is
-wrong with a file). What is not: what a run directory holds and the checks done when loading one
-(checkpoint.py), readers of data files (data/).
+wrong with a file), `write_output` (standard output or an atomic file). What is not: what a run directory
+holds and the checks done when loading one (checkpoint.py), readers of data files (data/).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -66,3 +67,12 @@ def read_json(path: str | Path) -> Any:
                         "expected the JSON file rnnkit wrote") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a directory; expected a JSON file") from None
+
+
+def write_output(path: str | os.PathLike[str], text: str) -> None:
+    """Write answers to standard output ("-") or atomically to a file."""
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_text(path, text)

@@ -43,16 +43,12 @@ from rnnkit.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from rnnkit.config import TrainConfig, UserError
+from rnnkit.config import TrainConfig, TrainingError, UserError
 from rnnkit.device import training_device
 from rnnkit.evaluation import BatchSource, evaluate_model
 from rnnkit.io import atomic_write
 from rnnkit.kernels.sequences import SCRATCH
 from rnnkit.layers import detach_state
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss became NaN); the message says where and what was kept."""
 
 
 def open_run(cfg: Any, out: str | Path, resume: bool,

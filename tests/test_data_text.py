@@ -3,7 +3,8 @@
 import pytest
 
 from rnnkit.config import UserError
-from rnnkit.data.text import read_text, split_holdout
+from rnnkit.data.split import hold_out
+from rnnkit.data.text import read_text
 from rnnkit.io import atomic_write_text
 
 
@@ -61,19 +62,41 @@ def test_read_text_invalid_utf8_names_offset_line_column(tmp_path, content, offs
     assert f"found byte {byte}" in message
 
 
-@pytest.mark.parametrize(("fraction", "holdout_len"), [(0.05, 5), (0.1, 10), (0.0, 0), (0.5, 50)])
-def test_split_holdout_takes_the_tail(fraction, holdout_len):
+@pytest.mark.parametrize(("fraction", "holdout_len"), [(0.05, 5), (0.1, 10), (0.001, 1), (0.5, 50)])
+def test_hold_out_tail_of_text(fraction, holdout_len):
     text = "".join(chr(ord("a") + i % 26) for i in range(100))
-    train, holdout = split_holdout(text, fraction)
+    train, holdout = hold_out(text, fraction, "tail")
     assert len(holdout) == holdout_len
     assert train + holdout == text
     assert holdout == text[len(text) - holdout_len :]
 
 
-@pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])
-def test_split_holdout_rejects_bad_fraction(fraction):
+@pytest.mark.parametrize("fraction", [-0.1, 0.0, 1.0, 1.5])
+def test_hold_out_rejects_bad_fraction(fraction):
     with pytest.raises(UserError, match="fraction"):
-        split_holdout("some text", fraction)
+        hold_out("some text", fraction)
+
+
+def test_hold_out_random_is_seeded_and_keeps_order():
+    items = list(range(40))
+    keep, held = hold_out(items, 0.25, "random", seed=3)
+    assert len(held) == 10 and sorted(keep + held) == items
+    assert keep == sorted(keep) and held == sorted(held)
+    assert hold_out(items, 0.25, "random", seed=3) == (keep, held)
+    assert hold_out(items, 0.25, "random", seed=4)[1] != held
+
+
+def test_hold_out_minimum_and_too_few():
+    assert len(hold_out(list(range(100)), 0.05, "tail", minimum=12)[1]) == 12
+    with pytest.raises(UserError, match=r"pairs\.tsv: 2 pairs cannot spare 1"):
+        hold_out([1, 2], 0.4, "random", source="pairs.tsv", unit="pairs")
+
+
+def test_hold_out_last_per_group_leaves_one_out():
+    events = [("ann", 1), ("bob", 2), ("ann", 3), ("cid", 4), ("bob", 5), ("ann", 6)]
+    keep, held = hold_out(events, 0.1, "last-per-group", group=lambda e: e[0])
+    assert held == [("bob", 5), ("ann", 6)]  # cid has one event: nothing to hold out
+    assert keep == [("ann", 1), ("bob", 2), ("ann", 3), ("cid", 4)]
 
 
 def test_atomic_write_text_replaces_and_leaves_no_temp(tmp_path):

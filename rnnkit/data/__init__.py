@@ -12,7 +12,8 @@ from rnnkit.data.batching import (
     pad_sequences,
     stream_layout,
 )
-from rnnkit.data.text import read_text, split_holdout
+from rnnkit.data.split import HOLDOUT_ORDERS, hold_out
+from rnnkit.data.text import read_text
 from rnnkit.data.tokenizers import (
     BOS_ID,
     EOS_ID,
@@ -51,6 +52,7 @@ __all__ = [
     "load_tokenizer",
     "pad_sequences",
     "read_text",
-    "split_holdout",
+    "hold_out",
+    "HOLDOUT_ORDERS",
     "stream_layout",
 ]

@@ -1,7 +1,7 @@
-"""Reading text corpora and splitting off a held-out part.
+"""Reading text corpora.
 
-What is here: `read_text` (strict UTF-8 reading with precise error messages) and `split_holdout`. What
-is not: tokenization (tokenizers.py), batching (batching.py) and writing files (rnnkit.io).
+What is here: `read_text` (strict UTF-8 reading with precise error messages). What is not: holding out
+validation text (split.py), tokenization (tokenizers.py), batching (batching.py) and writing files (rnnkit.io).
 """
 
 from __future__ import annotations
@@ -60,19 +60,3 @@ def _utf8_error_message(path: Path, raw: bytes, offset: int) -> str:
         f"{path}: invalid UTF-8 at byte offset {offset} (line {line}, column {column}): "
         f"found byte 0x{raw[offset]:02x}; expected UTF-8 text"
     )
-
-
-def split_holdout(text: str, fraction: float) -> tuple[str, str]:
-    """Split text into a training part and the held-out last `fraction` of its characters.
-
-    Args:
-        text: the whole corpus.
-        fraction: share of characters held out, in [0, 1).
-
-    Returns:
-        (train, holdout) with train + holdout == text.
-    """
-    if not 0.0 <= fraction < 1.0:
-        raise UserError(f"holdout fraction: found {fraction}; expected a number in [0, 1)")
-    cut = len(text) - round(len(text) * fraction)
-    return text[:cut], text[cut:]

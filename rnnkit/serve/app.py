@@ -35,7 +35,6 @@ from rnnkit.checkpoint import read_run_config
 from rnnkit.config import UserError
 from rnnkit.serve.batching import BatchedSteps
 from rnnkit.serve.config import ServeConfig
-from rnnkit.serve.predictors import PREDICTORS
 from rnnkit.serve.schemas import (
     ERRORS,
     JSON_ERRORS,
@@ -123,24 +122,6 @@ def _page() -> str:
     return resources.files("rnnkit.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
-def _describe(task: str, loaded: Any) -> dict[str, Any]:
-    """What the page shows about a run of a task other than language modelling."""
-    if task == "classify":
-        return {"labels": list(loaded.labels), "audio": bool(loaded.audio)}
-    if task == "tag":
-        return {"tags": list(loaded.vocab.tags), "scheme": loaded.vocab.scheme}
-    if task == "seq2seq":
-        return {"source_vocab_size": loaded.source_tokenizer.vocab_size,
-                "target_vocab_size": loaded.target_tokenizer.vocab_size,
-                "attention": loaded.config.options.attention}
-    if task == "forecast":
-        o = loaded.config.options
-        return {"target": list(loaded.meta["target"]), "lookback": o.lookback, "horizon": o.horizon,
-                "columns": [c for c in [loaded.meta.get("time_column"), *loaded.meta["target"],
-                                        *(loaded.meta.get("covariates") or [])] if c]}
-    return {}
-
-
 class _Stopped(Exception):
     """The client of a generation stream went away."""
 
@@ -196,13 +177,13 @@ async def _generation_lines(loaded: Any, req: GenerateRequest) -> AsyncIterator[
 def create_app(run_dir: str | Path, config: ServeConfig | None = None, device: str = "cpu") -> FastAPI:
     """The service for one run directory (any task)."""
     from rnnkit import __version__
-    from rnnkit.tasks import task_module
+    from rnnkit.tasks import runner
 
     config = config or ServeConfig()
     meta = read_run_config(run_dir)
     task = meta["task"]
-    module = task_module(task)
-    loaded = module.load(run_dir, device=device) if task == "lm" else module.load(run_dir)
+    kind = runner.task_of(run_dir)
+    loaded = runner.load(run_dir, device=device)
     app = FastAPI(title="rnnkit", version=__version__,
                   description=f"rnnkit {task} service for the run {Path(run_dir).name}. Every error is answered "
                               "as {\"error\": message, \"field\": name or null}.")
@@ -217,14 +198,11 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, device: s
         "num_layers": meta["model"]["num_layers"],
         "parameters": sum(p.numel() for p in model.parameters()) if model is not None else None,
     }
-    if task == "lm":
-        info.update({"vocab_size": loaded.tokenizer.vocab_size, "tokenizer": loaded.tokenizer.kind})
-    else:
-        info.update(_describe(task, loaded))
-        if task != "forecast":
-            info["max_input_chars"] = config.max_input_chars
+    info.update(kind.describe_run(loaded))
+    if kind.limits_input_chars:
+        info["max_input_chars"] = config.max_input_chars
     sessions, steps = None, None
-    if task == "lm":
+    if kind.generates_text:
         # Sessions and the completion search step the model through the batcher, which joins the steps of
         # concurrent requests; a lone request steps the model directly.
         steps = BatchedSteps(loaded.model) if config.batch_steps else loaded.model
@@ -305,7 +283,7 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, device: s
     def page() -> str:
         return _page()
 
-    if task == "lm":
+    if kind.generates_text:
         from rnnkit.tasks import lm
 
         unknown = {404: {"model": ErrorResponse, "description": "no such session (never made, or expired)"}}
@@ -341,14 +319,14 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, device: s
         async def generate_stream(req: GenerateRequest) -> NDJSONResponse:
             return NDJSONResponse(_generation_lines(loaded, req))
 
-    else:
-        predictor = PREDICTORS[task]
+    elif kind.answer is not None:
+        answer = kind.answer
 
         @app.post("/predict", response_model=predict_response(task), response_model_exclude_none=True,
                   responses=ERRORS)
         def predict(req: PredictRequest) -> dict[str, Any]:
             with torch.no_grad():
-                return {"predictions": predictor(loaded, req.inputs, config)}
+                return {"predictions": answer(loaded, req.inputs, config)}
 
     return app
 

@@ -179,9 +179,10 @@ PREDICTIONS: dict[str, type[BaseModel]] = {"classify": ClassifyPrediction, "tag"
 
 
 def predict_response(task: str) -> type[BaseModel]:
-    """The answer model of /predict for one task."""
-    item = PREDICTIONS[task]
-    return create_model(f"Predict{item.__name__.removesuffix('Prediction')}Response",
+    """The answer model of /predict for one task (a task without a schema here answers plain JSON objects)."""
+    item = PREDICTIONS.get(task, dict[str, Any])
+    stem = item.__name__.removesuffix("Prediction") if task in PREDICTIONS else task.title().replace("_", "")
+    return create_model(f"Predict{stem}Response",
                         predictions=(list[item], Field(description="one per input, in order")))
 
 

@@ -1,8 +1,9 @@
-"""Language modelling end to end: text files to a trained run, and a run to text, completions and figures.
+"""Language modelling: text files to a trained run, and a run to text, completions and figures.
 
-What is here: the batch sources for a token stream (truncated BPTT) and for whole lines (full BPTT),
-`train`, `load`, `evaluate`, `generate` and `complete` for language-model runs. What is not: the
-network (models/language_model.py), the loop (train.py), the search algorithms (decoding.py).
+What is here: the batch sources for a token stream (truncated BPTT) and for whole lines (full BPTT), the
+`lm` task (reading text, the tokenizer it keeps, scoring by perplexity) and what a language model answers:
+`generate` and `complete`. What is not: the network (models/language_model.py), the runner that trains
+and loads runs (training.py, runner.py), the search algorithms (decoding.py).
 """
 
 from __future__ import annotations
@@ -15,15 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from rnnkit import decoding, distributed
-from rnnkit.checkpoint import (
-    CONFIG_FILE,
-    MODEL_FILE,
-    load_weights,
-    read_run_config,
-    versions,
-)
+from rnnkit import decoding
 from rnnkit.config import RunConfig, UserError
 from rnnkit.data import (
     BOS_ID,
@@ -32,17 +27,15 @@ from rnnkit.data import (
     BucketedSource,
     StreamBatches,
     Tokenizer,
-    build_tokenizer,
     load_tokenizer,
     pad_sequences,
     read_text,
-    split_holdout,
 )
-from rnnkit.device import resolve_device
+from rnnkit.data.split import hold_out
 from rnnkit.evaluation import evaluate_model
-from rnnkit.io import write_json
 from rnnkit.models.language_model import IGNORE_INDEX, LanguageModel
-from rnnkit.train import Trainer, open_run
+from rnnkit.tasks.base import LoadedRun, Prepared, Say, Task, check_size, fit_tokenizer, start_embeddings
+from rnnkit.tasks.runner import ensure_loaded
 
 EVAL_ROWS = 10  # rows of the stream when evaluating: long contexts, as is usual for perplexity
 
@@ -113,112 +106,146 @@ def build_model(cfg: RunConfig, vocab_size: int) -> LanguageModel:
                          m.recurrent_options())
 
 
-def train(
-    cfg: RunConfig,
-    train_path: str | Path,
-    out: str | Path,
-    valid_path: str | Path | None = None,
-    test_path: str | Path | None = None,
-    resume: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Train a language model and write its run directory; returns the final figures."""
-    cfg, out, say = open_run(cfg, out, resume, log)
-
-    # Check what can be checked before anything is written.
-    if cfg.model.bidirectional:
-        raise UserError("--bidirectional: a language model reads left to right; drop the option")
-    text = read_text(train_path)
-    if valid_path is not None:
-        valid_text = read_text(valid_path)
-    else:
-        text, valid_text = split_holdout(text, cfg.data.valid_fraction)
-
-    if resume:
-        tokenizer = load_tokenizer(out)
-    else:
-        options: dict[str, Any] = {}
-        if cfg.data.tokenizer in ("word", "space"):
-            options = {"min_freq": cfg.data.min_freq, "max_vocab": cfg.data.max_vocab}
-        elif cfg.data.tokenizer == "bpe":
-            options = {"vocab_size": cfg.data.vocab_size}
-        tokenizer = build_tokenizer(cfg.data.tokenizer, text, **options)
-
-    tc = cfg.train
-    try:
-        if tc.bptt > 0:
-            train_src: Any = StreamSource(_encode(tokenizer, text), tc.batch_size, tc.bptt)
-        else:
-            train_src = LineSource(_lines(tokenizer, text), tc.batch_size, shuffle=True, seed=tc.seed)
-    except UserError as e:
-        raise UserError(f"{train_path}: {e}") from None
-    valid_src = _eval_source(_encode(tokenizer, valid_text), tc.bptt, str(valid_path or "validation text"))
-    if valid_path is None:
-        say(f"no --valid given: holding out the last {cfg.data.valid_fraction:.0%} of {train_path} for validation")
-
-    model = build_model(cfg, tokenizer.vocab_size)
-    if cfg.model.embeddings and not resume:
-        from rnnkit.data.vectors import pretrained_rows
-
-        words = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
-        matrix, found = pretrained_rows(cfg.model.embeddings, words, model.embedding.weight.detach().numpy(),
-                                        skip=len(SPECIAL_TOKENS))
-        with torch.no_grad():
-            model.embedding.weight.copy_(torch.from_numpy(matrix))
-        say(f"--embeddings {cfg.model.embeddings}: {found:,} of {len(words) - len(SPECIAL_TOKENS):,} tokens start "
-            "from a pre-trained vector")
-    if not resume and distributed.is_main():  # under torchrun, rank 0 writes the run's files
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(out)
-        write_json(out / CONFIG_FILE, {**cfg.to_dict(), "vocab_size": tokenizer.vocab_size, "versions": versions()})
-    n_params = sum(p.numel() for p in model.parameters())
-    say(f"language model: {cfg.model.cell} {cfg.model.num_layers}x{cfg.model.hidden_size}, "
-        f"{tokenizer.kind} vocabulary {tokenizer.vocab_size}, {n_params:,} parameters; "
-        f"{len(train_src)} batches per epoch")
-
-    trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
-    state = trainer.run(resume)
-    result: dict[str, Any] = {**trainer.summary(), "best_valid_loss": state.best}
-    if test_path is not None and trainer.main:
-        result["test"] = evaluate(out, test_path)
-        say("test: " + " ".join(f"{k} {v:.4f}" for k, v in result["test"].items()))
-    return result
-
-
 @dataclass
-class LoadedLM:
+class LoadedLM(LoadedRun):
     """A trained language model with its tokenizer, ready to decode."""
 
-    model: LanguageModel
     tokenizer: Tokenizer
-    config: RunConfig
-    device: torch.device
 
 
-def load(run_dir: str | Path, device: str = "cpu") -> LoadedLM:
-    """Load a language-model run (config, tokenizer, best weights) after checking it."""
-    run_dir = Path(run_dir)
-    meta = read_run_config(run_dir, task="lm")
-    cfg = RunConfig.from_dict(meta, str(run_dir / CONFIG_FILE))
-    tokenizer = load_tokenizer(run_dir)
-    if meta.get("vocab_size") not in (None, tokenizer.vocab_size):
-        raise UserError(f"{run_dir}: tokenizer has {tokenizer.vocab_size} tokens, config says {meta['vocab_size']}")
-    model = build_model(cfg, tokenizer.vocab_size)
-    load_weights(run_dir / MODEL_FILE, model)
-    dev = resolve_device(device)
-    model.to(dev).eval()
-    return LoadedLM(model, tokenizer, cfg, dev)
+class LanguageModelTask(Task):
+    """Text in, the next token out: generation, autocomplete, perplexity."""
+
+    name = "lm"
+    summary = "language model: text generation and autocomplete (UTF-8 text)"
+    loaded_type = LoadedLM
+    predict_hint = "; use 'rnnkit generate' or 'rnnkit complete'"
+
+    def prepare(self, cfg: RunConfig, train_path: str | Path, valid_path: str | Path | None, out: Path,
+                resume: bool, say: Say) -> Prepared:
+        if cfg.model.bidirectional:
+            raise UserError("--bidirectional: a language model reads left to right; drop the option")
+        text = read_text(train_path)
+        if valid_path is not None:
+            valid_text = read_text(valid_path)
+        else:
+            text, valid_text = hold_out(text, cfg.data.valid_fraction, "tail", source=str(train_path),
+                                        unit="characters")
+        if resume:
+            tokenizer = load_tokenizer(out)
+        else:
+            tokenizer = fit_tokenizer(cfg.data.tokenizer, [text], cfg)
+        tc = cfg.train
+        try:
+            if tc.bptt > 0:
+                train_src: Any = StreamSource(_encode(tokenizer, text), tc.batch_size, tc.bptt)
+            else:
+                train_src = LineSource(_lines(tokenizer, text), tc.batch_size, shuffle=True, seed=tc.seed)
+        except UserError as e:
+            raise UserError(f"{train_path}: {e}") from None
+        valid_src = _eval_source(_encode(tokenizer, valid_text), tc.bptt, str(valid_path or "validation text"))
+        if valid_path is None:
+            say(f"no --valid given: holding out the last {cfg.data.valid_fraction:.0%} of {train_path} for "
+                "validation")
+        m = cfg.model
+        return Prepared(train_src, valid_src, {"tokenizer": tokenizer},
+                        describe=f"language model: {m.cell} {m.num_layers}x{m.hidden_size}, {tokenizer.kind} "
+                                 f"vocabulary {tokenizer.vocab_size}, {{params}} parameters; {len(train_src)} "
+                                 "batches per epoch",
+                        meta={"vocab_size": tokenizer.vocab_size})
+
+    def build_model(self, cfg: RunConfig, tokenizer: Tokenizer) -> LanguageModel:
+        return build_model(cfg, tokenizer.vocab_size)
+
+    def initialise(self, model: nn.Module, cfg: RunConfig, prepared: Prepared, say: Say) -> None:
+        tokenizer = prepared.assets["tokenizer"]
+        words = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
+        start_embeddings(model.embedding, words, cfg, say, unit="tokens")
+
+    def save(self, out: Path, prepared: Prepared) -> None:
+        prepared.assets["tokenizer"].save(out)
+
+    def load_assets(self, run_dir: Path, cfg: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
+        tokenizer = load_tokenizer(run_dir)
+        check_size(run_dir, meta, "vocab_size", tokenizer.vocab_size, f"tokenizer has {tokenizer.vocab_size} tokens")
+        return {"tokenizer": tokenizer}
+
+    def evaluate(self, run: LoadedLM, data_path: str | Path) -> dict[str, float]:
+        """Loss, perplexity and bits per token of a run on a text file (bits per character for char models)."""
+        ids = _encode(run.tokenizer, read_text(data_path))
+        figures = evaluate_model(run.model, _eval_source(ids, run.config.train.bptt, str(data_path)), run.device)
+        if run.tokenizer.kind == "char":
+            figures["bits_per_character"] = figures["bits_per_token"]
+        figures["tokens"] = float(ids.numel())
+        return figures
 
 
-def evaluate(run_dir: str | Path, data_path: str | Path) -> dict[str, float]:
-    """Loss, perplexity and bits per token of a run on a text file (bits per character for char models)."""
-    lm = load(run_dir)
-    ids = _encode(lm.tokenizer, read_text(data_path))
-    figures = evaluate_model(lm.model, _eval_source(ids, lm.config.train.bptt, str(data_path)), lm.device)
-    if lm.tokenizer.kind == "char":
-        figures["bits_per_character"] = figures["bits_per_token"]
-    figures["tokens"] = float(ids.numel())
-    return figures
+    # ------------------------------------------------------------------ serving, export, inspect
+
+    generates_text = True
+
+    def describe_run(self, run: LoadedLM) -> dict[str, Any]:
+        return {"vocab_size": run.tokenizer.vocab_size, "tokenizer": run.tokenizer.kind}
+
+    def export_graphs(self, run: LoadedLM) -> list[Any]:
+        """The whole sequence with the state in and out, and one step for streaming generation."""
+        from rnnkit.export import Graph
+
+        model = run.model.eval()
+        rnn = model.rnn
+        V, L, H = run.tokenizer.vocab_size, rnn.num_layers, rnn.hidden_size
+        names = ["h", "c"][: rnn.num_states]
+
+        def state(B: int) -> tuple[torch.Tensor, ...]:
+            return tuple(torch.randn(L, B, H) * 0.5 for _ in names)
+
+        def seq_inputs(sizes: dict[str, int]) -> tuple[torch.Tensor, ...]:
+            return (torch.randint(0, V, (sizes["B"], sizes["T"])), *state(sizes["B"]))
+
+        def step_inputs(sizes: dict[str, int]) -> tuple[torch.Tensor, ...]:
+            return (torch.randint(0, V, (sizes["B"],)), *state(sizes["B"]))
+
+        state_dims = {n: {1: "B"} for n in names}
+        outputs = ["logits", *[n + "_out" for n in names]]
+        return [
+            Graph("sequence", _SequenceGraph(model), seq_inputs({"B": 3, "T": 7}), ["tokens", *names], outputs,
+                  {"tokens": {0: "B", 1: "T"}, **state_dims}, seq_inputs),
+            Graph("step", _StepGraph(model), step_inputs({"B": 3}), ["token", *names], outputs,
+                  {"token": {0: "B"}, **state_dims}, step_inputs, check_sizes=[{"B": 1}, {"B": 6}]),
+        ]
+
+    def inspect(self, run: LoadedLM, data_path: str | Path, out: Path, steps: int, rows: int) -> dict[str, Any]:
+        """Gradient flow through the language model's own steps (see diagnostics.inspect_lm)."""
+        from rnnkit.diagnostics import inspect_lm
+
+        if steps < 2:
+            raise UserError(f"--steps: expected an integer >= 2; got {steps}")
+        return inspect_lm(run, data_path, out, steps=steps, rows=rows)
+
+
+TASK = LanguageModelTask()
+
+
+class _SequenceGraph(nn.Module):
+    """Export: tokens (B, T) and the state parts (L, B, H) -> logits (B, T, V) and the new state parts."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        tokens, state = inputs[0], inputs[1:]
+        logits, new = self.model(tokens, state if len(state) > 1 else state[0])
+        return (logits, *(new if isinstance(new, tuple) else (new,)))
+
+
+class _StepGraph(_SequenceGraph):
+    """Export: token (B,) and the state parts -> logits (B, V) for the next token and the new state parts."""
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        token, state = inputs[0], inputs[1:]
+        logits, new = self.model.step(token, state if len(state) > 1 else state[0])
+        return (logits, *(new if isinstance(new, tuple) else (new,)))
 
 
 def _prompt_ids(lm: LoadedLM, prompt: str) -> list[int]:
@@ -250,7 +277,7 @@ def generate(
     With `on_text`, each new piece of text is passed on as soon as it is made (streaming).
     Returns the generated continuation (without the prompt).
     """
-    lm = run_dir if isinstance(run_dir, LoadedLM) else load(run_dir)
+    lm = ensure_loaded(run_dir, "lm")
     if max_tokens < 1:
         raise UserError(f"--max-tokens: expected an integer >= 1; got {max_tokens}")
     if beam < 1:
@@ -351,7 +378,7 @@ def complete(
     Returns:
         best first, [{"text": the completed word, "completion": what to append, "probability": p}].
     """
-    lm = run_dir if isinstance(run_dir, LoadedLM) else load(run_dir)
+    lm = ensure_loaded(run_dir, "lm")
 
     def read(ids: list[int]) -> tuple[torch.Tensor, Any]:
         if reader is not None:
