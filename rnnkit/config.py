@@ -173,7 +173,8 @@ class TrainConfig:
     lr_patience: int = _opt(0, "plateau schedule: evaluations without improvement tolerated before reducing")
     early_stopping: int = _opt(0, "stop after this many evaluations without improvement; 0 turns it off")
     eval_every: int = _opt(0, "evaluate every this many steps as well as at each epoch's end; 0: epochs only")
-    checkpoint_minutes: float = _opt(10.0, "save a resumable checkpoint this often (minutes)")
+    checkpoint_minutes: float = _opt(10.0, "save a resumable checkpoint this often (minutes), besides after every "
+                                           "validation")
     skip_nonfinite: bool = _opt(False, "skip batches whose loss or gradient is not finite (counted) instead of "
                                        "stopping the run")
     seed: int = _opt(0, "random seed: fixes initialisation, data order, dropout and sampling")

@@ -534,6 +534,7 @@ class Trainer:
                         if self._validate(self._recent_loss(window_loss, window_count)):
                             s.done = True
                             break
+                        checkpoint_due = True  # every validation leaves a point to resume from
                     if checkpoint_due:
                         self._checkpoint_now()
                         last_checkpoint = now
@@ -544,6 +545,9 @@ class Trainer:
                 s.carried = None
                 if self._validate(self._recent_loss(window_loss, window_count)):
                     s.done = True
+                else:  # every validation leaves a point to resume from (the last one is saved below)
+                    self._checkpoint_now()
+                    last_checkpoint = time.monotonic()
         finally:
             self.progress.close()
             SCRATCH.clear()  # the native kernels' buffers kept between training steps: not needed after them

@@ -292,6 +292,61 @@ def test_resume_after_a_kill_during_the_closing_evaluation_writes_no_duplicate_l
     assert [json.loads(x)["valid_loss"] for x in lines] == [json.loads(x)["valid_loss"] for x in whole]
 
 
+class _KillAt:
+    """A batch source that dies (an exception, as a killed process) when batch `at` of the first epoch is due."""
+
+    def __init__(self, source, at):
+        self.source, self.at, self.stateful = source, at, source.stateful
+
+    def __len__(self):
+        return len(self.source)
+
+    def batches(self, epoch, start=0):
+        for i, batch in enumerate(self.source.batches(epoch, start), start=start):
+            if epoch == 0 and i == self.at:
+                raise _Killed
+            yield batch
+
+
+@pytest.mark.parametrize("eval_every, kill_at, saved_step", [(25, 60, 50), (0, 30, None)])
+def test_every_validation_leaves_a_checkpoint_to_resume_from(tmp_path, eval_every, kill_at, saved_step):
+    # checkpoint_minutes is 100: no checkpoint comes from the clock, only from the validations.
+    full = _setup(tmp_path, "full", eval_every=eval_every)
+    full.fit()
+    killed = _setup(tmp_path, "killed", eval_every=eval_every)
+    killed.train_data = _KillAt(killed.train_data, kill_at)
+    with pytest.raises(_Killed):
+        killed.fit()
+    path = tmp_path / "killed" / CHECKPOINT_FILE
+    if saved_step is None:  # no validation before the kill: nothing to resume from, as before
+        assert not path.exists()
+        return
+    assert load_checkpoint(path)["train_state"]["step"] == saved_step
+    resumed = _setup(tmp_path, "killed", eval_every=eval_every)
+    resumed.resume()
+    resumed.fit()
+    for k, v in _weights(full).items():
+        assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    records = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["valid_loss"]) for r in records] == [(r["step"], r["valid_loss"]) for r in expected]
+
+
+def test_the_closing_validation_of_an_epoch_is_a_resume_point(tmp_path):
+    killed = _setup(tmp_path, "killed", epochs=3)
+    killed.train_data = _KillAt(killed.train_data, 10**9)  # never dies: look at the file after epoch 1
+    seen = []
+    real = killed._checkpoint_now
+
+    def spy():
+        seen.append((killed.state.epoch, killed.state.batch, killed.state.step))
+        real()
+
+    killed._checkpoint_now = spy
+    killed.fit()
+    assert seen[:2] == [(1, 0, 80), (2, 0, 160)]  # after each epoch's validation, then the closing save
+
+
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
 def test_optimizers_use_the_fused_kernels_where_torch_has_them(name):
     from rnnkit.train import build_optimizer
