@@ -18,7 +18,7 @@ import torch
 
 from rnnkit import viz
 from rnnkit.diagnostics import hidden_activations
-from rnnkit.tasks import lm
+from rnnkit.tasks import runner
 
 LABELS = {"rnn": "vanilla RNN (tanh)", "lstm": "LSTM"}
 
@@ -42,7 +42,7 @@ def main() -> None:
     passage = text[at:at + args.length]
     panels, figures = {}, {}
     for cell in ("rnn", "lstm"):
-        loaded = lm.load(runs / cell)
+        loaded = runner.load(runs / cell)
         ids = torch.tensor(loaded.tokenizer.encode(passage), dtype=torch.long)
         acts = hidden_activations(loaded.model, ids)  # (T, H)
         panels[LABELS[cell]] = acts

@@ -20,7 +20,7 @@ import torch
 from rnnkit import viz
 from rnnkit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnnkit.diagnostics import inspect_lm
-from rnnkit.tasks import lm
+from rnnkit.tasks.training import train
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
                                               lr=2e-3, clip=1.0, eval_every=200, log_every=200, seed=0,
                                               threads=args.threads))
             t0 = time.monotonic()
-            result = lm.train(cfg, out / "train.txt", run, valid_path=out / "valid.txt")
+            result = train(cfg, out / "train.txt", run, valid_path=out / "valid.txt")
             print(f"{cell}: trained {time.monotonic() - t0:.0f} s, best valid loss {result['best_valid_loss']:.4f}")
         found = inspect_lm(run, out / "valid.txt", out / f"inspect-{cell}", steps=args.steps, rows=32)
         by_distance = found["gradient_norm_by_distance"]

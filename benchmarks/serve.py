@@ -32,7 +32,7 @@ import httpx
 import torch
 
 from rnnkit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from rnnkit.tasks import lm
+from rnnkit.tasks.training import train
 
 LENGTH_BINS = (10, 100, 250, 500, 1000)
 
@@ -56,7 +56,7 @@ def train_model(data: Path, out: Path, minutes: float, hidden: int, layers: int)
                     data=DataConfig(tokenizer="char"),
                     train=TrainConfig(epochs=100, max_minutes=minutes, batch_size=32, bptt=100, lr=2e-3,
                                       log_every=200, eval_every=200))
-    lm.train(cfg, out / "train.txt", run)
+    train(cfg, out / "train.txt", run)
     return run
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from bench_common import environment
 
 from rnnkit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from rnnkit.tasks import lm
+from rnnkit.tasks.training import train
 
 
 def main() -> None:
@@ -57,7 +57,7 @@ def main() -> None:
                           seed=args.seed, threads=args.threads, log_every=100, checkpoint_minutes=10),
     )
     start = time.monotonic()
-    result = lm.train(cfg, out / "train.txt", run, valid_path=out / "valid.txt")
+    result = train(cfg, out / "train.txt", run, valid_path=out / "valid.txt")
     wall = time.monotonic() - start
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     best = min(r["valid_loss"] for r in records)

@@ -24,8 +24,8 @@ from torch import nn
 from rnnkit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnnkit.data import build_tokenizer, read_text
 from rnnkit.models.language_model import LanguageModel
-from rnnkit.tasks import lm
 from rnnkit.tasks.lm import StreamSource
+from rnnkit.tasks.training import train
 from rnnkit.train import Trainer, seed_everything
 
 
@@ -51,7 +51,7 @@ def run_perplexity(args: argparse.Namespace) -> dict:
                           eval_every=args.eval_every, seed=args.seed, log_every=100, checkpoint_minutes=15),
     )
     start = time.monotonic()
-    result = lm.train(cfg, wt2 / "train.txt", out / "run", valid_path=wt2 / "valid.txt", test_path=wt2 / "test.txt")
+    result = train(cfg, wt2 / "train.txt", out / "run", valid_path=wt2 / "valid.txt", test_path=wt2 / "test.txt")
     summary = {
         "benchmark": "wikitext2-word",
         "test_perplexity": round(result["test"]["perplexity"], 2),

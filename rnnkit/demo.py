@@ -16,7 +16,8 @@ import torch
 from rnnkit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnnkit.data import build_tokenizer
 from rnnkit.data.demo import demo_corpus
-from rnnkit.tasks import lm
+from rnnkit.tasks import lm, runner
+from rnnkit.tasks.training import train
 
 PROMPT = "The old fisherman"
 PREFIXES = ["The old fisherman walked along the light", "When the sun went do", "my grandmother baked fresh ",
@@ -52,16 +53,17 @@ def run_demo(out: str | None = None, minutes: float = 2.0, seed: int = 0) -> Pat
 
     _rule("before training (random weights)")
     torch.manual_seed(seed)
-    untrained = lm.LoadedLM(lm.build_model(cfg, build_tokenizer("char", text).vocab_size).eval(),
-                            build_tokenizer("char", text), cfg, torch.device("cpu"))
+    tokenizer = build_tokenizer("char", text)
+    untrained = lm.LoadedLM(model=lm.build_model(cfg, tokenizer.vocab_size).eval(), config=cfg,
+                            device=torch.device("cpu"), run_dir=model_dir, meta={}, tokenizer=tokenizer)
     sample = lm.generate(untrained, PROMPT, max_tokens=120, temperature=0.8, seed=seed)
     print(PROMPT + sample.replace("\n", " "))
 
     _rule("training")
-    lm.train(cfg, corpus, model_dir)
+    train(cfg, corpus, model_dir)
 
     _rule("after training: generate (temperature 0.7)")
-    trained = lm.load(model_dir)
+    trained = runner.load(model_dir)
     sample = lm.generate(trained, PROMPT, max_tokens=240, temperature=0.7, seed=seed)
     print(PROMPT + sample.split("\n")[0])
 

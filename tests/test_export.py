@@ -10,7 +10,8 @@ import torch
 
 from rnnkit.cli import main
 from rnnkit.config import ModelConfig, RunConfig, TrainConfig
-from rnnkit.tasks import lm
+from rnnkit.tasks import runner
+from rnnkit.tasks.training import train
 
 
 @pytest.fixture(scope="module", params=["lstm", "layernorm-gru"])
@@ -21,7 +22,7 @@ def run_dir(request, tmp_path_factory):
                                 encoding="utf-8")
     cfg = RunConfig(task="lm", model=ModelConfig(cell=request.param, embedding_size=8, hidden_size=12, num_layers=2),
                     train=TrainConfig(epochs=1, batch_size=4, bptt=16, log_every=10_000))
-    lm.train(cfg, root / "t.txt", root / "run", log=lambda line: None)
+    train(cfg, root / "t.txt", root / "run", log=lambda line: None)
     return root / "run"
 
 
@@ -33,7 +34,7 @@ def test_onnx_matches_pytorch_in_onnxruntime_on_new_lengths(run_dir, tmp_path, c
     assert set(report["graphs"]) == {"sequence", "step"}
     assert all(g["max_abs_diff"] < 1e-4 for g in report["graphs"].values())
     # Independently of the built-in check: a batch and a length never traced, from a non-zero state.
-    loaded = lm.load(run_dir)
+    loaded = runner.load(run_dir)
     model, rnn = loaded.model, loaded.model.rnn
     tokens = torch.randint(0, loaded.tokenizer.vocab_size, (4, 37))
     state = tuple(torch.randn(2, 4, 12) for _ in range(rnn.num_states))
@@ -60,7 +61,7 @@ def test_pt2_program_loads_and_matches(run_dir, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert all(g["max_abs_diff"] < 1e-4 for g in report["graphs"].values())
     program = torch.export.load(str(tmp_path / "pt2" / "sequence.pt2"))
-    loaded = lm.load(run_dir)
+    loaded = runner.load(run_dir)
     tokens = torch.randint(0, loaded.tokenizer.vocab_size, (2, 9))
     state = tuple(torch.zeros(2, 2, 12) for _ in range(loaded.model.rnn.num_states))
     with torch.no_grad():

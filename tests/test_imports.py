@@ -108,7 +108,7 @@ def test_the_graph_sees_the_package():
     assert _path("rnnkit.tasks.training", TRAINING) == ["rnnkit.tasks.training", "rnnkit.train"]
 
 
-@pytest.mark.parametrize("module", [*_modules("rnnkit.serve"), "rnnkit.export", "rnnkit.diagnostics", "rnnkit.demo",
+@pytest.mark.parametrize("module", [*_modules("rnnkit.serve"), "rnnkit.export", "rnnkit.diagnostics",
                                     *[m for m in _modules("rnnkit.tasks") if m != "rnnkit.tasks.training"]])
 def test_using_a_run_never_reaches_training(module):
     path = _path(module, TRAINING)

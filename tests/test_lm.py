@@ -10,7 +10,8 @@ from rnnkit import decoding
 from rnnkit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnnkit.data import build_tokenizer
 from rnnkit.models.language_model import LanguageModel
-from rnnkit.tasks import lm
+from rnnkit.tasks import lm, runner
+from rnnkit.tasks.training import train
 
 TEXT = ("the quick brown fox jumps over the lazy dog. the quiet queen quilts quickly.\n"
         "a lazy dog sleeps in the sun. the fox runs home.\n") * 40
@@ -66,12 +67,12 @@ def char_run(tmp_path_factory):
     (root / "train.txt").write_text(TEXT, encoding="utf-8")
     cfg = RunConfig(task="lm", model=ModelConfig(embedding_size=16, hidden_size=48, num_layers=1),
                     train=TrainConfig(epochs=8, batch_size=8, bptt=32, lr=1e-2, log_every=10_000))
-    lm.train(cfg, root / "train.txt", root / "run", log=lambda line: None)
+    train(cfg, root / "train.txt", root / "run", log=lambda line: None)
     return root
 
 
 def test_generation_reproducible_by_seed(char_run):
-    run = lm.load(char_run / "run")
+    run = runner.load(char_run / "run")
     a = lm.generate(run, "the ", max_tokens=40, temperature=1.0, seed=7)
     b = lm.generate(run, "the ", max_tokens=40, temperature=1.0, seed=7)
     c = lm.generate(run, "the ", max_tokens=40, temperature=1.0, seed=8)
@@ -86,7 +87,7 @@ def test_generation_reproducible_by_seed(char_run):
 
 
 def test_char_completion_probabilities_match_the_model(char_run):
-    run = lm.load(char_run / "run")
+    run = runner.load(char_run / "run")
     found = lm.complete(run, "the qu", n=3)
     assert found and found[0]["text"].startswith("qu")
     assert all(a["probability"] >= b["probability"] for a, b in zip(found, found[1:], strict=False))
@@ -111,7 +112,7 @@ def test_word_and_bpe_completion(tmp_path, kind):
     cfg = RunConfig(task="lm", model=ModelConfig(embedding_size=16, hidden_size=32, num_layers=1),
                     data=DataConfig(tokenizer=kind, vocab_size=300),
                     train=TrainConfig(epochs=4, batch_size=4, bptt=16, lr=1e-2, log_every=10_000))
-    lm.train(cfg, tmp_path / "t.txt", tmp_path / "run", log=lambda line: None)
+    train(cfg, tmp_path / "t.txt", tmp_path / "run", log=lambda line: None)
     found = lm.complete(tmp_path / "run", "the qu", n=3)
     assert 1 <= len(found) <= 3
     for r in found:
@@ -122,7 +123,7 @@ def test_word_and_bpe_completion(tmp_path, kind):
 
 
 def test_unknown_prompt_symbols_warn(char_run):
-    run = lm.load(char_run / "run")
+    run = runner.load(char_run / "run")
     with pytest.warns(UserWarning, match="never saw.*'Z'"):
         lm.generate(run, "the Zebra", max_tokens=5, seed=0)
 
@@ -156,10 +157,10 @@ def test_every_cell_and_regulariser_trains_saves_and_reloads(tmp_path, cell, opt
     (tmp_path / "train.txt").write_text(TEXT[:3000], encoding="utf-8")
     cfg = RunConfig(task="lm", model=ModelConfig(cell=cell, embedding_size=8, hidden_size=16, num_layers=2, **options),
                     train=TrainConfig(epochs=1, batch_size=4, bptt=16, lr=1e-2, log_every=10_000))
-    lm.train(cfg, tmp_path / "train.txt", tmp_path / "run", log=lambda line: None)
-    run = lm.load(tmp_path / "run")
+    train(cfg, tmp_path / "train.txt", tmp_path / "run", log=lambda line: None)
+    run = runner.load(tmp_path / "run")
     assert run.model.rnn.cell_name == cell
     assert run.model.rnn.zoneout == options.get("zoneout", 0.0)
     assert len(lm.generate(run, "the ", max_tokens=5, seed=0)) == 5
-    figures = lm.evaluate(tmp_path / "run", tmp_path / "train.txt")
+    figures = runner.evaluate(tmp_path / "run", tmp_path / "train.txt")
     assert math.isfinite(figures["loss"])

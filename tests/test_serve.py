@@ -21,7 +21,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from rnnkit.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from rnnkit.serve import ServeConfig, create_app  # noqa: E402
-from rnnkit.tasks import lm  # noqa: E402
+from rnnkit.tasks import lm, runner  # noqa: E402
+from rnnkit.tasks.training import train  # noqa: E402
 
 WORDS = ["the quick brown fox", "a quiet queen", "quilts and quills", "the lazy dog sleeps", "quite quickly"]
 
@@ -33,7 +34,7 @@ def run_dir(tmp_path_factory):
     (root / "train.txt").write_text("\n".join(rng.choice(WORDS) for _ in range(300)) + "\n", encoding="utf-8")
     cfg = RunConfig(task="lm", model=ModelConfig(embedding_size=8, hidden_size=24, num_layers=2),
                     train=TrainConfig(epochs=2, batch_size=8, bptt=24, lr=1e-2, log_every=10_000))
-    lm.train(cfg, root / "train.txt", root / "run", log=lambda line: None)
+    train(cfg, root / "train.txt", root / "run", log=lambda line: None)
     return root / "run"
 
 
@@ -56,7 +57,7 @@ def test_health_info_page_and_schema(client):
 
 
 def test_completion_through_a_session_equals_the_fresh_one(client, run_dir):
-    loaded = lm.load(run_dir)
+    loaded = runner.load(run_dir)
     sid = None
     # Type on, then go back (a backspace), then edit earlier text: each answer equals the fresh one.
     for prefix in ("the q", "the qu", "the qui", "the qu", "a qu", "a quiet q"):
@@ -141,7 +142,7 @@ def test_sessions_expire_and_are_capped(run_dir):
 def test_concurrent_clients_get_consistent_answers(client, run_dir):
     from concurrent.futures import ThreadPoolExecutor
 
-    loaded = lm.load(run_dir)
+    loaded = runner.load(run_dir)
     prefixes = ["the q", "a qu", "quil", "the l", "quite q", "the b"] * 3
     expected = {p: [c["text"] for c in lm.complete(loaded, p, 2)] for p in set(prefixes)}
 
@@ -327,7 +328,7 @@ def test_an_edit_after_a_paste_costs_at_most_a_checkpoint_interval(run_dir):
 
     from rnnkit.serve.sessions import CHECKPOINT_EVERY, Session
 
-    loaded = lm.load(run_dir)
+    loaded = runner.load(run_dir)
     text = " ".join(WORDS * 3)[:200]
     ids = loaded.tokenizer.encode(text)
     session = Session(loaded.model)
@@ -361,7 +362,7 @@ def test_sessions_stay_within_the_memory_budget(run_dir):
 
     from rnnkit.serve.sessions import state_nbytes
 
-    loaded = lm.load(run_dir)
+    loaded = runner.load(run_dir)
     _, state = loaded.model.prefill(torch.tensor([[5]]))
     per_state = state_nbytes(state)
     budget = 100 * per_state  # room for 100 positions of state, all sessions together
@@ -433,7 +434,7 @@ def test_concurrent_steps_run_as_one_batch_with_the_answers_of_single_steps(run_
 
     from rnnkit.serve.batching import BatchedSteps
 
-    model = lm.load(run_dir).model
+    model = runner.load(run_dir).model
     slow = _SlowModel(model)
     batched = BatchedSteps(slow)
     rng = torch.Generator().manual_seed(0)
@@ -474,7 +475,7 @@ def test_a_failing_batched_step_fails_every_caller_in_it(run_dir):
 
     from rnnkit.serve.batching import BatchedSteps
 
-    model = lm.load(run_dir).model
+    model = runner.load(run_dir).model
     batched = BatchedSteps(_SlowModel(model, fail=True))
     _, state = model.prefill(torch.tensor([[5, 6]]))
     errors, barrier = [], threading.Barrier(4)
@@ -497,7 +498,7 @@ def test_a_failing_batched_step_fails_every_caller_in_it(run_dir):
 def test_the_service_batches_the_steps_of_concurrent_clients(run_dir):
     from concurrent.futures import ThreadPoolExecutor
 
-    loaded = lm.load(run_dir)
+    loaded = runner.load(run_dir)
     prefixes = ["the q", "a qu", "quil", "the l", "quite q", "the b"] * 4
     expected = {p: [c["text"] for c in lm.complete(loaded, p, 3)] for p in set(prefixes)}
     for batch_steps in (True, False):

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import pytest
 
 from rnnkit.config import ModelConfig, RunConfig, TrainConfig
-from rnnkit.tasks import lm
+from rnnkit.tasks.training import train
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -73,7 +73,7 @@ def server(tmp_path_factory):
     (root / "train.txt").write_text("\n".join(rng.choice(words) for _ in range(200)) + "\n", encoding="utf-8")
     cfg = RunConfig(task="lm", model=ModelConfig(embedding_size=8, hidden_size=16, num_layers=1),
                     train=TrainConfig(epochs=1, batch_size=8, bptt=24, lr=1e-2, log_every=10_000))
-    lm.train(cfg, root / "train.txt", root / "run", log=lambda line: None)
+    train(cfg, root / "train.txt", root / "run", log=lambda line: None)
     with _serving(root / "run") as url:
         yield url
 
