@@ -1,9 +1,11 @@
-"""benchmarks/word_vectors.py on small wheels made here: the Parquet index, spaCy's string hash, the text it writes."""
+"""The benchmark scripts' own pieces on small data made here: word_vectors.py (the Parquet index, spaCy's string
+hash, the vectors it writes), the FSDD manifests and the serving percentiles."""
 
 import importlib.util
 import io
 import itertools
 import json
+import math
 import sys
 import zipfile
 from pathlib import Path
@@ -14,10 +16,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "word_vectors.py"
-_spec = importlib.util.spec_from_file_location("word_vectors", SCRIPT)
-wv = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(wv)
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name: str):
+    """A benchmark script as a module (its folder on the path, as `python benchmarks/x.py` has it)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.append(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+wv = _script("word_vectors")
 
 WORDS = ["the", "Straße", "ünïcode", "", "a b", "the", "x" * 300, "😀"] * 30 + [f"w{i}" for i in range(600)]
 
@@ -160,3 +172,41 @@ def test_main_writes_the_vectors_of_the_data_words(tmp_path, monkeypatch, capsys
         assert out.read_text(encoding="utf-8") == want, source
         printed = capsys.readouterr().out
         assert f"{len(vectors):,} of 18 data words have a vector" in printed  # 14 tokens and 4 new lower cases
+
+
+# ------------------------------------------------------------------------------------------ fsdd.py, serve.py
+
+
+def test_fsdd_manifest_reads_back_with_rnnkit(tmp_path):
+    from rnnkit.data.audio import read_manifest
+
+    fsdd = _script("fsdd")
+    plain = tmp_path / "0_jackson_1.wav"
+    odd = tmp_path / 'take "2", again' / "7_theo_3.wav"
+    for wav in (plain, odd):
+        wav.parent.mkdir(exist_ok=True)
+        wav.write_bytes(b"")
+    manifest = fsdd._manifest(tmp_path / "m.csv", [(plain, "0", "jackson", 1), (odd, "7", "theo", 3)])
+    lines = manifest.read_text(encoding="utf-8").split("\n")
+    assert lines[:2] == ["path,label", f"{plain},0"]  # plain paths are written as they are
+    assert [(item.path, item.label) for item in read_manifest(manifest)] == [(plain, "0"), (odd, "7")]
+
+
+@pytest.mark.parametrize(
+    "values,q,expected",
+    [
+        ([50.0, 10.0, 40.0, 20.0, 30.0], 50, 30.0),
+        ([50.0, 10.0, 40.0, 20.0, 30.0], 25, 20.0),
+        ([50.0, 10.0, 40.0, 20.0, 30.0], 0, 10.0),
+        ([50.0, 10.0, 40.0, 20.0, 30.0], 99, 50.0),
+        ([4.0, 1.0, 3.0, 2.0], 50, 3.0),  # rank 1.5 goes to the even rank, 2
+        ([float(v) for v in range(1, 101)], 99, 99.0),  # rank 98.01
+        ([7.5], 99, 7.5),
+    ],
+)
+def test_serve_percentile_is_a_measured_value(values, q, expected):
+    assert _script("serve").percentile(values, q) == expected
+
+
+def test_serve_percentile_of_nothing_is_nan():
+    assert math.isnan(_script("serve").percentile([], 50))
