@@ -445,6 +445,21 @@ def test_cli_autoregressive_mode(cli_run):
     np.testing.assert_array_equal(after, before)
 
 
+@pytest.mark.parametrize("rows, horizon, held_out", [(682, 6, 34), (700, 6, 35), (700, 48, 48), (100, 6, 6)])
+def test_the_hold_out_is_the_last_rounded_fraction_and_one_horizon_at_least(tmp_path, rows, horizon, held_out):
+    data = tmp_path / "series.csv"
+    make_series(n=rows).to_csv(data, index=False)
+    cfg = config(horizon=horizon)
+    cfg.data.valid_fraction = 0.05  # 682 rows: 34.1 rounds to 34
+    said = []
+    prepared = forecast.TASK.prepare(cfg, data, None, tmp_path / "run", False, said.append)
+    assert said == [f"no --valid given: holding out the last {held_out} rows of {data} for validation"]
+    info = prepared.assets["series_info"]
+    assert info["train_rows"] == rows - held_out and info["valid_windows"] == held_out - horizon + 1
+    assert info["train_windows"] == rows - held_out - 24 - horizon + 1
+    assert len(prepared.valid) == 1 and len(prepared.train) == -(-info["train_windows"] // 32)
+
+
 @pytest.mark.parametrize("horizon, held_out", [(6, 35), (48, 48)])  # 5% of 700 rows, or one horizon
 def test_cli_valid_fraction_default_and_its_one_horizon_minimum(tmp_path, capsys, horizon, held_out):
     data = tmp_path / "series.csv"
