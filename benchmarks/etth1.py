@@ -29,7 +29,8 @@ import torch
 from bench_common import environment
 
 from rnnkit.config import DataConfig, ForecastConfig, ModelConfig, RunConfig, TrainConfig
-from rnnkit.tasks import forecast
+from rnnkit.tasks import runner
+from rnnkit.tasks.training import train
 
 COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
 LEVELS = ["mean", "last", "season", "none"]
@@ -115,9 +116,9 @@ def main() -> None:
                                        level=level),
             )
             start = time.monotonic()
-            trained = forecast.train(cfg, paths["train"], run, valid_path=paths["valid"], log=lambda _line: None)
+            trained = train(cfg, paths["train"], run, valid_path=paths["valid"], log=lambda _line: None)
             train_s = time.monotonic() - start
-            figures = forecast.evaluate(run, paths["test"], stride=1)
+            figures = runner.evaluate(run, paths["test"], stride=1)
             lstma, informer = (REFERENCE[setting][name][horizon] for name in ("LSTMa", "Informer"))
             row = {
                 "setting": setting, "horizon": horizon, "level": level,

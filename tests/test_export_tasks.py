@@ -31,17 +31,17 @@ def test_every_task_exports_to_onnx_with_parity(task, task_runs, tmp_path, capsy
 def test_forecast_graph_reads_a_history_of_any_length(task_runs, tmp_path, capsys):
     import onnxruntime as ort
 
-    from rnnkit.tasks import forecast
+    from rnnkit.tasks import runner
 
     assert main(["export", str(task_runs["forecast"]), "--format", "onnx", "--out", str(tmp_path)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["graphs"]["forecast"]["dynamic"]["history"] == {"0": "B", "1": "L"}
-    run = forecast.load(task_runs["forecast"])
-    lookback, width = run.config.options.lookback, run.meta["input_size"]
+    run = runner.load(task_runs["forecast"])
+    lookback, width = run.config.options.lookback, run.series_info["input_size"]
     session = ort.InferenceSession(str(tmp_path / "forecast.onnx"), providers=["CPUExecutionProvider"])
     for L in (lookback - 5, lookback, lookback + 17):
         history = torch.randn(2, L, width)
-        future = torch.zeros(2, run.config.options.horizon, len(run.meta["calendar"]))
+        future = torch.zeros(2, run.config.options.horizon, len(run.series_info["calendar"]))
         (got,) = session.run(None, {"history": history.numpy(), "future": future.numpy()})
         with torch.no_grad():
             expected = run.model(history, future)

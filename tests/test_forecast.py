@@ -16,7 +16,8 @@ from rnnkit.config import DataConfig, ForecastConfig, ModelConfig, RunConfig, Tr
 from rnnkit.data.series import Series
 from rnnkit.metrics import naive_forecast, seasonal_naive_forecast
 from rnnkit.models.forecaster import Forecaster
-from rnnkit.tasks import forecast
+from rnnkit.tasks import forecast, runner
+from rnnkit.tasks.training import train
 
 # ----------------------------------------------------------------------------------------- the model
 
@@ -128,7 +129,7 @@ def train_run(tmp_path, name="run", frame=None, **options):
     data = tmp_path / f"{name}.csv"
     (make_series() if frame is None else frame).to_csv(data, index=False)
     out = tmp_path / name
-    forecast.train(config(**options), data, out, log=lambda _line: None)
+    train(config(**options), data, out, log=lambda _line: None)
     return out, data
 
 
@@ -148,7 +149,7 @@ def perturbed(series: Series, start: int, seed: int) -> Series:
 @pytest.mark.parametrize("mode", ["direct", "autoregressive"])
 def test_no_future_value_leaks_into_a_forecast(tmp_path, direct_run, mode):
     run_dir = direct_run[0] if mode == "direct" else train_run(tmp_path, mode="autoregressive")[0]
-    run = forecast.load(run_dir)
+    run = runner.load(run_dir)
     series = forecast.read_for_run(run, direct_run[1])
     for o in (30, 200, 500):
         # one origin per call, so that both forecasts take the same arithmetic path (bitwise equal)
@@ -161,7 +162,7 @@ def test_no_future_value_leaks_into_a_forecast(tmp_path, direct_run, mode):
 
 
 def test_anomaly_scores_read_nothing_after_their_point(direct_run):
-    run = forecast.load(direct_run[0])
+    run = runner.load(direct_run[0])
     series = forecast.read_for_run(run, direct_run[1])
     cut = 400
     short = Series(series.path, series.times[:cut + 1], series.targets[:cut + 1], series.covariates[:cut + 1],
@@ -188,7 +189,7 @@ def test_a_valid_file_is_forecast_only_after_the_training_file(tmp_path):
     frame.iloc[500 - 24:].to_csv(tmp_path / "valid.csv", index=False)  # a lookback of history, then 100 new rows
     cfg = config()
     cfg.train.epochs = 1
-    forecast.train(cfg, tmp_path / "train.csv", tmp_path / "run", valid_path=tmp_path / "valid.csv",
+    train(cfg, tmp_path / "train.csv", tmp_path / "run", valid_path=tmp_path / "valid.csv",
                    log=lambda _line: None)
     meta = json.loads((tmp_path / "run" / "series.json").read_text())
     assert meta["train_rows"] == 500 and meta["train_windows"] == 500 - 24 - 6 + 1
@@ -201,7 +202,7 @@ def test_planted_spikes_are_flagged(tmp_path, direct_run):
     data = tmp_path / "spiky.csv"
     make_series(seed=3, spikes=spikes).to_csv(data, index=False)
     out = tmp_path / "flags.csv"
-    frame = forecast.predict(direct_run[0], data, out, anomalies=True)
+    frame = runner.predict(direct_run[0], data, out, anomalies=True)
     flagged = set((frame["line"] - 2).tolist())
     assert {row for row, _ in spikes} <= flagged
     assert len(flagged) <= len(spikes) + 6  # a few false alarms at most among ~680 points
@@ -215,7 +216,7 @@ def test_evaluate_scores_after_training_and_baselines(tmp_path, direct_run):
     full = make_series(n=800)
     data = tmp_path / "full.csv"
     full.to_csv(data, index=False)  # the same first 700 rows, then 100 unseen
-    figures = forecast.evaluate(run_dir, data)
+    figures = runner.evaluate(run_dir, data)
     assert figures["origins"] == len(range(700, 800 - 6 + 1, 6))  # whole horizons after the last seen row
     y = full[["load"]].to_numpy()
     origins = np.arange(700, 795, 6)
@@ -227,7 +228,7 @@ def test_evaluate_scores_after_training_and_baselines(tmp_path, direct_run):
     assert figures["mae"] < figures["baselines"]["naive"]["mae"]
     assert set(figures) >= {"mae", "rmse", "mase", "smape", "mse_scaled", "mae_scaled", "baselines"}
     with pytest.raises(UserError, match="no forecast origin"):
-        forecast.evaluate(run_dir, train_csv)  # every row was seen in training
+        runner.evaluate(run_dir, train_csv)  # every row was seen in training
 
 
 def test_cli_train_evaluate_predict_with_intervals(tmp_path, capsys):
@@ -291,7 +292,7 @@ def row_run(tmp_path_factory):
     frame.iloc[:300].to_csv(tmp / "train.csv", index=False)
     cfg = config(time_column=None)
     cfg.train.epochs = 1
-    forecast.train(cfg, tmp / "train.csv", tmp / "run", log=lambda _line: None)
+    train(cfg, tmp / "train.csv", tmp / "run", log=lambda _line: None)
     return tmp / "run", frame, tmp
 
 
@@ -305,7 +306,7 @@ def test_row_order_evaluation_starts_after_the_rows_seen_in_training(row_run, ro
     run_dir, frame, tmp = row_run
     data = tmp / f"rows{rows.start}.csv"
     frame.iloc[rows].to_csv(data, index=False)
-    figures = forecast.evaluate(run_dir, data)
+    figures = runner.evaluate(run_dir, data)
     n = rows.stop - rows.start
     assert figures["seen_rows"] == seen
     assert figures["origins"] == len(range(max(seen, 24), n - 6 + 1, 6))
@@ -339,10 +340,10 @@ def test_row_order_run_without_its_seen_rows_asks_for_them(row_run, tmp_path, ca
     assert main(["evaluate", str(copy), "--data", str(data)]) == 2
     err = capsys.readouterr().err
     assert "seen.npz: not found" in err and "give --seen-rows N" in err
-    assert forecast.evaluate(copy, data, seen_rows=300)["origins"] == len(range(300, 415, 6))
+    assert runner.evaluate(copy, data, seen_rows=300)["origins"] == len(range(300, 415, 6))
     (copy / "seen.npz").write_bytes(b"not numpy")
     with pytest.raises(UserError, match=r"seen\.npz: not a readable numpy file"):
-        forecast.evaluate(copy, data)
+        runner.evaluate(copy, data)
 
 
 def test_row_order_validation_file_is_forecast_after_the_training_rows(tmp_path):
@@ -351,16 +352,16 @@ def test_row_order_validation_file_is_forecast_after_the_training_rows(tmp_path)
     frame.to_csv(tmp_path / "valid.csv", index=False)  # the training rows again, then 100 new ones
     cfg = config(time_column=None)
     cfg.train.max_steps = 1
-    forecast.train(cfg, tmp_path / "train.csv", tmp_path / "run", valid_path=tmp_path / "valid.csv",
+    train(cfg, tmp_path / "train.csv", tmp_path / "run", valid_path=tmp_path / "valid.csv",
                    log=lambda _line: None)
     assert json.loads((tmp_path / "run" / "series.json").read_text())["valid_windows"] == 100 - 6 + 1
     with pytest.raises(UserError, match="no forecast origin"):  # every row was seen, in one file or the other
-        forecast.evaluate(tmp_path / "run", tmp_path / "valid.csv")
+        runner.evaluate(tmp_path / "run", tmp_path / "valid.csv")
 
 
 def test_seen_rows_is_refused_for_a_run_with_a_time_column(direct_run):
     with pytest.raises(UserError, match=r"--seen-rows: the run has a time column \(time\)"):
-        forecast.evaluate(direct_run[0], direct_run[1], seen_rows=0)
+        runner.evaluate(direct_run[0], direct_run[1], seen_rows=0)
 
 
 # -------------------------------------------------------------------------------- run directories
@@ -425,7 +426,7 @@ def test_cli_several_targets(cli_run, tmp_path, capsys):
     assert main(["evaluate", str(run_dir), "--data", str(later), "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert figures["origins"] == len(range(400, 455, 6)) and figures["seen_rows"] == 400
-    run = forecast.load(run_dir)
+    run = runner.load(run_dir)
     series = forecast.read_for_run(run, later)
     got = forecast.forecast(run, series, np.array([400]))["point"]  # (1, H, C)
     assert got.shape == (1, 6, 2)
@@ -435,13 +436,28 @@ def test_cli_several_targets(cli_run, tmp_path, capsys):
 def test_cli_autoregressive_mode(cli_run):
     run_dir, data, _ = cli_run
     assert json.loads((run_dir / "config.json").read_text())["forecast"]["mode"] == "autoregressive"
-    run = forecast.load(run_dir)
+    run = runner.load(run_dir)
     assert run.model.mode == "autoregressive" and run.model.decoder is not None
     series = forecast.read_for_run(run, data)
     o = 300  # the decoder reads no value after the origin
     before = forecast.forecast(run, series, np.array([o]))["point"]
     after = forecast.forecast(run, perturbed(series, o, seed=1), np.array([o]))["point"]
     np.testing.assert_array_equal(after, before)
+
+
+@pytest.mark.parametrize("rows, horizon, held_out", [(682, 6, 34), (700, 6, 35), (700, 48, 48), (100, 6, 6)])
+def test_the_hold_out_is_the_last_rounded_fraction_and_one_horizon_at_least(tmp_path, rows, horizon, held_out):
+    data = tmp_path / "series.csv"
+    make_series(n=rows).to_csv(data, index=False)
+    cfg = config(horizon=horizon)
+    cfg.data.valid_fraction = 0.05  # 682 rows: 34.1 rounds to 34
+    said = []
+    prepared = forecast.TASK.prepare(cfg, data, None, tmp_path / "run", False, said.append)
+    assert said == [f"no --valid given: holding out the last {held_out} rows of {data} for validation"]
+    info = prepared.assets["series_info"]
+    assert info["train_rows"] == rows - held_out and info["valid_windows"] == held_out - horizon + 1
+    assert info["train_windows"] == rows - held_out - 24 - horizon + 1
+    assert len(prepared.valid) == 1 and len(prepared.train) == -(-info["train_windows"] // 32)
 
 
 @pytest.mark.parametrize("horizon, held_out", [(6, 35), (48, 48)])  # 5% of 700 rows, or one horizon
