@@ -23,7 +23,7 @@ import torch
 from bench_common import environment
 
 from rnnkit.config import DataConfig, ModelConfig, RunConfig, Seq2SeqConfig, TrainConfig
-from rnnkit.tasks import seq2seq
+from rnnkit.tasks import runner, seq2seq, training
 
 EXAMPLES = ["My name is John.", "I love you.", "Where is the train station?", "Tom doesn't like cheese.",
             "We will meet tomorrow at the airport."]
@@ -83,7 +83,7 @@ def main() -> None:
     run = out / "run"
     if args.score_only:
         previous = json.loads((out / "result.json").read_text(encoding="utf-8"))
-        figures, examples = score(seq2seq.load(run), out, args.beam)
+        figures, examples = score(runner.load(run), out, args.beam)
         summary = {**previous, "test": figures, "examples": examples}
         text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
         (out / "result.json").write_text(text, encoding="utf-8")
@@ -113,10 +113,10 @@ def main() -> None:
                               max_length=args.max_words + 10),
     )
     start = time.monotonic()
-    result = seq2seq.train(cfg, out / "train.tsv", run, valid_path=out / "valid.tsv")
+    result = training.train(cfg, out / "train.tsv", run, valid_path=out / "valid.tsv")
     train_wall = time.monotonic() - start
 
-    figures, examples = score(seq2seq.load(run), out, args.beam)
+    figures, examples = score(runner.load(run), out, args.beam)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     meta = json.loads((run / "config.json").read_text())
     summary = {
@@ -151,7 +151,7 @@ def score(loaded: seq2seq.LoadedSeq2Seq, out: Path, beam_size: int) -> tuple[dic
     figures = {}
     for name, beam in (("greedy", 1), (f"beam{beam_size}", beam_size)):
         t0 = time.monotonic()
-        f = seq2seq.evaluate(loaded, out / "test.tsv", beam=beam)
+        f = seq2seq.TASK.evaluate(loaded, out / "test.tsv", beam=beam)
         figures[name] = {k: round(v, 4) for k, v in f.items()} | {"decode_seconds": round(time.monotonic() - t0, 1)}
         print(name, figures[name], flush=True)
     examples: dict[str, dict[str, str]] = {}

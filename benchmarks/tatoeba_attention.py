@@ -28,7 +28,7 @@ from tatoeba import split_pairs
 
 from rnnkit.config import DataConfig, ModelConfig, RunConfig, Seq2SeqConfig, TrainConfig
 from rnnkit.data.tokenizers import BOS_ID
-from rnnkit.tasks import seq2seq
+from rnnkit.tasks import runner, seq2seq, training
 
 
 def attention_statistics(loaded: seq2seq.LoadedSeq2Seq, pairs: list[tuple[str, str]]) -> dict[str, float]:
@@ -91,8 +91,8 @@ def main() -> None:
             options=Seq2SeqConfig(attention=kind, max_length=20),
         )
         start = time.monotonic()
-        result = seq2seq.train(cfg, out / "train.tsv", run, valid_path=out / "valid.tsv")
-        stats = attention_statistics(seq2seq.load(run), files["valid"][: args.probe])
+        result = training.train(cfg, out / "train.tsv", run, valid_path=out / "valid.tsv")
+        stats = attention_statistics(runner.load(run), files["valid"][: args.probe])
         results[kind] = {"valid_loss": round(result["best_valid_loss"], 4), "steps": result["steps"], **stats,
                          "seconds": round(time.monotonic() - start, 1)}
         print(kind, results[kind], flush=True)

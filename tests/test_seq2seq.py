@@ -17,7 +17,8 @@ from rnnkit.cli import main
 from rnnkit.config import RunConfig, UserError
 from rnnkit.data import CharTokenizer, WordTokenizer
 from rnnkit.data.pairs import read_pairs, read_sources
-from rnnkit.tasks import seq2seq
+from rnnkit.tasks import runner, seq2seq
+from rnnkit.tasks.training import train
 
 OBJECTS = [("dog", "Hund"), ("cat", "Katze"), ("house", "Haus"), ("car", "Auto"), ("book", "Buch")]
 
@@ -182,7 +183,7 @@ def test_predict_copies_unknown_names_and_keeps_blank_lines(run, tmp_path):
 
 
 def test_inputs_longer_than_any_seen_are_decoded_within_the_limit(run, tmp_path):
-    loaded = seq2seq.load(run)
+    loaded = runner.load(run)
     long = " ".join(["I see the car."] * 12)  # 60 tokens; training sources have at most 6
     inputs = tmp_path / "long.txt"
     inputs.write_text(long + "\n", encoding="utf-8")
@@ -196,7 +197,7 @@ def test_inputs_longer_than_any_seen_are_decoded_within_the_limit(run, tmp_path)
 
 
 def test_batched_translation_equals_one_at_a_time_and_beam_one_is_greedy(run, data):
-    loaded = seq2seq.load(run)
+    loaded = runner.load(run)
     sources = [p.source for p in read_pairs(data / "valid.tsv")][:12] + ["", "car car car car car car car car"]
     for beam in (1, 3):
         batched = [t.tokens for t in seq2seq.translate(loaded, sources, beam=beam, batch_size=5)]
@@ -216,7 +217,7 @@ def test_batched_translation_equals_one_at_a_time_and_beam_one_is_greedy(run, da
 
 
 def test_attention_heatmap_holds_one_row_per_output_token(run):
-    loaded = seq2seq.load(run)
+    loaded = runner.load(run)
     [t] = seq2seq.translate(loaded, ["My name is Zebulon."], attention=True)
     assert t.attention.shape == (len(t.tokens) + 1, len(t.source_units))
     torch.testing.assert_close(t.attention.sum(1), torch.ones(len(t.tokens) + 1))
@@ -248,8 +249,8 @@ def test_other_tokenizers_and_attentions_train_and_predict(data, tmp_path, sourc
 def test_shared_vocabulary(data, tmp_path):
     cfg = RunConfig.create("seq2seq", model={"hidden_size": 8, "embedding_size": 8}, train={"epochs": 1},
                            seq2seq={"shared_vocab": True, "source_tokenizer": "char", "target_tokenizer": "char"})
-    seq2seq.train(cfg, data / "valid.tsv", tmp_path / "run", log=lambda line: None)
-    loaded = seq2seq.load(tmp_path / "run")
+    train(cfg, data / "valid.tsv", tmp_path / "run", log=lambda line: None)
+    loaded = runner.load(tmp_path / "run")
     assert loaded.source_tokenizer.tokens == loaded.target_tokenizer.tokens
     assert "ß" in loaded.source_tokenizer.tokens  # German letters in the source vocabulary too
 

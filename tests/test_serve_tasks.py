@@ -48,11 +48,11 @@ def test_tag(task_runs):
 
 def test_seq2seq_with_attention(task_runs):
     runs = task_runs
-    from rnnkit.tasks import seq2seq
+    from rnnkit.tasks import runner, seq2seq
 
     with TestClient(create_app(runs["seq2seq"])) as c:
         got = c.post("/predict", json={"inputs": ["one two three"]}).json()["predictions"][0]
-        expected = seq2seq.translate(seq2seq.load(runs["seq2seq"]), ["one two three"])[0]
+        expected = seq2seq.translate(runner.load(runs["seq2seq"]), ["one two three"])[0]
         assert got["output"] == expected.text
         assert len(got["attention"]) == len(got["output_tokens"])
         assert all(len(row) == len(got["source_tokens"]) for row in got["attention"])

@@ -1,34 +1,28 @@
 """Sequence to sequence end to end: TSV pairs to a trained run, and a run to translations, scores and heatmaps.
 
-What is here: the batch source for pairs, `train`, `load`, `translate` (greedy or beam search, length
-limit relative to the source, `<unk>` replaced by the most attended source token), `evaluate` (BLEU and
-chrF through sacrebleu, exact match, token error rate), `predict` (one output line per input line, with
-attention heatmaps on request), and `target_units` (the tokens the token error rate counts). What is not:
-the network (models/seq2seq.py), attention (attention.py), the loop (train.py), the search algorithms
-(decoding.py), the metrics (metrics.py) and the heatmaps' drawing (viz.py).
+What is here: the batch source for pairs, the `seq2seq` task (reading pairs, a random validation part, the two
+tokenizers it keeps, BLEU and chrF through sacrebleu, exact match, token error rate, `predict` with attention
+heatmaps on request, the service's answers, the exported encoder and decoder step, attention maps under
+`inspect`), `translate` (greedy or beam search, length limit relative to the source, `<unk>` replaced by the
+most attended source token) and `target_units` (the tokens the token error rate counts). What is not: the
+network (models/seq2seq.py), attention (attention.py), the runner that trains and loads runs (training.py,
+runner.py), the search algorithms (decoding.py), the metrics (metrics.py) and the heatmaps' drawing (viz.py).
 """
 
 from __future__ import annotations
 
-import random
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor, nn
 
-from rnnkit import decoding, distributed, metrics, viz
-from rnnkit.checkpoint import (
-    CONFIG_FILE,
-    MODEL_FILE,
-    load_weights,
-    read_run_config,
-    versions,
-)
+from rnnkit import decoding, metrics, viz
 from rnnkit.config import RunConfig, UserError
 from rnnkit.data import (
     BOS_ID,
@@ -38,16 +32,18 @@ from rnnkit.data import (
     BucketedSource,
     Tokenizer,
     bucket_batches,
-    build_tokenizer,
     load_tokenizer,
     pad_sequences,
 )
 from rnnkit.data.pairs import Pair, read_pairs, read_sources
-from rnnkit.device import resolve_device
+from rnnkit.data.split import hold_out
 from rnnkit.evaluation import evaluate_model
-from rnnkit.io import atomic_write_text, write_json
-from rnnkit.models.seq2seq import IGNORE_INDEX, Seq2Seq
-from rnnkit.train import Trainer, open_run
+from rnnkit.io import write_output
+from rnnkit.models.seq2seq import IGNORE_INDEX, Seq2Seq, Seq2SeqState
+from rnnkit.tasks.base import LoadedRun, Prepared, Say, Task, check_size, fit_tokenizer
+
+if TYPE_CHECKING:
+    from rnnkit.serve.config import ServeConfig
 
 SOURCE_DIR, TARGET_DIR = "source", "target"  # where the run directory keeps each side's tokenizer
 DECODE_BATCH = 64  # sources translated together
@@ -77,16 +73,8 @@ class PairSource(BucketedSource):
                    "targets": targets}
 
 
-# ------------------------------------------------------------------------------------- training
-
-
-def _fit_tokenizer(kind: str, texts: list[str], cfg: RunConfig) -> Tokenizer:
-    options: dict[str, Any] = {}
-    if kind in ("word", "space"):
-        options = {"min_freq": cfg.data.min_freq, "max_vocab": cfg.data.max_vocab}
-    elif kind == "bpe":
-        options = {"vocab_size": cfg.data.vocab_size}
-    return build_tokenizer(kind, "\n".join(texts), **options)
+def _encode_pairs(pairs: Sequence[Pair], source: Tokenizer, target: Tokenizer) -> list[tuple[list[int], list[int]]]:
+    return [(_source_ids(source, p.source), target.encode(p.target)) for p in pairs]
 
 
 def build_model(cfg: RunConfig, source_vocab_size: int, target_vocab_size: int) -> Seq2Seq:
@@ -104,115 +92,259 @@ def build_model(cfg: RunConfig, source_vocab_size: int, target_vocab_size: int) 
                    o.scheduled_sampling, BOS_ID, m.fused, cutoffs or None)
 
 
-def _encode_pairs(pairs: Sequence[Pair], source: Tokenizer, target: Tokenizer) -> list[tuple[list[int], list[int]]]:
-    return [(_source_ids(source, p.source), target.encode(p.target)) for p in pairs]
-
-
-def train(
-    cfg: RunConfig,
-    train_path: str | Path,
-    out: str | Path,
-    valid_path: str | Path | None = None,
-    test_path: str | Path | None = None,
-    resume: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Train an encoder-decoder on TSV pairs and write its run directory; returns the final figures."""
-    cfg, out, say = open_run(cfg, out, resume, log)
-    o, tc = cfg.options, cfg.train
-    if o.shared_vocab and o.source_tokenizer != o.target_tokenizer:
-        raise UserError(f"--shared-vocab needs one tokenizer for both sides; got --source-tokenizer "
-                        f"{o.source_tokenizer} and --target-tokenizer {o.target_tokenizer}")
-
-    pairs = read_pairs(train_path)
-    if valid_path is not None:
-        valid_pairs = read_pairs(valid_path)
-    else:
-        held = max(1, round(len(pairs) * cfg.data.valid_fraction))
-        if held >= len(pairs):
-            raise UserError(f"{train_path}: {len(pairs)} pair(s) cannot spare a validation part; give --valid")
-        # A random part, not the last lines: pair corpora are often sorted (Tatoeba by length).
-        chosen = set(random.Random(tc.seed).sample(range(len(pairs)), held))
-        valid_pairs = [p for i, p in enumerate(pairs) if i in chosen]
-        pairs = [p for i, p in enumerate(pairs) if i not in chosen]
-        say(f"no --valid given: holding out {held} random pairs of {train_path} (seed {tc.seed}) for validation")
-
-    if resume:
-        source_tok, target_tok = load_tokenizer(out / SOURCE_DIR), load_tokenizer(out / TARGET_DIR)
-    elif o.shared_vocab:
-        source_tok = target_tok = _fit_tokenizer(o.source_tokenizer, [t for p in pairs for t in (p.source, p.target)],
-                                                 cfg)
-    else:
-        source_tok = _fit_tokenizer(o.source_tokenizer, [p.source for p in pairs], cfg)
-        target_tok = _fit_tokenizer(o.target_tokenizer, [p.target for p in pairs], cfg)
-
-    encoded = _encode_pairs(pairs, source_tok, target_tok)
-    # The source carries <eos>: --max-length counts the tokens of the text itself on either side.
-    kept = [e for e in encoded if len(e[0]) - 1 <= o.max_length and len(e[1]) <= o.max_length]
-    dropped = len(encoded) - len(kept)
-    if not kept:
-        raise UserError(f"{train_path}: every one of the {len(encoded)} pairs is longer than --max-length "
-                        f"{o.max_length} tokens on a side; raise --max-length")
-    say(f"{train_path}: {len(kept)} training pairs, {dropped} dropped as longer than --max-length {o.max_length}")
-    train_src = PairSource(kept, tc.batch_size, shuffle=True, seed=tc.seed)
-    valid_src = PairSource(_encode_pairs(valid_pairs, source_tok, target_tok), tc.batch_size, shuffle=False,
-                           seed=tc.seed)
-
-    model = build_model(cfg, source_tok.vocab_size, target_tok.vocab_size)
-    if not resume and distributed.is_main():  # under torchrun, rank 0 writes the run's files
-        out.mkdir(parents=True, exist_ok=True)
-        source_tok.save(out / SOURCE_DIR)
-        target_tok.save(out / TARGET_DIR)
-        write_json(out / CONFIG_FILE, {
-            **cfg.to_dict(), "source_vocab_size": source_tok.vocab_size, "target_vocab_size": target_tok.vocab_size,
-            "max_source_length": max(len(s) - 1 for s, _ in kept), "pairs_dropped": dropped,
-            "versions": versions()})
-    n_params = sum(p.numel() for p in model.parameters())
-    say(f"seq2seq: {cfg.model.cell} {cfg.model.num_layers}x{cfg.model.hidden_size}"
-        f"{' bidirectional' if cfg.model.bidirectional else ''}, attention {o.attention}, vocabularies "
-        f"{source_tok.kind} {source_tok.vocab_size} -> {target_tok.kind} {target_tok.vocab_size}, "
-        f"{n_params:,} parameters; {len(train_src)} batches per epoch")
-
-    trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
-    state = trainer.run(resume)
-    result: dict[str, Any] = {**trainer.summary(), "best_valid_loss": state.best, "pairs_dropped": dropped}
-    if test_path is not None and trainer.main:
-        result["test"] = evaluate(out, test_path)
-        say("test: " + " ".join(f"{k} {v:.4f}" for k, v in result["test"].items()))
-    return result
-
-
-# ------------------------------------------------------------------------------------ loading
+# ------------------------------------------------------------------------------------ the task
 
 
 @dataclass
-class LoadedSeq2Seq:
+class LoadedSeq2Seq(LoadedRun):
     """A trained encoder-decoder with its two tokenizers, ready to translate."""
 
-    model: Seq2Seq
     source_tokenizer: Tokenizer
     target_tokenizer: Tokenizer
-    config: RunConfig
-    max_source_length: int | None
-    device: torch.device
+    max_source_length: int | None  # the longest training source in tokens (inputs past it are warned about)
 
 
-def load(run_dir: str | Path, device: str = "cpu") -> LoadedSeq2Seq:
-    """Load a seq2seq run (config, tokenizers, best weights) after checking it."""
-    run_dir = Path(run_dir)
-    meta = read_run_config(run_dir, task="seq2seq")
-    cfg = RunConfig.from_dict({k: v for k, v in meta.items() if k in ("task", "model", "data", "train", "seq2seq")},
-                              str(run_dir / CONFIG_FILE))
-    source_tok, target_tok = load_tokenizer(run_dir / SOURCE_DIR), load_tokenizer(run_dir / TARGET_DIR)
-    for side, tok in (("source", source_tok), ("target", target_tok)):
-        expected = meta.get(f"{side}_vocab_size")
-        if expected not in (None, tok.vocab_size):
-            raise UserError(f"{run_dir}: the {side} tokenizer has {tok.vocab_size} tokens, config says {expected}")
-    model = build_model(cfg, source_tok.vocab_size, target_tok.vocab_size)
-    load_weights(run_dir / MODEL_FILE, model)
-    dev = resolve_device(device)
-    model.to(dev).eval()
-    return LoadedSeq2Seq(model, source_tok, target_tok, cfg, meta.get("max_source_length"), dev)
+class Seq2SeqTask(Task):
+    """Source text in, target text out: translation and other pairs."""
+
+    name = "seq2seq"
+    summary = "encoder-decoder with attention: translation and other pairs (TSV source<TAB>target)"
+    loaded_type = LoadedSeq2Seq
+
+    def prepare(self, cfg: RunConfig, train_path: str | Path, valid_path: str | Path | None, out: Path,
+                resume: bool, say: Say) -> Prepared:
+        o, tc = cfg.options, cfg.train
+        if o.shared_vocab and o.source_tokenizer != o.target_tokenizer:
+            raise UserError(f"--shared-vocab needs one tokenizer for both sides; got --source-tokenizer "
+                            f"{o.source_tokenizer} and --target-tokenizer {o.target_tokenizer}")
+        pairs: Sequence[Pair] = read_pairs(train_path)
+        if valid_path is not None:
+            valid_pairs = read_pairs(valid_path)
+        else:
+            # A random part, not the last lines: pair corpora are often sorted (Tatoeba by length).
+            pairs, valid_pairs = hold_out(pairs, cfg.data.valid_fraction, "random", seed=tc.seed,
+                                          source=str(train_path), unit="pairs")
+            say(f"no --valid given: holding out {len(valid_pairs)} random pairs of {train_path} (seed {tc.seed}) "
+                "for validation")
+
+        if resume:
+            source_tok, target_tok = load_tokenizer(out / SOURCE_DIR), load_tokenizer(out / TARGET_DIR)
+        elif o.shared_vocab:
+            source_tok = target_tok = fit_tokenizer(o.source_tokenizer,
+                                                    [t for p in pairs for t in (p.source, p.target)], cfg)
+        else:
+            source_tok = fit_tokenizer(o.source_tokenizer, [p.source for p in pairs], cfg)
+            target_tok = fit_tokenizer(o.target_tokenizer, [p.target for p in pairs], cfg)
+
+        encoded = _encode_pairs(pairs, source_tok, target_tok)
+        # The source carries <eos>: --max-length counts the tokens of the text itself on either side.
+        kept = [e for e in encoded if len(e[0]) - 1 <= o.max_length and len(e[1]) <= o.max_length]
+        dropped = len(encoded) - len(kept)
+        if not kept:
+            raise UserError(f"{train_path}: every one of the {len(encoded)} pairs is longer than --max-length "
+                            f"{o.max_length} tokens on a side; raise --max-length")
+        say(f"{train_path}: {len(kept)} training pairs, {dropped} dropped as longer than --max-length "
+            f"{o.max_length}")
+        train_src = PairSource(kept, tc.batch_size, shuffle=True, seed=tc.seed)
+        valid_src = PairSource(_encode_pairs(valid_pairs, source_tok, target_tok), tc.batch_size, shuffle=False,
+                               seed=tc.seed)
+        m = cfg.model
+        return Prepared(
+            train_src, valid_src, {"source_tokenizer": source_tok, "target_tokenizer": target_tok},
+            describe=f"seq2seq: {m.cell} {m.num_layers}x{m.hidden_size}{' bidirectional' if m.bidirectional else ''}"
+                     f", attention {o.attention}, vocabularies {source_tok.kind} {source_tok.vocab_size} -> "
+                     f"{target_tok.kind} {target_tok.vocab_size}, {{params}} parameters; {len(train_src)} batches "
+                     "per epoch",
+            meta={"source_vocab_size": source_tok.vocab_size, "target_vocab_size": target_tok.vocab_size,
+                  "max_source_length": max(len(s) - 1 for s, _ in kept), "pairs_dropped": dropped},
+            result={"pairs_dropped": dropped})
+
+    def build_model(self, cfg: RunConfig, source_tokenizer: Tokenizer, target_tokenizer: Tokenizer) -> Seq2Seq:
+        return build_model(cfg, source_tokenizer.vocab_size, target_tokenizer.vocab_size)
+
+    def model_assets(self, assets: dict[str, Any]) -> dict[str, Any]:
+        return {k: assets[k] for k in ("source_tokenizer", "target_tokenizer")}
+
+    def save(self, out: Path, prepared: Prepared) -> None:
+        prepared.assets["source_tokenizer"].save(out / SOURCE_DIR)
+        prepared.assets["target_tokenizer"].save(out / TARGET_DIR)
+
+    def load_assets(self, run_dir: Path, cfg: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
+        assets: dict[str, Any] = {}
+        for side, folder in (("source", SOURCE_DIR), ("target", TARGET_DIR)):
+            tok = load_tokenizer(run_dir / folder)
+            check_size(run_dir, meta, f"{side}_vocab_size", tok.vocab_size,
+                       f"the {side} tokenizer has {tok.vocab_size} tokens")
+            assets[f"{side}_tokenizer"] = tok
+        return {**assets, "max_source_length": meta.get("max_source_length")}
+
+    def evaluate(self, run: LoadedSeq2Seq, data_path: str | Path, beam: int | None = None) -> dict[str, float]:
+        """BLEU, chrF, exact match and token error rate of the run's translations of a TSV file, and its loss."""
+        pairs = read_pairs(data_path)
+        outputs = translate(run, [p.source for p in pairs], beam=beam or 1)
+        figures = metrics.text_metrics([t.text for t in outputs], [p.target for p in pairs],
+                                       partial(target_units, run.target_tokenizer))
+        encoded = _encode_pairs(pairs, run.source_tokenizer, run.target_tokenizer)
+        teacher_forced = evaluate_model(run.model, PairSource(encoded, DECODE_BATCH, False, 0), run.device)
+        figures.update(loss=teacher_forced["loss"], perplexity=teacher_forced["perplexity"], pairs=float(len(pairs)))
+        return figures
+
+    def predict(self, run: LoadedSeq2Seq, input_path: str | Path, output_path: str | Path, beam: int | None = None,
+                attention_plot: str | Path | None = None) -> list[str]:
+        """Translate each input line into one output line; blank lines stay blank.
+
+        With `attention_plot`, writes DIR/attention-NNNN.png for input line NNNN (1-based).
+        """
+        if attention_plot is not None and run.model.attention is None:
+            raise UserError(f"--attention-plot: {run.run_dir} was trained with --attention none; there are no "
+                            "weights to plot")
+        if str(input_path) == "-":
+            text = sys.stdin.read()
+        else:
+            path = Path(input_path)
+            if not path.is_file():
+                raise UserError(f"--input {path}: no such file (expected one source text per line)")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"--input {path}: invalid UTF-8 at byte offset {e.start}; expected UTF-8 "
+                                "text") from None
+        sources = read_sources(text)
+        positions = [i for i, s in enumerate(sources) if s]
+        longest = run.max_source_length
+        for i in positions:
+            n = len(run.source_tokenizer.encode(sources[i]))
+            if longest is not None and n > longest:
+                warnings.warn(f"input line {i + 1} has {n} source tokens, more than any training source "
+                              f"({longest}); translating it anyway", stacklevel=2)
+        done = translate(run, [sources[i] for i in positions], beam=beam or 1, attention=attention_plot is not None)
+        lines = [""] * len(sources)
+        for i, t in zip(positions, done, strict=True):
+            lines[i] = t.text
+        if attention_plot is not None:
+            folder = Path(attention_plot)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, t in zip(positions, done, strict=True):
+                plot_attention(t, folder / f"attention-{i + 1:04d}.png", title=f"{sources[i]}  ->  {t.text}")
+        write_output(output_path, "".join(line + "\n" for line in lines))
+        return lines
+
+    # ------------------------------------------------------------------ serving, export, inspect
+
+    def answer(self, run: LoadedSeq2Seq, inputs: list[Any], config: ServeConfig, beam: int = 1) -> list[dict[str, Any]]:
+        """`POST /predict`: each text's translation with its tokens and, up to `config.max_attention_cells`
+        cells, its attention map."""
+        from rnnkit.serve.predictors import _texts
+
+        found = translate(run, _texts(inputs, config.max_input_chars), beam=beam, attention=True)
+        out = []
+        for source, t in zip(inputs, found, strict=True):
+            answer: dict[str, Any] = {"input": source, "output": t.text, "source_tokens": t.source_units,
+                                      "output_tokens": t.target_units}
+            if t.attention is not None and t.attention.numel() <= config.max_attention_cells:
+                answer["attention"] = [[round(float(w), 4) for w in row] for row in t.attention.tolist()]
+            out.append(answer)
+        return out
+
+    def describe_run(self, run: LoadedSeq2Seq) -> dict[str, Any]:
+        return {"source_vocab_size": run.source_tokenizer.vocab_size,
+                "target_vocab_size": run.target_tokenizer.vocab_size, "attention": run.config.options.attention}
+
+    def export_graphs(self, run: LoadedSeq2Seq) -> list[Any]:
+        """An encoder graph and a one-step decoder graph; greedy or beam search runs them step by step."""
+        from rnnkit.export import Graph
+
+        model = run.model.eval()
+        k = model.decoder.num_states
+        rnn_names = ["h", "c"][:k]
+        Vs, Vt = run.source_tokenizer.vocab_size, run.target_tokenizer.vocab_size
+
+        def make_source(sizes: dict[str, int]) -> tuple[Tensor, ...]:
+            B, S = sizes["B"], sizes["S"]
+            lengths = torch.randint(1, S + 1, (B,))
+            lengths[0] = S
+            return torch.randint(4, Vs, (B, S)), lengths
+
+        def make_step(sizes: dict[str, int]) -> tuple[Tensor, ...]:
+            with torch.no_grad():
+                state = _EncoderGraph(model)(*make_source(sizes))
+            return (torch.randint(4, Vt, (sizes["B"],)), *state)
+
+        state_names = [*rnn_names, "feed", "memory", "keys", "mask"]
+        if model.attention is None:  # the fixed context vector: one memory slot whatever the source length
+            per_source: dict[int, str] = {0: "B"}
+        else:
+            per_source = {0: "B", 1: "S"}
+        dims_state = {n: {1: "B"} for n in rnn_names} | {"feed": {0: "B"}, "memory": per_source,
+                                                         "keys": per_source, "mask": per_source}
+        check_sizes = [{"B": 1, "S": 1}, {"B": 4, "S": 15}]
+        return [
+            Graph("encoder", _EncoderGraph(model), make_source({"B": 3, "S": 7}), ["source", "lengths"], state_names,
+                  {"source": {0: "B", 1: "S"}, "lengths": {0: "B"}}, make_source, check_sizes=check_sizes),
+            Graph("decoder_step", _DecoderStepGraph(model, k), make_step({"B": 3, "S": 7}), ["tokens", *state_names],
+                  ["logits", *[n + "_out" for n in rnn_names], "feed_out"], {"tokens": {0: "B"}, **dims_state},
+                  make_step, check_sizes=check_sizes),
+        ]
+
+    def encoder_sequences(self, run: LoadedSeq2Seq, data_path: str | Path
+                          ) -> tuple[Any, list[Any], Callable[[dict[str, Tensor]], Tensor]]:
+        """Each pair of a TSV file as a batch of one; the loss is the target's given the source."""
+        from rnnkit.diagnostics import InspectSequence
+
+        encoded = _encode_pairs(read_pairs(data_path), run.source_tokenizer, run.target_tokenizer)
+        found = []
+        for source, target in encoded:
+            batch = next(iter(PairSource([(source, target)], 1, False, 0).batches(0)))
+            found.append(InspectSequence(batch, [run.source_tokenizer.token_text(i) for i in source]))
+
+        def loss(batch: dict[str, Tensor]) -> Tensor:
+            return run.model.loss(batch).loss
+
+        return run.model.encoder, found, loss
+
+    def inspect(self, run: LoadedSeq2Seq, data_path: str | Path, out: Path, steps: int, rows: int) -> dict[str, Any]:
+        """The encoder's gradient flow and activations, and for a run with attention the maps of the first
+        `rows` sources."""
+        figures = super().inspect(run, data_path, out, steps, rows)
+        if run.model.attention is not None:
+            maps = attention_maps(run, data_path, out, count=rows)
+            figures["attention_maps"] = maps
+            figures["files"][-1:-1] = [m["file"] for m in maps]  # before inspect.json, the last
+        return figures
+
+
+TASK = Seq2SeqTask()
+
+
+class _EncoderGraph(nn.Module):
+    """Export: source (B, S), lengths (B,) -> the decoder's first state: rnn parts, feed, memory, keys, mask."""
+
+    def __init__(self, model: Seq2Seq) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        state = self.model.encode(inputs[0], inputs[1])
+        rnn = state.rnn if isinstance(state.rnn, tuple) else (state.rnn,)
+        keys = state.prepared if state.prepared is not None else state.memory
+        return (*rnn, state.feed, state.memory, keys, state.mask)
+
+
+class _DecoderStepGraph(nn.Module):
+    """Export: one decoder step: tokens (B,) and the state -> logits (B, Vt) and the new rnn parts and feed."""
+
+    def __init__(self, model: Seq2Seq, num_states: int) -> None:
+        super().__init__()
+        self.model, self.num_states = model, num_states
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        k = self.num_states
+        tokens, rnn, (feed, memory, keys, mask) = inputs[0], inputs[1:1 + k], inputs[1 + k:]
+        prepared = keys if self.model.attention is not None else None
+        state = Seq2SeqState(rnn if k > 1 else rnn[0], feed, memory, prepared, mask)
+        logits, new = self.model.step(tokens, state)
+        parts = new.rnn if isinstance(new.rnn, tuple) else (new.rnn,)
+        return (logits, *parts, new.feed)
 
 
 # -------------------------------------------------------------------------------- translating
@@ -334,22 +466,6 @@ def target_units(tokenizer: Tokenizer, text: str) -> list[str]:
     return _surface_units(tokenizer, text, tokenizer.encode(text))
 
 
-# ------------------------------------------------------------------------------- entry points
-
-
-def evaluate(run_dir: str | Path | LoadedSeq2Seq, data_path: str | Path, beam: int | None = None) -> dict[str, float]:
-    """BLEU, chrF, exact match and token error rate of the run's translations of a TSV file, and its loss."""
-    loaded = run_dir if isinstance(run_dir, LoadedSeq2Seq) else load(run_dir)
-    pairs = read_pairs(data_path)
-    outputs = translate(loaded, [p.source for p in pairs], beam=beam or 1)
-    figures = metrics.text_metrics([t.text for t in outputs], [p.target for p in pairs],
-                                   partial(target_units, loaded.target_tokenizer))
-    encoded = _encode_pairs(pairs, loaded.source_tokenizer, loaded.target_tokenizer)
-    teacher_forced = evaluate_model(loaded.model, PairSource(encoded, DECODE_BATCH, False, 0), loaded.device)
-    figures.update(loss=teacher_forced["loss"], perplexity=teacher_forced["perplexity"], pairs=float(len(pairs)))
-    return figures
-
-
 def plot_attention(translation: Translation, path: str | Path, title: str | None = None) -> Path:
     """Write a heatmap of where each output token looked in the source (PNG; see `viz.plot_attention`)."""
     if translation.attention is None:
@@ -358,52 +474,19 @@ def plot_attention(translation: Translation, path: str | Path, title: str | None
                               title)
 
 
-def predict(
-    run_dir: str | Path,
-    input_path: str | Path,
-    output_path: str | Path,
-    beam: int | None = None,
-    attention_plot: str | Path | None = None,
-) -> list[str]:
-    """Translate each input line into one output line; blank lines stay blank.
 
-    With `attention_plot`, writes DIR/attention-NNNN.png for input line NNNN (1-based).
-    """
-    loaded = load(run_dir)
-    if attention_plot is not None and loaded.model.attention is None:
-        raise UserError(f"--attention-plot: {run_dir} was trained with --attention none; there are no weights "
-                        "to plot")
-    if str(input_path) == "-":
-        text = sys.stdin.read()
-    else:
-        path = Path(input_path)
-        if not path.is_file():
-            raise UserError(f"--input {path}: no such file (expected one source text per line)")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"--input {path}: invalid UTF-8 at byte offset {e.start}; expected UTF-8 text") from None
-    sources = read_sources(text)
-    positions = [i for i, s in enumerate(sources) if s]
-    longest = loaded.max_source_length
-    for i in positions:
-        n = len(loaded.source_tokenizer.encode(sources[i]))
-        if longest is not None and n > longest:
-            warnings.warn(f"input line {i + 1} has {n} source tokens, more than any training source ({longest}); "
-                          "translating it anyway", stacklevel=2)
-    done = translate(loaded, [sources[i] for i in positions], beam=beam or 1, attention=attention_plot is not None)
-    lines = [""] * len(sources)
-    for i, t in zip(positions, done, strict=True):
-        lines[i] = t.text
-    if attention_plot is not None:
-        folder = Path(attention_plot)
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, t in zip(positions, done, strict=True):
-            plot_attention(t, folder / f"attention-{i + 1:04d}.png", title=f"{sources[i]}  ->  {t.text}")
-    body = "".join(line + "\n" for line in lines)
-    if str(output_path) == "-":
-        sys.stdout.write(body)
-        sys.stdout.flush()
-    else:
-        atomic_write_text(output_path, body)
-    return lines
+def attention_maps(run: LoadedSeq2Seq, data_path: str | Path, out: str | Path, count: int = 5) -> list[dict[str, str]]:
+    """Heatmaps of where the decoder looked, for the first `count` sources of a pairs file, written into `out` as
+    attention-N.png; returns per map the source, the output, the reference and the file's name."""
+    if run.model.attention is None:
+        raise UserError(f"{run.run_dir}: this run has no attention (--attention none); nothing to map")
+    pairs = read_pairs(data_path)[:count]
+    found = translate(run, [p.source for p in pairs], attention=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    maps = []
+    for i, (pair, t) in enumerate(zip(pairs, found, strict=True)):
+        name = f"attention-{i + 1}.png"
+        plot_attention(t, out / name, title=f"{pair.source} -> {t.text}")
+        maps.append({"source": pair.source, "output": t.text, "reference": pair.target, "file": name})
+    return maps
