@@ -221,31 +221,42 @@ def _read_labelled(path: str | Path, cfg: RunConfig, scheme: str) -> tuple[list[
     return sentences, used
 
 
-def _raw_records(text: str, name: str, column: str) -> list[tuple[str, list[str], list[tuple[int, int]]]]:
-    """(text, tokens, character offsets of the tokens) per sentence of raw lines or a CoNLL/CoNLL-U text;
-    CoNLL sentences read as their tokens joined by single spaces."""
-    records: list[tuple[str, list[str], list[tuple[int, int]]]] = []
-    if looks_like_conll(text, name):
-        for s in parse_conll(text, name, column, require_tags=False):
-            offsets, pos = [], 0
-            for t in s.tokens:
-                offsets.append((pos, pos + len(t)))
-                pos += len(t) + 1
-            records.append((" ".join(s.tokens), s.tokens, offsets))
-    else:
-        for line in text.split("\n"):
-            pieces = tokenize(line)
-            if pieces:
-                records.append((line, [p[0] for p in pieces], [(p[1], p[2]) for p in pieces]))
+Record = tuple[str, list[str], list[tuple[int, int]]]  # a sentence's text, its tokens, their character offsets
+
+
+def _line_record(line: str) -> Record:
+    """A raw line split into tokens by `data.conll.tokenize`."""
+    pieces = tokenize(line)
+    return line, [p[0] for p in pieces], [(p[1], p[2]) for p in pieces]
+
+
+def _raw_records(text: str, name: str, column: str) -> list[Record]:
+    """The sentences of raw lines (blank ones skipped) or of a CoNLL/CoNLL-U text; CoNLL sentences read as
+    their tokens joined by single spaces."""
+    if not looks_like_conll(text, name):
+        return [r for r in map(_line_record, text.split("\n")) if r[1]]
+    records: list[Record] = []
+    for s in parse_conll(text, name, column, require_tags=False):
+        offsets, pos = [], 0
+        for t in s.tokens:
+            offsets.append((pos, pos + len(t)))
+            pos += len(t) + 1
+        records.append((" ".join(s.tokens), s.tokens, offsets))
     return records
 
 
-def _entities(tokens: list[str], offsets: list[tuple[int, int]], tags: list[str], text: str) -> list[dict[str, Any]]:
-    out = []
-    for kind, start, end in entity_spans(tags):
-        a, b = offsets[start][0], offsets[end - 1][1]
-        out.append({"type": kind, "text": text[a:b], "start": a, "end": b, "token_start": start, "token_end": end})
-    return out
+def _tagged(record: Record, tags: list[str], scheme: str) -> dict[str, Any]:
+    """A sentence's answer: its text, tokens, tags and token offsets and, for entity tags, its entities with
+    their types and character offsets into the text."""
+    text, tokens, offsets = record
+    found: dict[str, Any] = {"text": text, "tokens": tokens, "tags": tags, "offsets": offsets}
+    if scheme != "none":
+        entities = found["entities"] = []
+        for kind, start, end in entity_spans(tags):
+            a, b = offsets[start][0], offsets[end - 1][1]
+            entities.append({"type": kind, "text": text[a:b], "start": a, "end": b, "token_start": start,
+                             "token_end": end})
+    return found
 
 
 # ---------------------------------------------------------------------------------------- the task
@@ -375,15 +386,12 @@ class TagTask(Task):
             raise UserError(f"{name}: no tokens found; expected one sentence per line or a CoNLL file")
         tags = run.tag([r[1] for r in records])
         lines = []
-        for (line, tokens, offsets), t in zip(records, tags, strict=True):
+        for record, t in zip(records, tags, strict=True):
             if fmt == "conll":
-                lines.extend(f"{tok}\t{tag}" for tok, tag in zip(tokens, t, strict=True))
+                lines.extend(f"{tok}\t{tag}" for tok, tag in zip(record[1], t, strict=True))
                 lines.append("")
             else:
-                record: dict[str, Any] = {"text": line, "tokens": tokens, "tags": t, "offsets": offsets}
-                if run.vocab.scheme != "none":
-                    record["entities"] = _entities(tokens, offsets, t, line)
-                lines.append(json.dumps(record, ensure_ascii=False))
+                lines.append(json.dumps(_tagged(record, t, run.vocab.scheme), ensure_ascii=False))
         write_output(output_path, "\n".join(lines) + "\n")
 
     # ------------------------------------------------------------------ serving, export, inspect
@@ -393,18 +401,9 @@ class TagTask(Task):
         for entity tags, the entities."""
         from rnnkit.serve.predictors import _texts
 
-        records = []
-        for line in _texts(inputs, config.max_input_chars):
-            pieces = tokenize(line)
-            records.append((line, [p[0] for p in pieces], [(p[1], p[2]) for p in pieces]))
+        records = [_line_record(line) for line in _texts(inputs, config.max_input_chars)]
         tags = run.tag([r[1] for r in records])
-        out = []
-        for (line, tokens, offsets), t in zip(records, tags, strict=True):
-            found: dict[str, Any] = {"text": line, "tokens": tokens, "tags": t, "offsets": offsets}
-            if run.vocab.scheme != "none":
-                found["entities"] = _entities(tokens, offsets, t, line)
-            out.append(found)
-        return out
+        return [_tagged(record, t, run.vocab.scheme) for record, t in zip(records, tags, strict=True)]
 
     def describe_run(self, run: LoadedTagger) -> dict[str, Any]:
         return {"tags": list(run.vocab.tags), "scheme": run.vocab.scheme}
