@@ -18,7 +18,8 @@ from bench_common import environment, train_seconds
 
 from rnnkit.config import DataConfig, ModelConfig, RunConfig, TagConfig, TrainConfig
 from rnnkit.io import atomic_write_text
-from rnnkit.tasks import tag
+from rnnkit.tasks import runner
+from rnnkit.tasks.training import train
 
 TARGET = 0.95
 
@@ -63,10 +64,10 @@ def main() -> None:
                           char_hidden=args.char_hidden, word_dropout=args.word_dropout),
     )
     start = time.monotonic()
-    result = tag.train(cfg, folder / "en_ewt-ud-train.conllu", run, valid_path=folder / "en_ewt-ud-dev.conllu",
-                       resume=args.resume)
+    result = train(cfg, folder / "en_ewt-ud-train.conllu", run, valid_path=folder / "en_ewt-ud-dev.conllu",
+                   resume=args.resume)
     wall = time.monotonic() - start
-    test = tag.evaluate(run, folder / "en_ewt-ud-test.conllu")
+    test = runner.evaluate(run, folder / "en_ewt-ud-test.conllu")
     epochs = len((run / "metrics.jsonl").read_text().splitlines())
     summary = {
         "benchmark": "ud-english-ewt-upos",

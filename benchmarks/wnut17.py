@@ -23,7 +23,8 @@ from bench_common import environment, train_seconds
 
 from rnnkit.config import DataConfig, ModelConfig, RunConfig, TagConfig, TrainConfig
 from rnnkit.io import atomic_write_text
-from rnnkit.tasks import tag
+from rnnkit.tasks import runner
+from rnnkit.tasks.training import train
 
 TARGET = 0.42
 
@@ -74,11 +75,11 @@ def main() -> None:
                           char_hidden=args.char_hidden, word_dropout=args.word_dropout),
     )
     start = time.monotonic()
-    result = tag.train(cfg, folder / "wnut17train.conll", run, valid_path=folder / "emerging.dev.conll",
-                       resume=args.resume)
+    result = train(cfg, folder / "wnut17train.conll", run, valid_path=folder / "emerging.dev.conll",
+                   resume=args.resume)
     wall = time.monotonic() - start
-    test = tag.evaluate(run, folder / "emerging.test.annotated")
-    dev = tag.evaluate(run, folder / "emerging.dev.conll")
+    test = runner.evaluate(run, folder / "emerging.test.annotated")
+    dev = runner.evaluate(run, folder / "emerging.dev.conll")
     epochs = len((run / "metrics.jsonl").read_text().splitlines())
     summary = {
         "benchmark": "wnut17-entities",

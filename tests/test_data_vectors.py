@@ -83,7 +83,7 @@ def test_tagger_starts_from_the_vectors(tmp_path):
     import torch
 
     from rnnkit.cli import main
-    from rnnkit.tasks import tag
+    from rnnkit.tasks import runner
 
     (tmp_path / "v.txt").write_text("paris " + " ".join(["0.5"] * 6) + "\nlondon " + " ".join(["-0.5"] * 6) + "\n",
                                     encoding="utf-8")
@@ -92,7 +92,7 @@ def test_tagger_starts_from_the_vectors(tmp_path):
     assert main(["train", "tag", "--train", str(tmp_path / "t.conll"), "--out", str(tmp_path / "run"), "--embed", "6",
                  "--hidden", "8", "--char-hidden", "4", "--epochs", "1", "--lr", "1e-9", "--threads", "1",
                  "--embeddings", str(tmp_path / "v.txt")]) == 0
-    run = tag.load(tmp_path / "run")
+    run = runner.load(tmp_path / "run")
     words = run.vocab.words
     assert "london" in words  # only the vectors file knows it
     torch.testing.assert_close(run.model.embedding.weight[words.index("paris")], torch.full((6,), 0.5),

@@ -35,12 +35,12 @@ def test_classify(task_runs):
 
 def test_tag(task_runs):
     runs = task_runs
-    from rnnkit.tasks import tag
+    from rnnkit.tasks import runner
 
     with TestClient(create_app(runs["tag"])) as c:
         got = c.post("/predict", json={"inputs": ["Anna met Paul in Paris"]}).json()["predictions"][0]
         assert got["tokens"] == ["Anna", "met", "Paul", "in", "Paris"]
-        assert got["tags"] == tag.load(runs["tag"]).tag([got["tokens"]])[0]
+        assert got["tags"] == runner.load(runs["tag"]).tag([got["tokens"]])[0]
         assert got["offsets"][2] == [9, 13]
         for e in got["entities"]:
             assert "Anna met Paul in Paris"[e["start"]:e["end"]] == e["text"]

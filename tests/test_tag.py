@@ -14,7 +14,7 @@ from rnnkit.config import RunConfig, UserError
 from rnnkit.crf import allowed_transitions
 from rnnkit.data.conll import convert, entity_spans
 from rnnkit.models.tagger import IGNORE_INDEX, CharEncoder, Tagger
-from rnnkit.tasks import tag
+from rnnkit.tasks import runner, tag
 
 # ---------------------------------------------------------------------------------------- the model
 
@@ -228,4 +228,4 @@ def test_predict_refuses_an_unknown_format(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "tag", "--train", str(train), "--out", str(run), *fast(1)]) == 0
     with pytest.raises(UserError, match="--format xml"):
-        tag.predict(run, train, tmp_path / "o.txt", format="xml")
+        runner.predict(run, train, tmp_path / "o.txt", format="xml")

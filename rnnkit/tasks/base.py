@@ -199,3 +199,11 @@ def check_size(run_dir: Path, meta: dict[str, Any], key: str, found: int, said: 
     expected = meta.get(key)
     if expected not in (None, found):
         raise UserError(f"{run_dir}: {said}, config says {expected}")
+
+
+def add_vector_words(known: Sequence[str], vector_words: Iterable[str], key: Callable[[str], str]) -> list[str]:
+    """The words of an --embeddings file that a vocabulary lacks, to append to it: each word as `key` spells it
+    (lower-cased, for a lower-casing vocabulary), once, in the file's order. Words training never showed then
+    still start from their pre-trained vector."""
+    have = set(known)
+    return [w for w in dict.fromkeys(key(v) for v in vector_words) if w not in have]

@@ -1,10 +1,13 @@
 """Sequence tagging end to end: CoNLL files to a trained run, and a run to tags, entities and scores.
 
-What is here: `TagVocab` (words, characters, word shapes and tags, saved in the run directory), the
-batch source of padded sentences, `score` (entity precision, recall and F1 overall and per type with
-CoNLL-eval semantics, token accuracy; per-tag figures for plain tags such as UPOS: the tag scheme read
-here, the arithmetic in metrics.py), and `train`, `load`, `evaluate`, `predict`. What is not: the network
-(models/tagger.py), the CRF (crf.py), the readers and tag schemes (data/conll.py), the loop (train.py).
+What is here: `TagVocab` (words, characters, word shapes and tags, saved in the run directory as
+tag_vocab.json), the batch source of padded sentences, `score` (entity precision, recall and F1 overall
+and per type with CoNLL-eval semantics, token accuracy; per-tag figures for plain tags such as UPOS: the
+tag scheme read here, the arithmetic in metrics.py), and the `tag` task: reading and holding out
+sentences, the vocabularies it keeps, scoring, and its answers (`LoadedTagger.tag`, `predict`, the
+service's, the exported emissions with the CRF's scores). What is not: the network (models/tagger.py),
+the CRF (crf.py), the readers and tag schemes (data/conll.py), the runner that trains and loads runs
+(training.py, runner.py).
 """
 
 from __future__ import annotations
@@ -15,18 +18,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from rnnkit import distributed, metrics
-from rnnkit.checkpoint import (
-    CONFIG_FILE,
-    MODEL_FILE,
-    load_weights,
-    read_run_config,
-    versions,
-)
+from rnnkit import metrics
 from rnnkit.config import RunConfig, UserError
 from rnnkit.crf import allowed_transitions
 from rnnkit.data import BucketedSource, read_text
@@ -40,12 +38,15 @@ from rnnkit.data.conll import (
     read_conll,
     tokenize,
 )
-from rnnkit.data.vectors import embedding_matrix, read_vectors
-from rnnkit.device import resolve_device
+from rnnkit.data.split import hold_out
+from rnnkit.data.vectors import read_vectors
 from rnnkit.evaluation import evaluate_model
-from rnnkit.io import atomic_write_text, read_json, write_json
+from rnnkit.io import read_json, write_json, write_output
 from rnnkit.models.tagger import IGNORE_INDEX, PAD, UNK, Tagger
-from rnnkit.train import Trainer, open_run
+from rnnkit.tasks.base import LoadedRun, Prepared, Say, Task, add_vector_words, check_size, start_embeddings
+
+if TYPE_CHECKING:
+    from rnnkit.serve.config import ServeConfig
 
 VOCAB_FILE = "tag_vocab.json"
 MAX_WORD_CHARS = 30  # longer tokens (URLs, mostly) are read by their first characters only
@@ -206,7 +207,7 @@ def score(gold: list[list[str]], predicted: list[list[str]], scheme: str) -> dic
                                  metrics.token_accuracy(gold, predicted))
 
 
-# ------------------------------------------------------------------------------------------ train
+# ------------------------------------------------------------------------------------------ reading
 
 
 def _read_labelled(path: str | Path, cfg: RunConfig, scheme: str) -> tuple[list[Sentence], str]:
@@ -220,101 +221,52 @@ def _read_labelled(path: str | Path, cfg: RunConfig, scheme: str) -> tuple[list[
     return sentences, used
 
 
-def build_model(cfg: RunConfig, vocab: TagVocab) -> Tagger:
-    m, o = cfg.model, cfg.options
-    allowed = allowed_transitions(vocab.tags, vocab.scheme) if o.crf and vocab.scheme != "none" else None
-    return Tagger(len(vocab.words), len(vocab.chars), len(SHAPES), len(vocab.tags), m.embedding_size, m.hidden_size,
-                  m.num_layers, m.cell, m.bidirectional, o.char_encoder, o.char_embed, o.char_hidden,
-                  dropout=m.dropout, embedding_dropout=m.embedding_dropout, output_dropout=m.output_dropout,
-                  word_dropout=o.word_dropout, crf=o.crf, allowed=allowed, span_finder=vocab.span_finder(),
-                  fused=m.fused)
+Record = tuple[str, list[str], list[tuple[int, int]]]  # a sentence's text, its tokens, their character offsets
 
 
-def train(
-    cfg: RunConfig,
-    train_path: str | Path,
-    out: str | Path,
-    valid_path: str | Path | None = None,
-    test_path: str | Path | None = None,
-    resume: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Train a tagger on a CoNLL/CoNLL-U file and write its run directory; returns the final figures."""
-    cfg, out, say = open_run(cfg, out, resume, log)
-    pretrained = None  # (vectors, size) of --embeddings, read once
-
-    vocab = TagVocab.load(out) if resume else None
-    sentences, scheme = _read_labelled(train_path, cfg, vocab.scheme if vocab else cfg.options.scheme)
-    if valid_path is not None:
-        valid, _ = _read_labelled(valid_path, cfg, scheme)
-    else:
-        n = max(1, round(len(sentences) * cfg.data.valid_fraction))
-        if len(sentences) < 2:
-            raise UserError(f"{train_path}: one sentence only; give --valid or more sentences to hold some out")
-        sentences, valid = sentences[:-n], sentences[-n:]
-        say(f"no --valid given: holding out the last {n} sentences of {train_path} for validation")
-    if vocab is None:
-        vocab = TagVocab.build(sentences, [s.tags or [] for s in valid], scheme, cfg.options.lowercase,
-                               cfg.data.min_freq, cfg.data.max_vocab)
-        if cfg.model.embeddings:
-            # Words with a pre-trained vector join the vocabulary even when training never shows them: the
-            # new names and products of a test set then still get a meaningful vector.
-            before = len(vocab.words)
-            pretrained = read_vectors(cfg.model.embeddings)
-            extra = [_key(w, vocab.lowercase) for w in pretrained[0]]
-            known = set(vocab.words)
-            vocab = TagVocab(vocab.words + [w for w in dict.fromkeys(extra) if w not in known], vocab.chars,
-                             vocab.tags, vocab.scheme, vocab.lowercase)
-            say(f"--embeddings: {len(vocab.words) - before:,} words of the vectors file added to the "
-                f"{before:,} of the training data")
-
-    tc = cfg.train
-    train_src = SentenceSource([vocab.encode(s.tokens, s.tags) for s in sentences], tc.batch_size, True, tc.seed)
-    valid_src = SentenceSource([vocab.encode(s.tokens, s.tags) for s in valid], max(tc.batch_size, 64), False)
-    model = build_model(cfg, vocab)
-    if cfg.model.embeddings and not resume:
-        vectors, dim = pretrained or read_vectors(cfg.model.embeddings, vocab.words[len(SPECIALS):])
-        matrix, found = embedding_matrix(vocab.words, vectors, dim, base=model.embedding.weight.detach().numpy(),
-                                         skip=len(SPECIALS))
-        with torch.no_grad():
-            model.embedding.weight.copy_(torch.from_numpy(matrix))
-        say(f"--embeddings {cfg.model.embeddings}: {found:,} of {len(vocab.words) - len(SPECIALS):,} words start "
-            "from a pre-trained vector")
-    if not resume and distributed.is_main():  # under torchrun, rank 0 writes the run's files
-        out.mkdir(parents=True, exist_ok=True)
-        vocab.save(out)
-        write_json(out / CONFIG_FILE, {**cfg.to_dict(), "num_tags": len(vocab.tags), "scheme": vocab.scheme,
-                                       "versions": versions()})
-    n_params = sum(p.numel() for p in model.parameters())
-    output = "CRF" if cfg.options.crf else "softmax"
-    say(f"tagger: {cfg.model.cell} {cfg.model.num_layers}x{cfg.model.hidden_size}"
-        f"{' bidirectional' if cfg.model.bidirectional else ''}, {output} over {len(vocab.tags)} tags "
-        f"(scheme {scheme}), {len(vocab.words):,} words, {len(vocab.chars)} characters, {n_params:,} parameters; "
-        f"{len(sentences)} training sentences, {len(train_src)} batches per epoch")
-
-    trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
-    state = trainer.run(resume)
-    metric = model.monitor[0]
-    result: dict[str, Any] = {**trainer.summary(), f"best_valid_{metric}": state.best, "scheme": scheme}
-    if test_path is not None and trainer.main:
-        result["test"] = evaluate(out, test_path)
-        t = result["test"]
-        say(f"test: f1 {t['f1']:.4f} precision {t['precision']:.4f} recall {t['recall']:.4f} "
-            f"token_accuracy {t['token_accuracy']:.4f}")
-    return result
+def _line_record(line: str) -> Record:
+    """A raw line split into tokens by `data.conll.tokenize`."""
+    pieces = tokenize(line)
+    return line, [p[0] for p in pieces], [(p[1], p[2]) for p in pieces]
 
 
-# ------------------------------------------------------------------------------------- use a run
+def _raw_records(text: str, name: str, column: str) -> list[Record]:
+    """The sentences of raw lines (blank ones skipped) or of a CoNLL/CoNLL-U text; CoNLL sentences read as
+    their tokens joined by single spaces."""
+    if not looks_like_conll(text, name):
+        return [r for r in map(_line_record, text.split("\n")) if r[1]]
+    records: list[Record] = []
+    for s in parse_conll(text, name, column, require_tags=False):
+        offsets, pos = [], 0
+        for t in s.tokens:
+            offsets.append((pos, pos + len(t)))
+            pos += len(t) + 1
+        records.append((" ".join(s.tokens), s.tokens, offsets))
+    return records
+
+
+def _tagged(record: Record, tags: list[str], scheme: str) -> dict[str, Any]:
+    """A sentence's answer: its text, tokens, tags and token offsets and, for entity tags, its entities with
+    their types and character offsets into the text."""
+    text, tokens, offsets = record
+    found: dict[str, Any] = {"text": text, "tokens": tokens, "tags": tags, "offsets": offsets}
+    if scheme != "none":
+        entities = found["entities"] = []
+        for kind, start, end in entity_spans(tags):
+            a, b = offsets[start][0], offsets[end - 1][1]
+            entities.append({"type": kind, "text": text[a:b], "start": a, "end": b, "token_start": start,
+                             "token_end": end})
+    return found
+
+
+# ---------------------------------------------------------------------------------------- the task
 
 
 @dataclass
-class LoadedTagger:
+class LoadedTagger(LoadedRun):
     """A trained tagger with its vocabularies, ready to tag."""
 
-    model: Tagger
     vocab: TagVocab
-    config: RunConfig
-    device: torch.device
 
     @torch.no_grad()
     def tag(self, sentences: list[list[str]], batch_size: int = 64) -> list[list[str]]:
@@ -330,87 +282,192 @@ class LoadedTagger:
         return out
 
 
-def load(run_dir: str | Path, device: str = "cpu") -> LoadedTagger:
-    """Load a tagging run (config, vocabularies, best weights) after checking it."""
-    run_dir = Path(run_dir)
-    meta = read_run_config(run_dir, task="tag")
-    cfg = RunConfig.from_dict(meta, str(run_dir / CONFIG_FILE))
-    vocab = TagVocab.load(run_dir)
-    if meta.get("num_tags") not in (None, len(vocab.tags)):
-        raise UserError(f"{run_dir}: {VOCAB_FILE} has {len(vocab.tags)} tags, config says {meta['num_tags']}")
-    model = build_model(cfg, vocab)
-    load_weights(run_dir / MODEL_FILE, model)
-    dev = resolve_device(device)
-    model.to(dev).eval()
-    return LoadedTagger(model, vocab, cfg, dev)
+class TagTask(Task):
+    """Tokens in, one tag per token out: named entities (BIO, BIOES) and parts of speech."""
 
+    name = "tag"
+    summary = "sequence tagging: named entities, parts of speech (CoNLL, CoNLL-U)"
+    loaded_type = LoadedTagger
 
-def evaluate(run_dir: str | Path, data_path: str | Path) -> dict[str, Any]:
-    """Score a run on a tagged file: f1, precision, recall, token_accuracy, per_type (see `score`), loss."""
-    tagger = load(run_dir)
-    scheme = tagger.vocab.scheme
-    sentences, _ = _read_labelled(data_path, tagger.config, scheme)
-    predicted = tagger.tag([s.tokens for s in sentences])
-    figures = score([s.tags or [] for s in sentences], predicted, scheme)
-    items = [tagger.vocab.encode(s.tokens, s.tags) for s in sentences]
-    if all(t != IGNORE_INDEX for it in items for t in it["tags"]):  # the loss needs every tag to be known
-        figures["loss"] = evaluate_model(tagger.model, SentenceSource(items, 64, False), tagger.device)["loss"]
-    return figures
-
-
-def _entities(tokens: list[str], offsets: list[tuple[int, int]], tags: list[str], text: str) -> list[dict[str, Any]]:
-    out = []
-    for kind, start, end in entity_spans(tags):
-        a, b = offsets[start][0], offsets[end - 1][1]
-        out.append({"type": kind, "text": text[a:b], "start": a, "end": b, "token_start": start, "token_end": end})
-    return out
-
-
-def predict(
-    run_dir: str | Path, input_path: str | Path, output_path: str | Path, format: str | None = None
-) -> None:
-    """Tag raw text (one sentence per line) or a CoNLL/CoNLL-U file.
-
-    `format` is `conll` (token TAB tag, a blank line between sentences) or `jsonl` (one object per
-    sentence: text, tokens, tags, token offsets and, for entity tags, entities with types and
-    character offsets into the text); by default `jsonl` when the output ends in .jsonl, else `conll`.
-    Raw lines are split by `data.conll.tokenize`; for CoNLL input the text is the tokens joined by
-    single spaces.
-    """
-    tagger = load(run_dir)
-    name = "stdin" if str(input_path) == "-" else str(input_path)
-    text = sys.stdin.read() if str(input_path) == "-" else read_text(input_path)
-    fmt = format or ("jsonl" if str(output_path).endswith(".jsonl") else "conll")
-    if fmt not in ("conll", "jsonl"):
-        raise UserError(f"--format {fmt}: expected conll or jsonl")
-    records: list[tuple[str, list[str], list[tuple[int, int]]]] = []
-    if looks_like_conll(text, name):
-        for s in parse_conll(text, name, tagger.config.options.column, require_tags=False):
-            offsets, pos = [], 0
-            for t in s.tokens:
-                offsets.append((pos, pos + len(t)))
-                pos += len(t) + 1
-            records.append((" ".join(s.tokens), s.tokens, offsets))
-    else:
-        for line in text.split("\n"):
-            pieces = tokenize(line)
-            if pieces:
-                records.append((line, [p[0] for p in pieces], [(p[1], p[2]) for p in pieces]))
-    if not records:
-        raise UserError(f"{name}: no tokens found; expected one sentence per line or a CoNLL file")
-    tags = tagger.tag([r[1] for r in records])
-    lines = []
-    for (line, tokens, offsets), t in zip(records, tags, strict=True):
-        if fmt == "conll":
-            lines.extend(f"{tok}\t{tag}" for tok, tag in zip(tokens, t, strict=True))
-            lines.append("")
+    def prepare(self, cfg: RunConfig, train_path: str | Path, valid_path: str | Path | None, out: Path,
+                resume: bool, say: Say) -> Prepared:
+        vocab = TagVocab.load(out) if resume else None
+        sentences, scheme = _read_labelled(train_path, cfg, vocab.scheme if vocab else cfg.options.scheme)
+        if valid_path is not None:
+            valid, _ = _read_labelled(valid_path, cfg, scheme)
         else:
-            record: dict[str, Any] = {"text": line, "tokens": tokens, "tags": t, "offsets": offsets}
-            if tagger.vocab.scheme != "none":
-                record["entities"] = _entities(tokens, offsets, t, line)
-            lines.append(json.dumps(record, ensure_ascii=False))
-    result = "\n".join(lines) + "\n"
-    if str(output_path) == "-":
-        sys.stdout.write(result)
-    else:
-        atomic_write_text(output_path, result)
+            if len(sentences) < 2:
+                raise UserError(f"{train_path}: one sentence only; give --valid or more sentences to hold some out")
+            sentences, valid = hold_out(sentences, cfg.data.valid_fraction, "tail", source=str(train_path),
+                                        unit="sentences")
+            say(f"no --valid given: holding out the last {len(valid)} sentences of {train_path} for validation")
+        state: dict[str, Any] = {}
+        if vocab is None:
+            vocab = TagVocab.build(sentences, [s.tags or [] for s in valid], scheme, cfg.options.lowercase,
+                                   cfg.data.min_freq, cfg.data.max_vocab)
+            if cfg.model.embeddings:
+                # Words with a pre-trained vector join the vocabulary even when training never shows them: the
+                # new names and products of a test set then still get a meaningful vector.
+                before = len(vocab.words)
+                state["vectors"] = read_vectors(cfg.model.embeddings)
+                added = add_vector_words(vocab.words, state["vectors"][0], lambda w: _key(w, vocab.lowercase))
+                vocab = TagVocab(vocab.words + added, vocab.chars, vocab.tags, vocab.scheme, vocab.lowercase)
+                say(f"--embeddings: {len(vocab.words) - before:,} words of the vectors file added to the "
+                    f"{before:,} of the training data")
+
+        tc, m = cfg.train, cfg.model
+        train_src = SentenceSource([vocab.encode(s.tokens, s.tags) for s in sentences], tc.batch_size, True, tc.seed)
+        valid_src = SentenceSource([vocab.encode(s.tokens, s.tags) for s in valid], max(tc.batch_size, 64), False)
+        output = "CRF" if cfg.options.crf else "softmax"
+        return Prepared(train_src, valid_src, {"vocab": vocab},
+                        describe=f"tagger: {m.cell} {m.num_layers}x{m.hidden_size}"
+                                 f"{' bidirectional' if m.bidirectional else ''}, {output} over {len(vocab.tags)} "
+                                 f"tags (scheme {scheme}), {len(vocab.words):,} words, {len(vocab.chars)} "
+                                 f"characters, {{params}} parameters; {len(sentences)} training sentences, "
+                                 f"{len(train_src)} batches per epoch",
+                        meta={"num_tags": len(vocab.tags), "scheme": vocab.scheme}, result={"scheme": scheme},
+                        state=state)
+
+    def build_model(self, cfg: RunConfig, vocab: TagVocab) -> Tagger:
+        m, o = cfg.model, cfg.options
+        allowed = allowed_transitions(vocab.tags, vocab.scheme) if o.crf and vocab.scheme != "none" else None
+        return Tagger(len(vocab.words), len(vocab.chars), len(SHAPES), len(vocab.tags), m.embedding_size,
+                      m.hidden_size, m.num_layers, m.cell, m.bidirectional, o.char_encoder, o.char_embed,
+                      o.char_hidden, dropout=m.dropout, embedding_dropout=m.embedding_dropout,
+                      output_dropout=m.output_dropout, word_dropout=o.word_dropout, crf=o.crf, allowed=allowed,
+                      span_finder=vocab.span_finder(), fused=m.fused)
+
+    def initialise(self, model: Tagger, cfg: RunConfig, prepared: Prepared, say: Say) -> None:
+        start_embeddings(model.embedding, prepared.assets["vocab"].words, cfg, say,
+                         vectors=prepared.state.get("vectors"), skip=len(SPECIALS))
+
+    def save(self, out: Path, prepared: Prepared) -> None:
+        prepared.assets["vocab"].save(out)
+
+    def test_result(self, figures: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        return figures, (f"test: f1 {figures['f1']:.4f} precision {figures['precision']:.4f} recall "
+                         f"{figures['recall']:.4f} token_accuracy {figures['token_accuracy']:.4f}")
+
+    # ------------------------------------------------------------------------------ using a run
+
+    def load_assets(self, run_dir: Path, cfg: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
+        vocab = TagVocab.load(run_dir)
+        check_size(run_dir, meta, "num_tags", len(vocab.tags), f"{VOCAB_FILE} has {len(vocab.tags)} tags")
+        return {"vocab": vocab}
+
+    def evaluate(self, run: LoadedTagger, data_path: str | Path) -> dict[str, Any]:
+        """Score a run on a tagged file: f1, precision, recall, token_accuracy, per_type (see `score`), loss."""
+        scheme = run.vocab.scheme
+        sentences, _ = _read_labelled(data_path, run.config, scheme)
+        predicted = run.tag([s.tokens for s in sentences])
+        figures = score([s.tags or [] for s in sentences], predicted, scheme)
+        items = [run.vocab.encode(s.tokens, s.tags) for s in sentences]
+        if all(t != IGNORE_INDEX for it in items for t in it["tags"]):  # the loss needs every tag to be known
+            figures["loss"] = evaluate_model(run.model, SentenceSource(items, 64, False), run.device)["loss"]
+        return figures
+
+    def predict(self, run: LoadedTagger, input_path: str | Path, output_path: str | Path,
+                format: str | None = None) -> None:
+        """Tag raw text (one sentence per line) or a CoNLL/CoNLL-U file.
+
+        `format` is `conll` (token TAB tag, a blank line between sentences) or `jsonl` (one object per
+        sentence: text, tokens, tags, token offsets and, for entity tags, entities with types and
+        character offsets into the text); by default `jsonl` when the output ends in .jsonl, else `conll`.
+        Raw lines are split by `data.conll.tokenize`; for CoNLL input the text is the tokens joined by
+        single spaces.
+        """
+        name = "stdin" if str(input_path) == "-" else str(input_path)
+        text = sys.stdin.read() if str(input_path) == "-" else read_text(input_path)
+        fmt = format or ("jsonl" if str(output_path).endswith(".jsonl") else "conll")
+        if fmt not in ("conll", "jsonl"):
+            raise UserError(f"--format {fmt}: expected conll or jsonl")
+        records = _raw_records(text, name, run.config.options.column)
+        if not records:
+            raise UserError(f"{name}: no tokens found; expected one sentence per line or a CoNLL file")
+        tags = run.tag([r[1] for r in records])
+        lines = []
+        for record, t in zip(records, tags, strict=True):
+            if fmt == "conll":
+                lines.extend(f"{tok}\t{tag}" for tok, tag in zip(record[1], t, strict=True))
+                lines.append("")
+            else:
+                lines.append(json.dumps(_tagged(record, t, run.vocab.scheme), ensure_ascii=False))
+        write_output(output_path, "\n".join(lines) + "\n")
+
+    # ------------------------------------------------------------------ serving, export, inspect
+
+    def answer(self, run: LoadedTagger, inputs: list[Any], config: ServeConfig) -> list[dict[str, Any]]:
+        """Each input is a line of raw text; the answer holds its tokens, their tags and character offsets and,
+        for entity tags, the entities."""
+        from rnnkit.serve.predictors import _texts
+
+        records = [_line_record(line) for line in _texts(inputs, config.max_input_chars)]
+        tags = run.tag([r[1] for r in records])
+        return [_tagged(record, t, run.vocab.scheme) for record, t in zip(records, tags, strict=True)]
+
+    def describe_run(self, run: LoadedTagger) -> dict[str, Any]:
+        return {"tags": list(run.vocab.tags), "scheme": run.vocab.scheme}
+
+    def export_graphs(self, run: LoadedTagger) -> list[Any]:
+        """The tag scores per token; with a CRF, its transition scores go to export.json for Viterbi outside
+        (`export_extras`)."""
+        from rnnkit.export import Graph
+
+        model = run.model.eval()
+        V, chars_v = len(run.vocab.words), len(run.vocab.chars)
+
+        def make(sizes: dict[str, int]) -> tuple[torch.Tensor, ...]:
+            B, T, C = sizes["B"], sizes["T"], sizes.get("C", 6)
+            lengths = torch.randint(1, T + 1, (B,))
+            lengths[0] = T
+            mask = torch.arange(T)[None] < lengths[:, None]  # (B, T)
+            words = torch.randint(2, V, (B, T)) * mask
+            shapes = torch.randint(1, 4, (B, T)) * mask
+            chars = torch.randint(2, chars_v, (B, T, C)) * mask[..., None]
+            return words, shapes, chars, lengths
+
+        return [Graph("emissions", _EmissionsGraph(model), make({"B": 3, "T": 7, "C": 5}),
+                      ["words", "shapes", "chars", "lengths"], ["emissions"],
+                      {"words": {0: "B", 1: "T"}, "shapes": {0: "B", 1: "T"}, "chars": {0: "B", 1: "T", 2: "C"},
+                       "lengths": {0: "B"}}, make,
+                      check_sizes=[{"B": 1, "T": 2, "C": 3}, {"B": 4, "T": 13, "C": 9}])]
+
+    def export_extras(self, run: LoadedTagger) -> dict[str, Any]:
+        """The tag names, and with a CRF its scores."""
+        extras: dict[str, Any] = {"tags": list(run.vocab.tags)}
+        crf = run.model.crf
+        if crf is not None:
+            # Viterbi over the emissions: score(y) = start[y1] + sum emit[t, yt] + sum trans[y(t-1), yt] + end[yT].
+            trans, start, end = (t.detach().tolist() for t in crf._scores())
+            extras["crf"] = {"transitions": trans, "start": start, "end": end}
+        return extras
+
+    def encoder_sequences(self, run: LoadedTagger, data_path: str | Path) -> tuple[Any, list[Any], Any]:
+        """Every sentence of a tagged file; the loss is the last token's tag's cross-entropy."""
+        from rnnkit.diagnostics import InspectSequence
+
+        sentences, _ = _read_labelled(data_path, run.config, run.vocab.scheme)
+        found = [InspectSequence(collate([run.vocab.encode(s.tokens, s.tags)]), list(s.tokens)) for s in sentences]
+
+        def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            scores = run.model.emissions(batch)[0, -1]  # (K,): the last token's tag scores
+            gold = int(batch["tags"][0, -1])
+            target = gold if gold != IGNORE_INDEX else int(scores.argmax())  # a tag the run never saw: its guess
+            return F.cross_entropy(scores.float().unsqueeze(0), torch.tensor([target], device=scores.device))
+
+        return run.model.rnn, found, loss
+
+
+TASK = TagTask()
+
+
+class _EmissionsGraph(nn.Module):
+    """Export: words, shapes (B, T), chars (B, T, C), lengths (B,) -> tag scores (B, T, K)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        words, shapes, chars, lengths = inputs
+        return (self.model.emissions({"words": words, "shapes": shapes, "chars": chars, "lengths": lengths}),)
