@@ -199,3 +199,20 @@ def check_size(run_dir: Path, meta: dict[str, Any], key: str, found: int, said: 
     expected = meta.get(key)
     if expected not in (None, found):
         raise UserError(f"{run_dir}: {said}, config says {expected}")
+
+
+def add_vector_words(words: Sequence[str], cfg: RunConfig, say: Say, key: Callable[[str], str] | None = None
+                     ) -> tuple[list[str], tuple[dict[str, Any], int]]:
+    """`words` (a vocabulary in id order) followed by the --embeddings file's words it lacks, and the file read.
+
+    Words with a pre-trained vector join the vocabulary even when training never shows them, so that a test
+    sentence's unseen words still carry meaning (most of all with frozen vectors). `key` maps a word of the
+    file to the vocabulary's form of it (lower-casing, say). The file read goes on to `start_embeddings`.
+    """
+    from rnnkit.data.vectors import read_vectors
+
+    vectors = read_vectors(cfg.model.embeddings)
+    known = set(words)
+    new = [w for w in dict.fromkeys(key(w) if key else w for w in vectors[0]) if w not in known]
+    say(f"--embeddings: {len(new):,} words of the vectors file added to the {len(words):,} of the training data")
+    return [*words, *new], vectors
