@@ -24,7 +24,7 @@ from pathlib import Path
 from bench_common import environment
 
 from rnnkit.config import RunConfig
-from rnnkit.tasks import classify
+from rnnkit.tasks import runner, training
 
 TARGET = 0.98
 
@@ -67,9 +67,9 @@ def _run(args: argparse.Namespace, out: Path, train: list, valid: list, test: li
     paths = {name: _manifest(out / f"{name}.csv", rows) for name, rows in
              (("train", train), ("valid", valid), ("test", test))}
     start = time.monotonic()
-    result = classify.train(_config(args), paths["train"], out / "run", valid_path=paths["valid"])
+    result = training.train(_config(args), paths["train"], out / "run", valid_path=paths["valid"])
     wall = time.monotonic() - start
-    report = classify.evaluate(out / "run", paths["test"], plot=str(out / "confusion.png"))
+    report = runner.evaluate(out / "run", paths["test"], plot=str(out / "confusion.png"))
     return {"test_accuracy": round(report["accuracy"], 4), "test_macro_f1": round(report["macro_f1"], 4),
             "best_valid_accuracy": round(result["best_valid_accuracy"], 4), "steps": result["steps"],
             "train": len(train), "valid": len(valid), "test": len(test), "wall_seconds": round(wall, 1)}

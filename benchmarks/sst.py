@@ -23,7 +23,7 @@ from pathlib import Path
 from bench_common import environment
 
 from rnnkit.config import RunConfig
-from rnnkit.tasks import classify
+from rnnkit.tasks import runner, training
 
 TARGETS = {"binary": 0.85, "fine": 0.45}
 
@@ -80,9 +80,9 @@ def main() -> None:
                   "freeze_embeddings": args.freeze_embeddings},
     )
     start = time.monotonic()
-    result = classify.train(cfg, paths["train"], out / "run", valid_path=paths["dev"])
+    result = training.train(cfg, paths["train"], out / "run", valid_path=paths["dev"])
     wall = time.monotonic() - start
-    report = classify.evaluate(out / "run", paths["test"], plot=str(out / "confusion.png"))
+    report = runner.evaluate(out / "run", paths["test"], plot=str(out / "confusion.png"))
     records = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     saved = json.loads((out / "run" / "config.json").read_text())
     m = saved["model"]

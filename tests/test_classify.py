@@ -352,9 +352,9 @@ def test_init_from_language_model(tmp_path, capsys):
     code = main(["train", "classify", "--train", str(train), "--out", str(tmp_path / "clf"), "--init-from",
                  str(tmp_path / "lm"), "--epochs", "1", "--layers", "1", "--threads", "1", "--lr", "1e-9"])
     assert code == 0
-    from rnnkit.tasks import classify, lm
+    from rnnkit.tasks import runner
 
-    clf, lm_run = classify.load(tmp_path / "clf"), lm.load(tmp_path / "lm")
+    clf, lm_run = runner.load(tmp_path / "clf", task="classify"), runner.load(tmp_path / "lm", task="lm")
     V = lm_run.tokenizer.vocab_size
     # The language model's words keep their ids; the classifier's vocabulary adds the new training words.
     assert clf.tokenizer.token_text(V - 1) == lm_run.tokenizer.token_text(V - 1)

@@ -59,7 +59,7 @@ def test_classifier_starts_from_the_vectors(tmp_path):
     import torch
 
     from rnnkit.cli import main
-    from rnnkit.tasks import classify
+    from rnnkit.tasks import runner
 
     (tmp_path / "v.txt").write_text("good " + " ".join(["0.5"] * 8) + "\nbad " + " ".join(["-0.5"] * 8)
                                     + "\ngreat " + " ".join(["0.25"] * 8) + "\n", encoding="utf-8")
@@ -68,7 +68,7 @@ def test_classifier_starts_from_the_vectors(tmp_path):
     base = ["train", "classify", "--train", str(tmp_path / "c.csv"), "--hidden", "8", "--layers", "1",
             "--epochs", "1", "--lr", "1e-9", "--embeddings", str(tmp_path / "v.txt"), "--threads", "1"]
     assert main([*base, "--embed", "8", "--out", str(tmp_path / "run")]) == 0
-    run = classify.load(tmp_path / "run")
+    run = runner.load(tmp_path / "run", task="classify")
     good = run.tokenizer.encode("good")[0]
     torch.testing.assert_close(run.model.embedding.weight[good], torch.full((8,), 0.5), atol=1e-4, rtol=0)
     # A word only the vectors file knows joins the vocabulary with its vector.

@@ -201,9 +201,18 @@ def check_size(run_dir: Path, meta: dict[str, Any], key: str, found: int, said: 
         raise UserError(f"{run_dir}: {said}, config says {expected}")
 
 
-def add_vector_words(known: Sequence[str], vector_words: Iterable[str], key: Callable[[str], str]) -> list[str]:
-    """The words of an --embeddings file that a vocabulary lacks, to append to it: each word as `key` spells it
-    (lower-cased, for a lower-casing vocabulary), once, in the file's order. Words training never showed then
-    still start from their pre-trained vector."""
-    have = set(known)
-    return [w for w in dict.fromkeys(key(v) for v in vector_words) if w not in have]
+def add_vector_words(words: Sequence[str], cfg: RunConfig, say: Say, key: Callable[[str], str] | None = None
+                     ) -> tuple[list[str], tuple[dict[str, Any], int]]:
+    """`words` (a vocabulary in id order) followed by the --embeddings file's words it lacks, and the file read.
+
+    Words with a pre-trained vector join the vocabulary even when training never shows them, so that a test
+    sentence's unseen words still carry meaning (most of all with frozen vectors). `key` maps a word of the
+    file to the vocabulary's form of it (lower-casing, say). The file read goes on to `start_embeddings`.
+    """
+    from rnnkit.data.vectors import read_vectors
+
+    vectors = read_vectors(cfg.model.embeddings)
+    known = set(words)
+    new = [w for w in dict.fromkeys(key(w) if key else w for w in vectors[0]) if w not in known]
+    say(f"--embeddings: {len(new):,} words of the vectors file added to the {len(words):,} of the training data")
+    return [*words, *new], vectors

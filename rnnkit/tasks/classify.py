@@ -1,12 +1,12 @@
-"""Sequence classification end to end: labelled text or WAV manifests to a trained run, and a run to labels.
+"""Sequence classification: labelled text or WAV manifests to a trained run, and a run to labels.
 
-What is here: the batch source for whole sequences with one label each, `train` (text: CSV/TSV/JSONL/
-SST lines and a tokenizer; audio: a manifest, log-mel or MFCC features and a scaler fitted on the
-training data; optionally the embeddings and encoder of a language-model run as the starting point),
-`load`, `classify` (probabilities for texts or WAV files from Python), `evaluate` (accuracy, macro F1,
-per-class figures, confusion matrix and its plot) and `predict` (label and probabilities per input, as
-CSV or JSONL). What is not: the network (models/classifier.py), the readers (data/tabular.py,
-data/audio.py), the loop (train.py) and the report arithmetic (metrics.py).
+What is here: the batch source for whole sequences with one label each, the `classify` task (text:
+CSV/TSV/JSONL/SST lines and a tokenizer; audio: a manifest, log-mel or MFCC features and a scaler fitted
+on the training data; optionally the embeddings and encoder of a language-model run as the starting point;
+scoring by accuracy, macro F1, per-class figures and the confusion matrix with its plot; answers as CSV or
+JSONL, over HTTP and as an exported graph) and `classify` (probabilities for texts or WAV files from
+Python). What is not: the network (models/classifier.py), the readers (data/tabular.py, data/audio.py),
+the runner that trains and loads runs (training.py, runner.py) and the report arithmetic (metrics.py).
 
 A run directory holds, besides what every run has: `labels.json` (the class names, in output order),
 `tokenizer.json` for text runs, `scaler.json` (feature settings, mean and standard deviation) for audio.
@@ -17,25 +17,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import random
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
-from rnnkit import distributed
-from rnnkit.checkpoint import (
-    CONFIG_FILE,
-    MODEL_FILE,
-    load_weights,
-    read_run_config,
-    versions,
-)
 from rnnkit.config import RunConfig, UserError
 from rnnkit.data import (
     PAD_ID,
@@ -43,19 +35,30 @@ from rnnkit.data import (
     UNK_ID,
     BucketedSource,
     Tokenizer,
-    build_tokenizer,
     load_tokenizer,
     pad_sequences,
 )
 from rnnkit.data.audio import AudioItem, FeatureScaler, FeatureSpec, load_features, read_manifest
+from rnnkit.data.split import hold_out
 from rnnkit.data.tabular import LabelledText, check_labels, read_labelled, read_texts, texts_from_lines
-from rnnkit.data.vectors import embedding_matrix, read_vectors
-from rnnkit.device import resolve_device
-from rnnkit.io import atomic_write, read_json, write_json
+from rnnkit.io import read_json, write_json, write_output
 from rnnkit.metrics import classification_report
 from rnnkit.models.classifier import SequenceClassifier
-from rnnkit.train import Trainer, open_run
+from rnnkit.tasks import runner
+from rnnkit.tasks.base import (
+    LoadedRun,
+    Prepared,
+    Say,
+    Task,
+    add_vector_words,
+    check_size,
+    fit_tokenizer,
+    start_embeddings,
+)
 from rnnkit.viz import write_confusion_plot
+
+if TYPE_CHECKING:
+    from rnnkit.serve.config import ServeConfig
 
 LABELS_FILE = "labels.json"
 EVAL_BATCH = 64
@@ -88,19 +91,6 @@ def _sorted_labels(labels: Sequence[str]) -> list[str]:
         return sorted(distinct)
 
 
-def _holdout(records: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """A seeded random `fraction` of the records for validation; the rest for training."""
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    n_valid = max(1, round(len(records) * fraction))
-    if len(records) - n_valid < 2:
-        raise UserError(f"only {len(records)} training records: too few to hold out a validation part; "
-                        "pass --valid")
-    valid = sorted(order[:n_valid])
-    keep = sorted(order[n_valid:])
-    return [records[i] for i in keep], [records[i] for i in valid]
-
-
 # ------------------------------------------------------------------------------------- inputs
 
 
@@ -109,31 +99,14 @@ def _token_tensor(tokenizer: Tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _fit_tokenizer(cfg: RunConfig, texts: list[str]) -> Tokenizer:
-    d = cfg.data
-    options: dict[str, Any] = {}
-    if d.tokenizer in ("word", "space"):
-        options = {"min_freq": d.min_freq, "max_vocab": d.max_vocab}
-    elif d.tokenizer == "bpe":
-        options = {"vocab_size": d.vocab_size}
-    return build_tokenizer(d.tokenizer, "\n".join(texts), **options)
-
-
 def _extend_tokenizer(base: Tokenizer, texts: list[str], min_freq: int) -> Tokenizer:
     """A word/space tokenizer holding `base`'s tokens (same ids) and then the new training words."""
     if base.kind not in ("word", "space"):
         return base
-    known = {base.token_text(i) for i in range(base.vocab_size)}
+    known = set(base.tokens)
     counts = Counter(t for text in texts for t in type(base).split(text) if t not in known and t != "<unk>")
-    return _add_words(base, sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t)))
-
-
-def _add_words(base: Tokenizer, words: list[str]) -> Tokenizer:
-    """A word/space tokenizer holding `base`'s tokens (same ids) and then `words` it lacks."""
-    tokens = [base.token_text(i) for i in range(base.vocab_size)]
-    known = set(tokens)
-    new = [w for w in dict.fromkeys(words) if w not in known]
-    return type(base)(list(SPECIAL_TOKENS) + tokens[len(SPECIAL_TOKENS):] + new)
+    new = sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
+    return type(base)([*base.tokens, *new])
 
 
 def _initialise_from_lm(model: SequenceClassifier, lm_model: torch.nn.Module, lm_tokenizer: Tokenizer,
@@ -186,6 +159,15 @@ def _read_audio(path: str | Path, spec: FeatureSpec, skip: bool, say: Callable[[
     return features, kept
 
 
+def _examples(cfg: RunConfig, path: str | Path, say: Say) -> list[tuple[Any, str, str]]:
+    """(text or feature frames, label, where in the file) of every record of a labelled training file."""
+    opts = cfg.options
+    if opts.audio:
+        features, items = _read_audio(path, _audio_spec(cfg), opts.skip_unreadable, say)
+        return [(x, it.label, it.where) for x, it in zip(features, items, strict=True)]
+    return [(r.text, r.label, r.where) for r in read_labelled(path, opts.text_column, opts.label_column)]
+
+
 # --------------------------------------------------------------------------------------- model
 
 
@@ -202,163 +184,12 @@ def build_model(cfg: RunConfig, num_classes: int, vocab_size: int | None, input_
                               recurrent_options=m.recurrent_options())
 
 
-def train(
-    cfg: RunConfig,
-    train_path: str | Path,
-    out: str | Path,
-    valid_path: str | Path | None = None,
-    test_path: str | Path | None = None,
-    resume: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Train a sequence classifier and write its run directory; returns the final figures."""
-    cfg, out, say = open_run(cfg, out, resume, log)
-    pretrained = None  # (vectors, size) of --embeddings, read once
-    opts, tc = cfg.options, cfg.train
-    if opts.audio and opts.init_from:
-        raise UserError("--init-from starts a text classifier from a language model; it does not apply to --audio")
-
-    # Read everything first, so that a bad file stops the run before anything is written.
-    lm_model = lm_tokenizer = None
-    if opts.audio:
-        spec = _audio_spec(cfg)
-        train_x, train_items = _read_audio(train_path, spec, opts.skip_unreadable, say)
-        train_y = [it.label for it in train_items]
-        if valid_path is not None:
-            valid_x, valid_items = _read_audio(valid_path, spec, opts.skip_unreadable, say)
-            valid_y, valid_where = [it.label for it in valid_items], [it.where for it in valid_items]
-    else:
-        records = read_labelled(train_path, opts.text_column, opts.label_column)
-        valid_records = read_labelled(valid_path, opts.text_column, opts.label_column) if valid_path else None
-        if valid_records is None:
-            records, valid_records = _holdout(records, cfg.data.valid_fraction, tc.seed)
-            say(f"no --valid given: holding out a random {cfg.data.valid_fraction:.0%} of {train_path} "
-                f"({len(valid_records)} records) for validation")
-        train_y = [r.label for r in records]
-        valid_y, valid_where = [r.label for r in valid_records], [r.where for r in valid_records]
-    if opts.audio and valid_path is None:
-        pairs = list(zip(train_x, train_y, strict=True))
-        pairs, held = _holdout(pairs, cfg.data.valid_fraction, tc.seed)
-        say(f"no --valid given: holding out a random {cfg.data.valid_fraction:.0%} of {train_path} "
-            f"({len(held)} recordings) for validation")
-        train_x, train_y = [p[0] for p in pairs], [p[1] for p in pairs]
-        valid_x, valid_y = [p[0] for p in held], [p[1] for p in held]
-        valid_where = ["held-out part"] * len(held)
-
-    labels = read_json(out / LABELS_FILE)["labels"] if resume else _sorted_labels(train_y)
-    if len(labels) < 2:
-        raise UserError(f"{train_path}: every record has the label {labels[0]!r}; classification needs at least "
-                        "two classes")
-    check_labels(zip(valid_where, valid_y, strict=True), labels, valid_path or train_path)
-    if test_path is not None:  # a bad test file is reported now rather than after training
-        if opts.audio:
-            test_gold = [(it.where, it.label) for it in read_manifest(test_path)]
-        else:
-            test_gold = [(r.where, r.label) for r in read_labelled(test_path, opts.text_column, opts.label_column)]
-        check_labels(test_gold, labels, test_path)
-    index = {label: i for i, label in enumerate(labels)}
-    train_t = [index[y] for y in train_y]
-    valid_t = [index[y] for y in valid_y]
-
-    tokenizer: Tokenizer | None = None
-    scaler: FeatureScaler | None = None
-    if opts.audio:
-        scaler = FeatureScaler.load(out)[0] if resume else FeatureScaler.fit(train_x)
-        train_in = [torch.from_numpy(scaler(x)) for x in train_x]
-        valid_in = [torch.from_numpy(scaler(x)) for x in valid_x]
-        vocab_size, input_size = None, spec.size
-    else:
-        texts = [r.text for r in records]
-        if resume:
-            tokenizer = load_tokenizer(out)
-        elif opts.init_from:
-            from rnnkit.tasks import lm as lm_task
-
-            loaded_lm = lm_task.load(opts.init_from)
-            lm_cfg = loaded_lm.config.model
-            lm_model, lm_tokenizer = loaded_lm.model, loaded_lm.tokenizer
-            tokenizer = _extend_tokenizer(loaded_lm.tokenizer, texts, cfg.data.min_freq)
-            cfg.data.tokenizer = loaded_lm.tokenizer.kind
-            cfg.model.cell, cfg.model.embedding_size, cfg.model.hidden_size = (
-                lm_cfg.cell, lm_cfg.embedding_size, lm_cfg.hidden_size)
-            say(f"--init-from {opts.init_from}: {lm_cfg.cell}, embeddings {lm_cfg.embedding_size}, hidden "
-                f"{lm_cfg.hidden_size} taken from the language model; {loaded_lm.tokenizer.kind} vocabulary "
-                f"{loaded_lm.tokenizer.vocab_size} + {tokenizer.vocab_size - loaded_lm.tokenizer.vocab_size} "
-                "training words")
-        else:
-            tokenizer = _fit_tokenizer(cfg, texts)
-            if cfg.model.embeddings and tokenizer.kind in ("word", "space"):
-                # Words with a pre-trained vector join the vocabulary even when training never shows them,
-                # so that a test sentence's unseen words still carry meaning (most of all with frozen vectors).
-                before = tokenizer.vocab_size
-                pretrained = read_vectors(cfg.model.embeddings)
-                tokenizer = _add_words(tokenizer, list(pretrained[0]))
-                say(f"--embeddings: {tokenizer.vocab_size - before:,} words of the vectors file added to the "
-                    f"{before:,} of the training data")
-        train_in = [_token_tensor(tokenizer, t) for t in texts]
-        valid_in = [_token_tensor(tokenizer, r.text) for r in valid_records]
-        vocab_size, input_size = tokenizer.vocab_size, None
-
-    weights = None
-    if opts.class_weights:
-        counts = np.bincount(train_t, minlength=len(labels)).astype(np.float64)
-        weights = torch.tensor(len(train_t) / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32)
-    model = build_model(cfg, len(labels), vocab_size, input_size, weights)
-    if lm_model is not None:
-        _initialise_from_lm(model, lm_model, lm_tokenizer, tokenizer, say)
-    if cfg.model.embeddings and not resume:
-        if model.embedding is None:
-            raise UserError("--embeddings: audio runs read features, not words; drop the option")
-        words = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
-        vectors, dim = pretrained or read_vectors(cfg.model.embeddings, words[len(SPECIAL_TOKENS):])
-        matrix, found = embedding_matrix(words, vectors, dim, base=model.embedding.weight.detach().numpy(),
-                                         skip=len(SPECIAL_TOKENS))
-        with torch.no_grad():
-            model.embedding.weight.copy_(torch.from_numpy(matrix))
-        say(f"--embeddings {cfg.model.embeddings}: {found:,} of {len(words) - len(SPECIAL_TOKENS):,} words "
-            "start from a pre-trained vector")
-    if opts.freeze_embeddings and model.embedding is not None:
-        model.embedding.weight.requires_grad_(False)
-
-    train_src = SequenceSource(train_in, train_t, tc.batch_size, shuffle=True, seed=tc.seed)
-    valid_src = SequenceSource(valid_in, valid_t, EVAL_BATCH, shuffle=False)
-    if not resume and distributed.is_main():  # under torchrun, rank 0 writes the run's files
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / LABELS_FILE, {"labels": labels})
-        if tokenizer is not None:
-            tokenizer.save(out)
-        if scaler is not None:
-            scaler.save(out, spec)
-        write_json(out / CONFIG_FILE, {**cfg.to_dict(), "labels": labels, "vocab_size": vocab_size,
-                                       "input_size": input_size, "versions": versions()})
-    n_params = sum(p.numel() for p in model.parameters())
-    kind = f"audio {spec.kind} x{spec.size}" if opts.audio else f"{tokenizer.kind} vocabulary {tokenizer.vocab_size}"
-    say(f"classifier: {cfg.model.cell} {cfg.model.num_layers}x{cfg.model.hidden_size}"
-        f"{' bidirectional' if cfg.model.bidirectional else ''}, {opts.pooling} pooling, {kind}, "
-        f"{len(labels)} classes, {n_params:,} parameters; {len(train_in)} training sequences, "
-        f"{len(train_src)} batches per epoch")
-
-    trainer = Trainer(model, train_src, valid_src, tc, out, log=log)
-    state = trainer.run(resume)
-    result: dict[str, Any] = {**trainer.summary(), "best_valid_accuracy": state.best}
-    if test_path is not None and trainer.main:
-        report = evaluate(out, test_path)
-        result["test"] = {k: report[k] for k in ("accuracy", "macro_f1", "count")}
-        say(f"test: accuracy {report['accuracy']:.4f} macro_f1 {report['macro_f1']:.4f}")
-    return result
-
-
-# ------------------------------------------------------------------------------------ inference
-
-
 @dataclass
-class LoadedClassifier:
-    """A trained classifier with what turns inputs into its tensors."""
+class LoadedClassifier(LoadedRun):
+    """A trained classifier with what turns inputs into its tensors: a tokenizer, or a scaler and the
+    feature settings for audio runs."""
 
-    model: SequenceClassifier
     labels: list[str]
-    config: RunConfig
-    device: torch.device
     tokenizer: Tokenizer | None = None
     scaler: FeatureScaler | None = None
     spec: FeatureSpec | None = None
@@ -368,28 +199,277 @@ class LoadedClassifier:
         return self.scaler is not None
 
 
-def load(run_dir: str | Path, device: str = "cpu") -> LoadedClassifier:
-    """Load a classification run (config, labels, tokenizer or scaler, best weights) after checking it."""
-    run_dir = Path(run_dir)
-    meta = read_run_config(run_dir, task="classify")
-    cfg = RunConfig.from_dict(meta, str(run_dir / CONFIG_FILE))
-    labels = read_json(run_dir / LABELS_FILE).get("labels")
-    if not isinstance(labels, list) or len(labels) < 2:
-        raise UserError(f"{run_dir / LABELS_FILE}: expected {{\"labels\": [two or more names]}}")
-    tokenizer = scaler = spec = None
-    if cfg.options.audio:
-        scaler, spec = FeatureScaler.load(run_dir)
-        model = build_model(cfg, len(labels), None, spec.size)
-    else:
+class ClassifyTask(Task):
+    """A sequence in, one label out: sentiment and other text classes, spoken words and commands."""
+
+    name = "classify"
+    summary = "sequence classification: text (CSV/TSV/JSONL/SST lines) or audio (--audio, a WAV manifest)"
+    loaded_type = LoadedClassifier
+
+    # -------------------------------------------------------------------------------- training
+
+    def prepare(self, cfg: RunConfig, train_path: str | Path, valid_path: str | Path | None, out: Path,
+                resume: bool, say: Say) -> Prepared:
+        opts, tc = cfg.options, cfg.train
+        if opts.audio and opts.init_from:
+            raise UserError("--init-from starts a text classifier from a language model; it does not apply to --audio")
+        # Read everything first, so that a bad file stops the run before anything is written.
+        train = _examples(cfg, train_path, say)
+        if valid_path is not None:
+            valid = _examples(cfg, valid_path, say)
+        else:
+            unit = "recordings" if opts.audio else "records"
+            train, valid = hold_out(train, cfg.data.valid_fraction, "random", seed=tc.seed, source=str(train_path),
+                                    unit=unit)
+            say(f"no --valid given: holding out a random {cfg.data.valid_fraction:.0%} of {train_path} "
+                f"({len(valid)} {unit}) for validation")
+            if opts.audio:
+                valid = [(x, y, "held-out part") for x, y, _ in valid]
+        train_x, train_y = [x for x, _, _ in train], [y for _, y, _ in train]
+        valid_x = [x for x, _, _ in valid]
+
+        labels = read_json(out / LABELS_FILE)["labels"] if resume else _sorted_labels(train_y)
+        if len(labels) < 2:
+            raise UserError(f"{train_path}: every record has the label {labels[0]!r}; classification needs at "
+                            "least two classes")
+        check_labels([(where, y) for _, y, where in valid], labels, valid_path or train_path)
+        index = {label: i for i, label in enumerate(labels)}
+        train_t = [index[y] for y in train_y]
+        valid_t = [index[y] for _, y, _ in valid]
+
+        assets: dict[str, Any] = {"labels": labels}
+        state: dict[str, Any] = {}
+        if opts.audio:
+            spec = _audio_spec(cfg)
+            scaler = FeatureScaler.load(out)[0] if resume else FeatureScaler.fit(train_x)
+            train_in = [torch.from_numpy(scaler(x)) for x in train_x]
+            valid_in = [torch.from_numpy(scaler(x)) for x in valid_x]
+            assets.update(scaler=scaler, spec=spec)
+            kind = f"audio {spec.kind} x{spec.size}"
+        else:
+            tokenizer = self._tokenizer(cfg, train_x, out, resume, state, say)
+            train_in = [_token_tensor(tokenizer, t) for t in train_x]
+            valid_in = [_token_tensor(tokenizer, t) for t in valid_x]
+            assets["tokenizer"] = tokenizer
+            kind = f"{tokenizer.kind} vocabulary {tokenizer.vocab_size}"
+        if opts.class_weights:
+            counts = np.bincount(train_t, minlength=len(labels)).astype(np.float64)
+            assets["class_weights"] = torch.tensor(len(train_t) / (len(labels) * np.maximum(counts, 1)),
+                                                   dtype=torch.float32)
+        assets["freeze_embeddings"] = opts.freeze_embeddings
+
+        train_src = SequenceSource(train_in, train_t, tc.batch_size, shuffle=True, seed=tc.seed)
+        valid_src = SequenceSource(valid_in, valid_t, EVAL_BATCH, shuffle=False)
+        m = cfg.model
+        tokenizer = assets.get("tokenizer")
+        return Prepared(
+            train_src, valid_src, assets,
+            describe=f"classifier: {m.cell} {m.num_layers}x{m.hidden_size}"
+                     f"{' bidirectional' if m.bidirectional else ''}, {opts.pooling} pooling, {kind}, "
+                     f"{len(labels)} classes, {{params}} parameters; {len(train_in)} training sequences, "
+                     f"{len(train_src)} batches per epoch",
+            meta={"labels": labels, "vocab_size": tokenizer.vocab_size if tokenizer else None,
+                  "input_size": None if tokenizer else assets["spec"].size},
+            state=state)
+
+    def _tokenizer(self, cfg: RunConfig, texts: list[str], out: Path, resume: bool, state: dict[str, Any],
+                   say: Say) -> Tokenizer:
+        """The run's tokenizer: the saved one on resume, the language model's extended by the training words
+        (--init-from: its model goes into `state` too, and its sizes into `cfg`), or one fitted on the texts
+        (extended by the words of --embeddings: the vectors read go into `state`)."""
+        opts = cfg.options
+        if resume:
+            return load_tokenizer(out)
+        if opts.init_from:
+            lm = runner.load(opts.init_from, task="lm")
+            lm_cfg = lm.config.model
+            tokenizer = _extend_tokenizer(lm.tokenizer, texts, cfg.data.min_freq)
+            cfg.data.tokenizer = lm.tokenizer.kind
+            cfg.model.cell, cfg.model.embedding_size, cfg.model.hidden_size = (
+                lm_cfg.cell, lm_cfg.embedding_size, lm_cfg.hidden_size)
+            say(f"--init-from {opts.init_from}: {lm_cfg.cell}, embeddings {lm_cfg.embedding_size}, hidden "
+                f"{lm_cfg.hidden_size} taken from the language model; {lm.tokenizer.kind} vocabulary "
+                f"{lm.tokenizer.vocab_size} + {tokenizer.vocab_size - lm.tokenizer.vocab_size} training words")
+            state["lm"] = lm
+            return tokenizer
+        tokenizer = fit_tokenizer(cfg.data.tokenizer, texts, cfg)
+        if cfg.model.embeddings and tokenizer.kind in ("word", "space"):
+            words, state["vectors"] = add_vector_words(tokenizer.tokens, cfg, say)
+            tokenizer = type(tokenizer)(words)
+        return tokenizer
+
+    def build_model(self, cfg: RunConfig, labels: list[str], tokenizer: Tokenizer | None = None,
+                    spec: FeatureSpec | None = None, class_weights: torch.Tensor | None = None,
+                    freeze_embeddings: bool = False) -> SequenceClassifier:
+        """The classifier; `freeze_embeddings` (training only) keeps the embedding out of the optimizer."""
+        model = build_model(cfg, len(labels), tokenizer.vocab_size if tokenizer else None,
+                            spec.size if spec else None, class_weights)
+        if freeze_embeddings and model.embedding is not None:
+            model.embedding.weight.requires_grad_(False)
+        return model
+
+    def model_assets(self, assets: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in assets.items() if k != "scaler"}
+
+    def initialise(self, model: nn.Module, cfg: RunConfig, prepared: Prepared, say: Say) -> None:
+        tokenizer = prepared.assets.get("tokenizer")
+        lm = prepared.state.get("lm")
+        if lm is not None:
+            _initialise_from_lm(model, lm.model, lm.tokenizer, tokenizer, say)
+        if cfg.model.embeddings:
+            if model.embedding is None:
+                raise UserError("--embeddings: audio runs read features, not words; drop the option")
+            words = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
+            start_embeddings(model.embedding, words, cfg, say, vectors=prepared.state.get("vectors"))
+
+    def save(self, out: Path, prepared: Prepared) -> None:
+        assets = prepared.assets
+        write_json(out / LABELS_FILE, {"labels": assets["labels"]})
+        if "tokenizer" in assets:
+            assets["tokenizer"].save(out)
+        if "scaler" in assets:
+            assets["scaler"].save(out, assets["spec"])
+
+    def check_test(self, cfg: RunConfig, test_path: str | Path, prepared: Prepared) -> None:
+        opts = cfg.options
+        if opts.audio:
+            gold = [(it.where, it.label) for it in read_manifest(test_path)]
+        else:
+            gold = [(r.where, r.label) for r in read_labelled(test_path, opts.text_column, opts.label_column)]
+        check_labels(gold, prepared.assets["labels"], test_path)
+
+    def test_result(self, figures: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        return ({k: figures[k] for k in ("accuracy", "macro_f1", "count")},
+                f"test: accuracy {figures['accuracy']:.4f} macro_f1 {figures['macro_f1']:.4f}")
+
+    # ------------------------------------------------------------------------------ using a run
+
+    def load_assets(self, run_dir: Path, cfg: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
+        labels = read_json(run_dir / LABELS_FILE).get("labels")
+        if not isinstance(labels, list) or len(labels) < 2:
+            raise UserError(f"{run_dir / LABELS_FILE}: expected {{\"labels\": [two or more names]}}")
+        if cfg.options.audio:
+            scaler, spec = FeatureScaler.load(run_dir)
+            return {"labels": labels, "scaler": scaler, "spec": spec}
         tokenizer = load_tokenizer(run_dir)
-        if meta.get("vocab_size") not in (None, tokenizer.vocab_size):
-            raise UserError(f"{run_dir}: tokenizer has {tokenizer.vocab_size} tokens, config says "
-                            f"{meta['vocab_size']}")
-        model = build_model(cfg, len(labels), tokenizer.vocab_size, None)
-    load_weights(run_dir / MODEL_FILE, model)
-    dev = resolve_device(device)
-    model.to(dev).eval()
-    return LoadedClassifier(model, labels, cfg, dev, tokenizer, scaler, spec)
+        check_size(run_dir, meta, "vocab_size", tokenizer.vocab_size, f"tokenizer has {tokenizer.vocab_size} tokens")
+        return {"labels": labels, "tokenizer": tokenizer}
+
+    def evaluate(self, run: LoadedClassifier, data_path: str | Path, plot: str | None = None) -> dict[str, Any]:
+        """Accuracy, macro F1, per-class precision/recall/F1/support and the confusion matrix on labelled data.
+
+        Args:
+            run: the loaded run.
+            data_path: labelled data in the run's format (text formats, or a manifest for audio runs).
+            plot: where to write the confusion matrix as PNG, or None.
+        """
+        tensors, gold = labelled_inputs(run, data_path)
+        probs = _probabilities(run, tensors)
+        report = classification_report(gold, probs.argmax(axis=1).tolist(), run.labels)
+        if plot:
+            write_confusion_plot(plot, report["confusion"]["matrix"], run.labels,
+                                 title=f"{Path(data_path).name}: accuracy {report['accuracy']:.1%}")
+        return report
+
+    def predict(self, run: LoadedClassifier, input_path: str | Path, output_path: str | Path,
+                format: str | None = None) -> list[dict[str, Any]]:
+        """Write the label and class probabilities of every input as CSV or JSONL.
+
+        Inputs: text runs read a CSV/TSV/JSONL with the text column or plain text, one per line ("-" is
+        standard input); audio runs read a manifest CSV with a `path` column, or one WAV path per line.
+        `format` is `csv` or `jsonl`; by default it follows `output_path`'s extension, else CSV.
+        """
+        fmt = format or ("jsonl" if str(output_path).lower().endswith((".jsonl", ".json")) else "csv")
+        if fmt not in ("csv", "jsonl"):
+            raise UserError(f"--format {fmt}: expected csv or jsonl")
+        opts = run.config.options
+        if run.audio:
+            items = _audio_items(input_path)
+            tensors, kept = _audio_inputs(run, items, opts.skip_unreadable)
+            shown = [str(it.path) for it in kept]
+        else:
+            if str(input_path) == "-":
+                records: list[LabelledText] = texts_from_lines(sys.stdin)
+            else:
+                records = read_texts(input_path, opts.text_column, opts.label_column)
+            tensors = _text_inputs(run, [r.text for r in records])
+            shown = [r.text for r in records]
+        probs = _probabilities(run, tensors)
+        answers = [_answer(run, s, p) for s, p in zip(shown, probs, strict=True)]
+        write_output(output_path, _format_answers(answers, run.labels, fmt))
+        return answers
+
+    # ------------------------------------------------------------------ serving, export, inspect
+
+    def answer(self, run: LoadedClassifier, inputs: list[Any], config: ServeConfig) -> list[dict[str, Any]]:
+        """The service's answers: texts only (audio runs take WAV files through `rnnkit predict`)."""
+        from rnnkit.serve.predictors import _texts
+
+        if run.audio:
+            raise UserError("inputs: this run classifies audio; the service takes text only "
+                            "(use 'rnnkit predict' with a manifest of WAV files)")
+        return classify(run, _texts(inputs, config.max_input_chars))
+
+    def describe_run(self, run: LoadedClassifier) -> dict[str, Any]:
+        return {"labels": list(run.labels), "audio": bool(run.audio)}
+
+    def export_graphs(self, run: LoadedClassifier) -> list[Any]:
+        """One graph: the inputs and their lengths to the class probabilities."""
+        from rnnkit.export import Graph
+
+        model = run.model.eval()
+
+        def make(sizes: dict[str, int]) -> tuple[Tensor, ...]:
+            B, T = sizes["B"], sizes["T"]
+            if run.audio:
+                x = torch.randn(B, T, run.spec.size)
+            else:
+                x = torch.randint(4, run.tokenizer.vocab_size, (B, T))
+            lengths = torch.randint(1, T + 1, (B,))
+            lengths[0] = T  # the longest row fills the batch, as in a padded batch
+            return x, lengths
+
+        return [Graph("classify", _ClassifyGraph(model), make({"B": 3, "T": 7}), ["inputs", "lengths"],
+                      ["probabilities"], {"inputs": {0: "B", 1: "T"}, "lengths": {0: "B"}}, make,
+                      check_sizes=[{"B": 1, "T": 1}, {"B": 5, "T": 19}])]
+
+    def encoder_sequences(self, run: LoadedClassifier, data_path: str | Path
+                          ) -> tuple[Any, list[Any], Callable[..., Any]]:
+        """Every record of a labelled file, each step named by its token (text) or its frame number (audio);
+        the loss is the class's cross-entropy, read after the last step."""
+        from rnnkit.diagnostics import InspectSequence
+
+        tensors, gold = labelled_inputs(run, data_path)
+        found = []
+        for x, y in zip(tensors, gold, strict=True):
+            if run.tokenizer is not None:
+                names = [run.tokenizer.token_text(int(i)) for i in x]
+            else:
+                names = [str(i) for i in range(x.shape[0])]  # audio frames
+            found.append(InspectSequence({"inputs": x[None], "lengths": torch.tensor([x.shape[0]]),
+                                          "targets": torch.tensor([y])}, names))
+
+        def loss(batch: dict[str, Tensor]) -> Tensor:
+            return run.model.loss(batch).loss
+
+        return run.model.rnn, found, loss
+
+
+TASK = ClassifyTask()
+
+
+class _ClassifyGraph(nn.Module):
+    """Export: inputs (B, T) token ids or (B, T, F) features, lengths (B,) -> class probabilities (B, C)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        return (self.model(inputs[0], inputs[1]).softmax(dim=-1),)
+
+
+# ------------------------------------------------------------------------------------ inference
 
 
 def _probabilities(clf: LoadedClassifier, inputs: list[torch.Tensor]) -> np.ndarray:
@@ -418,13 +498,32 @@ def _audio_inputs(clf: LoadedClassifier, items: list[AudioItem], skip: bool = Fa
     return [torch.from_numpy(clf.scaler(x)) for x in features], kept
 
 
-def classify(run_dir: str | Path | LoadedClassifier, inputs: Sequence[str]) -> list[dict[str, Any]]:
+def _audio_items(input_path: str | Path) -> list[AudioItem]:
+    """The recordings `predict` reads: a manifest CSV, or one WAV path per line ("-": standard input)."""
+    if str(input_path) == "-":
+        lines = [line.strip() for line in sys.stdin if line.strip()]
+        items = [AudioItem(Path(p), None, f"line {i + 1}") for i, p in enumerate(lines)]
+    elif str(input_path).lower().endswith(".csv"):
+        items = read_manifest(input_path, label_required=False)
+    else:
+        lines = [line.strip() for line in Path(input_path).read_text(encoding="utf-8").splitlines()]
+        items = [AudioItem(Path(p), None, f"line {i + 1}") for i, p in enumerate(lines) if p]
+    for it in items:
+        if not it.path.is_file():
+            raise UserError(f"{input_path}: {it.where}: no such file {str(it.path)!r}")
+    return items
+
+
+def classify(run: str | Path | LoadedClassifier, inputs: Sequence[str]) -> list[dict[str, Any]]:
     """Label and probabilities for each text (text runs) or WAV path (audio runs).
 
+    Args:
+        run: a loaded classification run, or its run directory.
+        inputs: texts, or paths of WAV files for audio runs.
     Returns:
         [{"input", "label", "probabilities": {label: p}}] in the order of `inputs`.
     """
-    clf = run_dir if isinstance(run_dir, LoadedClassifier) else load(run_dir)
+    clf = runner.ensure_loaded(run, "classify")
     if clf.audio:
         items = [AudioItem(Path(p), None, f"input {i + 1}") for i, p in enumerate(inputs)]
         tensors, _ = _audio_inputs(clf, items)
@@ -457,69 +556,6 @@ def labelled_inputs(clf: LoadedClassifier, data_path: str | Path) -> tuple[list[
     check_labels(gold, clf.labels, data_path)
     index = {label: i for i, label in enumerate(clf.labels)}
     return tensors, [index[g] for _, g in gold]
-
-
-def evaluate(run_dir: str | Path, data_path: str | Path, plot: str | None = None) -> dict[str, Any]:
-    """Accuracy, macro F1, per-class precision/recall/F1/support and the confusion matrix on labelled data.
-
-    Args:
-        run_dir: the run.
-        data_path: labelled data in the run's format (text formats, or a manifest for audio runs).
-        plot: where to write the confusion matrix as PNG, or None.
-    """
-    clf = load(run_dir)
-    tensors, gold = labelled_inputs(clf, data_path)
-    probs = _probabilities(clf, tensors)
-    report = classification_report(gold, probs.argmax(axis=1).tolist(), clf.labels)
-    if plot:
-        write_confusion_plot(plot, report["confusion"]["matrix"], clf.labels,
-                             title=f"{Path(data_path).name}: accuracy {report['accuracy']:.1%}")
-    return report
-
-
-def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path = "-",
-            format: str | None = None) -> list[dict[str, Any]]:
-    """Write the label and class probabilities of every input as CSV or JSONL.
-
-    Inputs: text runs read a CSV/TSV/JSONL with the text column or plain text, one per line ("-" is
-    standard input); audio runs read a manifest CSV with a `path` column, or one WAV path per line.
-    `format` is `csv` or `jsonl`; by default it follows `output_path`'s extension, else CSV.
-    """
-    fmt = format or ("jsonl" if str(output_path).lower().endswith((".jsonl", ".json")) else "csv")
-    if fmt not in ("csv", "jsonl"):
-        raise UserError(f"--format {fmt}: expected csv or jsonl")
-    clf = load(run_dir)
-    opts = clf.config.options
-    if clf.audio:
-        if str(input_path) == "-":
-            lines = [line.strip() for line in sys.stdin if line.strip()]
-            items = [AudioItem(Path(p), None, f"line {i + 1}") for i, p in enumerate(lines)]
-        elif str(input_path).lower().endswith(".csv"):
-            items = read_manifest(input_path, label_required=False)
-        else:
-            lines = [line.strip() for line in Path(input_path).read_text(encoding="utf-8").splitlines()]
-            items = [AudioItem(Path(p), None, f"line {i + 1}") for i, p in enumerate(lines) if p]
-        for it in items:
-            if not it.path.is_file():
-                raise UserError(f"{input_path}: {it.where}: no such file {str(it.path)!r}")
-        tensors, kept = _audio_inputs(clf, items, opts.skip_unreadable)
-        shown = [str(it.path) for it in kept]
-    else:
-        if str(input_path) == "-":
-            records: list[LabelledText] = texts_from_lines(sys.stdin)
-        else:
-            records = read_texts(input_path, opts.text_column, opts.label_column)
-        tensors = _text_inputs(clf, [r.text for r in records])
-        shown = [r.text for r in records]
-    probs = _probabilities(clf, tensors)
-    answers = [_answer(clf, s, p) for s, p in zip(shown, probs, strict=True)]
-    text = _format_answers(answers, clf.labels, fmt)
-    if str(output_path) == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        atomic_write(output_path, text)
-    return answers
 
 
 def _format_answers(answers: list[dict[str, Any]], labels: list[str], fmt: str) -> str:

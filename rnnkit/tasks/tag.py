@@ -39,7 +39,6 @@ from rnnkit.data.conll import (
     tokenize,
 )
 from rnnkit.data.split import hold_out
-from rnnkit.data.vectors import read_vectors
 from rnnkit.evaluation import evaluate_model
 from rnnkit.io import read_json, write_json, write_output
 from rnnkit.models.tagger import IGNORE_INDEX, PAD, UNK, Tagger
@@ -306,14 +305,9 @@ class TagTask(Task):
             vocab = TagVocab.build(sentences, [s.tags or [] for s in valid], scheme, cfg.options.lowercase,
                                    cfg.data.min_freq, cfg.data.max_vocab)
             if cfg.model.embeddings:
-                # Words with a pre-trained vector join the vocabulary even when training never shows them: the
-                # new names and products of a test set then still get a meaningful vector.
-                before = len(vocab.words)
-                state["vectors"] = read_vectors(cfg.model.embeddings)
-                added = add_vector_words(vocab.words, state["vectors"][0], lambda w: _key(w, vocab.lowercase))
-                vocab = TagVocab(vocab.words + added, vocab.chars, vocab.tags, vocab.scheme, vocab.lowercase)
-                say(f"--embeddings: {len(vocab.words) - before:,} words of the vectors file added to the "
-                    f"{before:,} of the training data")
+                words, state["vectors"] = add_vector_words(vocab.words, cfg, say,
+                                                           key=lambda w: _key(w, vocab.lowercase))
+                vocab = TagVocab(words, vocab.chars, vocab.tags, vocab.scheme, vocab.lowercase)
 
         tc, m = cfg.train, cfg.model
         train_src = SentenceSource([vocab.encode(s.tokens, s.tags) for s in sentences], tc.batch_size, True, tc.seed)
