@@ -91,14 +91,16 @@ def clip_fraction(run_dir: str | Path) -> float | None:
     return None
 
 
-def inspect_lm(run_dir: str | Path, data_path: str | Path, out: str | Path, steps: int = 100, rows: int = 16,
+def inspect_lm(run: Any, data_path: str | Path, out: str | Path, steps: int = 100, rows: int = 16,
                seed: int = 0) -> dict[str, Any]:
-    """Gradient flow, activations and clipping of a language-model run on a text file; writes plots and JSON."""
+    """Gradient flow, activations and clipping of a language-model run (loaded, or its directory) on a text
+    file; writes plots and JSON."""
     from rnnkit import viz
     from rnnkit.data import read_text
-    from rnnkit.tasks import lm
+    from rnnkit.tasks import runner
 
-    loaded = lm.load(run_dir)
+    loaded = runner.ensure_loaded(run, "lm")
+    run_dir = loaded.run_dir
     ids = torch.tensor(loaded.tokenizer.encode(read_text(data_path)), dtype=torch.long)
     if ids.numel() < steps + 2:
         raise UserError(f"{data_path}: {ids.numel()} tokens; inspect needs at least {steps + 2} (--steps {steps})")
@@ -141,28 +143,6 @@ def _decay_rate(norms: Tensor) -> float | None:
     y = n.log()
     slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
     return math.exp(slope)
-
-
-def inspect_seq2seq(run_dir: str | Path, data_path: str | Path, out: str | Path, count: int = 5) -> dict[str, Any]:
-    """Attention maps of an encoder-decoder run for the first `count` sources of a pairs file."""
-    from rnnkit.data.pairs import read_pairs
-    from rnnkit.tasks import seq2seq
-
-    loaded = seq2seq.load(run_dir)
-    if loaded.model.attention is None:
-        raise UserError(f"{run_dir}: this run has no attention (--attention none); nothing to map")
-    pairs = read_pairs(data_path)[:count]
-    found = seq2seq.translate(loaded, [p.source for p in pairs], attention=True)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    maps = []
-    for i, (pair, t) in enumerate(zip(pairs, found, strict=True)):
-        name = f"attention-{i + 1}.png"
-        seq2seq.plot_attention(t, out / name, title=f"{pair.source} -> {t.text}")
-        maps.append({"source": pair.source, "output": t.text, "reference": pair.target, "file": name})
-    figures = {"task": "seq2seq", "attention_maps": maps, "clip_fraction": clip_fraction(run_dir)}
-    (out / "inspect.json").write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return figures
 
 
 # ------------------------------------------------------------------------- any recurrent encoder
@@ -279,106 +259,26 @@ class InspectSequence:
     labels: list[str]
 
 
-def _classify_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Recurrent, list[InspectSequence], Any]:
-    from rnnkit.tasks import classify
-
-    clf = classify.load(run_dir)
-    tensors, gold = classify.labelled_inputs(clf, data_path)
-    found = []
-    for x, y in zip(tensors, gold, strict=True):
-        if clf.tokenizer is not None:
-            labels = [clf.tokenizer.token_text(int(i)) for i in x]
-        else:
-            labels = [str(i) for i in range(x.shape[0])]  # audio frames
-        found.append(InspectSequence({"inputs": x[None], "lengths": torch.tensor([x.shape[0]]),
-                                "targets": torch.tensor([y])}, labels))
-
-    def loss(batch: dict[str, Tensor]) -> Tensor:
-        return clf.model.loss(batch).loss  # the class's cross-entropy, read after the last step
-
-    return clf, clf.model.rnn, found, loss
-
-
-def _tag_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Recurrent, list[InspectSequence], Any]:
-    from rnnkit.models.tagger import IGNORE_INDEX
-    from rnnkit.tasks import tag
-
-    tagger = tag.load(run_dir)
-    sentences, _ = tag._read_labelled(data_path, tagger.config, tagger.vocab.scheme)
-    found = [InspectSequence(tag.collate([tagger.vocab.encode(s.tokens, s.tags)]), list(s.tokens)) for s in sentences]
-
-    def loss(batch: dict[str, Tensor]) -> Tensor:
-        scores = tagger.model.emissions(batch)[0, -1]  # (K,): the last token's tag scores
-        gold = int(batch["tags"][0, -1])
-        target = gold if gold != IGNORE_INDEX else int(scores.argmax())  # a tag the run never saw: its guess
-        return F.cross_entropy(scores.float().unsqueeze(0), torch.tensor([target], device=scores.device))
-
-    return tagger, tagger.model.rnn, found, loss
-
-
-def _seq2seq_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Recurrent, list[InspectSequence], Any]:
-    from rnnkit.data.pairs import read_pairs
-    from rnnkit.tasks import seq2seq
-
-    loaded = seq2seq.load(run_dir)
-    pairs = read_pairs(data_path)
-    encoded = seq2seq._encode_pairs(pairs, loaded.source_tokenizer, loaded.target_tokenizer)
-    found = []
-    for source, target in encoded:
-        batch = next(iter(seq2seq.PairSource([(source, target)], 1, False, 0).batches(0)))
-        found.append(InspectSequence(batch, [loaded.source_tokenizer.token_text(i) for i in source]))
-
-    def loss(batch: dict[str, Tensor]) -> Tensor:
-        return loaded.model.loss(batch).loss  # the target's loss given the source
-
-    return loaded, loaded.model.encoder, found, loss
-
-
-def _forecast_sequences(run_dir: str | Path, data_path: str | Path) -> tuple[Any, Recurrent, list[InspectSequence], Any]:
-    from rnnkit.data.series import window_origins
-    from rnnkit.tasks import forecast
-
-    run = forecast.load(run_dir)
-    o = run.config.options
-    series = forecast.read_for_run(run, data_path)
-    feats, cal = forecast._features(series, run.scaler, run.meta["calendar"])
-    origins = window_origins(len(series), o.lookback, o.horizon)
-    source = forecast.WindowSource(feats, cal, feats[:, :run.target_size], origins, o.lookback, o.horizon, 1)
-    found = [InspectSequence(batch, [str(int(i)) for i in range(int(at) - o.lookback, int(at))])
-             for at, batch in zip(origins, source.batches(0), strict=True)]
-
-    def loss(batch: dict[str, Tensor]) -> Tensor:
-        return run.model.loss(batch).loss  # the forecast's loss over the horizon after the history
-
-    return run, run.model.encoder, found, loss
-
-
-ENCODER_TASKS: dict[str, Callable[[str | Path, str | Path], tuple[Any, Recurrent, list[InspectSequence], Any]]] = {
-    "classify": _classify_sequences,
-    "tag": _tag_sequences,
-    "seq2seq": _seq2seq_sequences,
-    "forecast": _forecast_sequences,
-}
-
-
-def inspect_encoder(task: str, run_dir: str | Path, data_path: str | Path, out: str | Path, rows: int = 16
-                    ) -> dict[str, Any]:
-    """Gradient flow and activations of the recurrent encoder of a classify, tag, seq2seq or forecast run.
+def inspect_encoder(task: str, loaded: Any, layer: Recurrent, sequences: list[InspectSequence],
+                    loss_of: Callable[[dict[str, Tensor]], Tensor], out: str | Path, rows: int = 16,
+                    spread: bool = False) -> dict[str, Any]:
+    """Gradient flow and activations of a run's recurrent encoder (`Task.encoder_sequences` gives the layer,
+    the sequences of a data file and the loss of one of them).
 
     The gradient of the task's loss on a sequence (classify: the class; tag: the last token's tag; seq2seq:
     the target given the source; forecast: the horizon after the history) with respect to the encoder's
     state after each step (the forward direction's, all layers), over the `rows` longest sequences of the
-    data (forecast: `rows` windows spread over the file), by distance back from the encoder's last step;
-    the top layer's output over the longest sequence as a heatmap; clipping from the run's metrics.
+    data (`spread`: `rows` windows spread over the file instead), by distance back from the encoder's last
+    step; the top layer's output over the longest sequence as a heatmap; clipping from the run's metrics.
     """
     from rnnkit import viz
 
     if rows < 1:
         raise UserError(f"--rows: expected an integer >= 1; got {rows}")
-    loaded, layer, sequences, loss_of = ENCODER_TASKS[task](run_dir, data_path)
     if not sequences:
-        raise UserError(f"{data_path}: no sequence to inspect")
-    if task == "forecast":  # windows spread over the series
+        raise UserError("no sequence to inspect in the data")
+    run_dir = loaded.run_dir
+    if spread:  # windows spread over the series
         n = min(rows, len(sequences))
         picked = [sequences[round(i * (len(sequences) - 1) / max(n - 1, 1))] for i in range(n)]
     else:  # the longest: the farthest a gradient can be followed back
@@ -432,24 +332,15 @@ def inspect_encoder(task: str, run_dir: str | Path, data_path: str | Path, out: 
     return figures
 
 
-def inspect_run(run_dir: str | Path, task: str, data_path: str | Path, out: str | Path, steps: int = 100,
+def inspect_run(run_dir: str | Path, data_path: str | Path, out: str | Path, steps: int = 100,
                 rows: int = 16) -> dict[str, Any]:
-    """`rnnkit inspect`: the figures and plots of any task's run (see `inspect_lm`, `inspect_encoder` and, for
-    seq2seq runs with attention, `inspect_seq2seq`); writes them and inspect.json into `out`."""
-    if task == "lm":
-        if steps < 2:
-            raise UserError(f"--steps: expected an integer >= 2; got {steps}")
-        return inspect_lm(run_dir, data_path, out, steps=steps, rows=rows)
-    if task not in ENCODER_TASKS:
-        raise UserError(f"{run_dir}: inspect does not know {task} runs")
-    figures = inspect_encoder(task, run_dir, data_path, out, rows=rows)
-    if task == "seq2seq":
-        from rnnkit.tasks import seq2seq
+    """`rnnkit inspect`: the figures and plots of a run of any task (`Task.inspect`: `inspect_lm` for language
+    models, `inspect_encoder` for the others, with attention maps for seq2seq runs); writes them and
+    inspect.json into `out`."""
+    from rnnkit.tasks import runner
 
-        if seq2seq.load(run_dir).model.attention is not None:
-            maps = inspect_seq2seq(run_dir, data_path, out, count=rows)
-            figures["attention_maps"] = maps["attention_maps"]
-            figures["files"][-1:-1] = [m["file"] for m in maps["attention_maps"]]
+    task = runner.task_of(run_dir)
+    figures = task.inspect(runner.load(run_dir), data_path, Path(out), steps=steps, rows=rows)
     (Path(out) / "inspect.json").write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n",
                                            encoding="utf-8")
     return figures

@@ -364,7 +364,7 @@ def test_bidirectional_language_model_is_refused(capsys, tmp_path, corpus):
 def test_unavailable_task(capsys, tmp_path, corpus, monkeypatch):
     from rnnkit import tasks
 
-    monkeypatch.setitem(tasks.TASK_MODULES, "classify", "rnnkit.tasks.no_such_module")
+    monkeypatch.setitem(tasks.REGISTRY, "classify", "rnnkit.tasks.no_such_module")
     code, _, err = cli(capsys, "train", "classify", "--train", corpus, "--out", tmp_path / "run")
     line = error_line(code, err)
     assert "classify" in line

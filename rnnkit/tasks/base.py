@@ -152,8 +152,10 @@ class Task:
         the figures. By default through the task's recurrent encoder (`encoder_sequences`)."""
         from rnnkit.diagnostics import inspect_encoder
 
-        return inspect_encoder(self.name, run, *self.encoder_sequences(run, data_path), out, rows=rows,
-                               spread=self.inspect_spread)
+        layer, sequences, loss_of = self.encoder_sequences(run, data_path)
+        if not sequences:
+            raise UserError(f"{data_path}: no sequence to inspect")
+        return inspect_encoder(self.name, run, layer, sequences, loss_of, out, rows=rows, spread=self.inspect_spread)
 
     inspect_spread: ClassVar[bool] = False  # inspect windows spread over the data rather than the longest
 
@@ -216,3 +218,16 @@ def add_vector_words(words: Sequence[str], cfg: RunConfig, say: Say, key: Callab
     new = [w for w in dict.fromkeys(key(w) if key else w for w in vectors[0]) if w not in known]
     say(f"--embeddings: {len(new):,} words of the vectors file added to the {len(words):,} of the training data")
     return [*words, *new], vectors
+
+
+def text_inputs(inputs: list[Any], max_chars: int | None = None) -> list[str]:
+    """The service's text inputs, checked: each a non-empty string of at most `max_chars` characters; a
+    mistake names the input (`inputs.N`)."""
+    for i, x in enumerate(inputs):
+        if not isinstance(x, str):
+            raise UserError(f"inputs.{i}: expected a string; got {type(x).__name__}")
+        if not x.strip():
+            raise UserError(f"inputs.{i}: the text is empty")
+        if max_chars is not None and len(x) > max_chars:
+            raise UserError(f"inputs.{i}: the text has {len(x):,} characters; at most {max_chars:,} are accepted")
+    return inputs

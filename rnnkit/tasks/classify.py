@@ -54,6 +54,7 @@ from rnnkit.tasks.base import (
     check_size,
     fit_tokenizer,
     start_embeddings,
+    text_inputs,
 )
 from rnnkit.viz import write_confusion_plot
 
@@ -403,12 +404,10 @@ class ClassifyTask(Task):
 
     def answer(self, run: LoadedClassifier, inputs: list[Any], config: ServeConfig) -> list[dict[str, Any]]:
         """The service's answers: texts only (audio runs take WAV files through `rnnkit predict`)."""
-        from rnnkit.serve.predictors import _texts
-
         if run.audio:
             raise UserError("inputs: this run classifies audio; the service takes text only "
                             "(use 'rnnkit predict' with a manifest of WAV files)")
-        return classify(run, _texts(inputs, config.max_input_chars))
+        return classify(run, text_inputs(inputs, config.max_input_chars))
 
     def describe_run(self, run: LoadedClassifier) -> dict[str, Any]:
         return {"labels": list(run.labels), "audio": bool(run.audio)}

@@ -51,7 +51,7 @@ from rnnkit.data.series import (
 from rnnkit.data.split import hold_out
 from rnnkit.io import atomic_write, read_json, write_json, write_output
 from rnnkit.models.forecaster import Forecaster, normal_quantile
-from rnnkit.tasks.base import LoadedRun, Prepared, Say, Task
+from rnnkit.tasks.base import LoadedRun, Prepared, Say, Task, text_inputs
 
 if TYPE_CHECKING:
     from rnnkit.serve.config import ServeConfig
@@ -486,12 +486,10 @@ class ForecastTask(Task):
     def answer(self, run: LoadedForecaster, inputs: list[Any], config: ServeConfig) -> list[dict[str, Any]]:
         """Each input is the text of a CSV file with the run's columns; the answer forecasts past its end and
         sends back the last rows of its first target as history."""
-        from rnnkit.serve.predictors import _texts
-
         out = []
         L, H = run.config.options.lookback, run.config.options.horizon
         names = run.series_info["target"]
-        for i, text in enumerate(_texts(inputs)):
+        for i, text in enumerate(text_inputs(inputs)):
             buf = io.StringIO(text)
             buf.name = f"inputs.{i}"
             try:

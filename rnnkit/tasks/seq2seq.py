@@ -40,7 +40,7 @@ from rnnkit.data.split import hold_out
 from rnnkit.evaluation import evaluate_model
 from rnnkit.io import write_output
 from rnnkit.models.seq2seq import IGNORE_INDEX, Seq2Seq, Seq2SeqState
-from rnnkit.tasks.base import LoadedRun, Prepared, Say, Task, check_size, fit_tokenizer
+from rnnkit.tasks.base import LoadedRun, Prepared, Say, Task, check_size, fit_tokenizer, text_inputs
 
 if TYPE_CHECKING:
     from rnnkit.serve.config import ServeConfig
@@ -234,9 +234,7 @@ class Seq2SeqTask(Task):
     def answer(self, run: LoadedSeq2Seq, inputs: list[Any], config: ServeConfig, beam: int = 1) -> list[dict[str, Any]]:
         """`POST /predict`: each text's translation with its tokens and, up to `config.max_attention_cells`
         cells, its attention map."""
-        from rnnkit.serve.predictors import _texts
-
-        found = translate(run, _texts(inputs, config.max_input_chars), beam=beam, attention=True)
+        found = translate(run, text_inputs(inputs, config.max_input_chars), beam=beam, attention=True)
         out = []
         for source, t in zip(inputs, found, strict=True):
             answer: dict[str, Any] = {"input": source, "output": t.text, "source_tokens": t.source_units,

@@ -42,7 +42,16 @@ from rnnkit.data.split import hold_out
 from rnnkit.evaluation import evaluate_model
 from rnnkit.io import read_json, write_json, write_output
 from rnnkit.models.tagger import IGNORE_INDEX, PAD, UNK, Tagger
-from rnnkit.tasks.base import LoadedRun, Prepared, Say, Task, add_vector_words, check_size, start_embeddings
+from rnnkit.tasks.base import (
+    LoadedRun,
+    Prepared,
+    Say,
+    Task,
+    add_vector_words,
+    check_size,
+    start_embeddings,
+    text_inputs,
+)
 
 if TYPE_CHECKING:
     from rnnkit.serve.config import ServeConfig
@@ -393,9 +402,7 @@ class TagTask(Task):
     def answer(self, run: LoadedTagger, inputs: list[Any], config: ServeConfig) -> list[dict[str, Any]]:
         """Each input is a line of raw text; the answer holds its tokens, their tags and character offsets and,
         for entity tags, the entities."""
-        from rnnkit.serve.predictors import _texts
-
-        records = [_line_record(line) for line in _texts(inputs, config.max_input_chars)]
+        records = [_line_record(line) for line in text_inputs(inputs, config.max_input_chars)]
         tags = run.tag([r[1] for r in records])
         return [_tagged(record, t, run.vocab.scheme) for record, t in zip(records, tags, strict=True)]
 
