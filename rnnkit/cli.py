@@ -219,14 +219,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from rnnkit.tasks import available_tasks, get_task
+    from rnnkit.tasks import REGISTRY, available_tasks, get_task
 
-    names = available_tasks()
+    names = list(REGISTRY)
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True,
                              help="what to train: " + ", ".join(names) + " ('rnnkit train TASK --help' lists its "
                                   "options)")
+    present = available_tasks()
     for task in names:
-        summary = get_task(task).summary
+        # a task missing from this installation still parses, so that training it says so plainly
+        summary = get_task(task).summary if task in present else "not available in this installation"
         t = tasks.add_parser(task, help=summary, description=f"Train a {summary}.")
         t.add_argument("--train", required=True, metavar="PATH", help="training data file")
         t.add_argument("--valid", metavar="PATH", help="validation data (default: hold out the end of --train)")
