@@ -44,7 +44,7 @@ from rnnkit.checkpoint import (
 )
 from rnnkit.config import TrainConfig, UserError
 from rnnkit.data.text import atomic_write
-from rnnkit.kernels.sequences import SCRATCH
+from rnnkit.kernels import release_buffers
 from rnnkit.layers import detach_state
 
 
@@ -574,7 +574,7 @@ class Trainer:
                     s.done = True
         finally:
             self.progress.close()
-            SCRATCH.clear()  # the native kernels' buffers kept between training steps: not needed after them
+            release_buffers()  # the native kernels' buffers kept between training steps: not needed after them
         # A time or step limit saves the resumable state before the closing evaluation, so that
         # resuming follows exactly the trajectory of a run that was never stopped.
         self._checkpoint_now()
