@@ -15,9 +15,7 @@ in and returned; nothing recurrent is stored on the module.
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +25,7 @@ from torch import Tensor, nn
 
 from rnnkit import kernels
 from rnnkit.cells import CELLS, Cell, State, make_cell
-from rnnkit.kernels import native
+from rnnkit.kernels.streaming import native_step
 
 LayerState = Tensor | tuple[Tensor, ...]
 
@@ -81,11 +79,6 @@ def _reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     index = torch.where(t < lens, lens - 1 - t, t)  # (B, T)
     index = index.view(B, T, *([1] * (x.dim() - 2))).expand_as(x)
     return x.gather(1, index)
-
-
-# Recurrent.step's slot arrays for the native step kernel, per layer object (kept out of the module, so that
-# copying or pickling a layer never meets a ctypes array).
-_NATIVE_STEP_SLOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class Recurrent(nn.Module):
@@ -474,51 +467,15 @@ class Recurrent(nn.Module):
         return h, (stacked[0] if self.num_states == 1 else stacked)
 
     def _native_step(self, input: Tensor, parts: tuple[Tensor, ...]) -> tuple[Tensor, LayerState] | None:
-        """`step` for a plain cell in rnnkit's native kernels: one C++ call for every layer's products
-        (PyTorch's BLAS) and gates, the new state written straight into the stacked (L, B, H) result.
-        None where the kernels or the BLAS are not to be had (the caller takes ATen's one-step cells).
-
-        The slot array's fixed part is kept between calls for the same weights (by their data pointers,
-        which the in-place updates of optimizers keep) and batch size; each call fills a copy of it with its
-        own tensors."""
-        if input.device.type != "cpu" or input.dtype not in (torch.float32, torch.float64):
+        """`step` for a plain cell in rnnkit's native step kernel (kernels.streaming): one C++ call for every
+        layer's products and gates. None where the kernels or the BLAS are not to be had (the caller takes
+        ATen's one-step cells)."""
+        weights = (self._parameters[name] for names in self._param_names for _, name in names)
+        new = native_step(self, self.cell_name, weights, input, parts, self.hidden_size)
+        if new is None:
             return None
-        weights = [self._parameters[name] for names in self._param_names for _, name in names]
-        key = (input.dtype, input.shape[0], *(w.data_ptr() for w in weights))
-        cached = _NATIVE_STEP_SLOTS.get(self)
-        if cached is None or cached[0] != key:
-            gemm = native.step_gemm(input.dtype)
-            lib = native.library() if gemm else None
-            if lib is None or any(w.dtype != input.dtype or not w.is_contiguous() for w in weights):
-                return None
-            per_layer = 4 if self.bias else 2
-            layer_slots = []
-            for layer in range(self.num_layers):
-                w = [x.data_ptr() for x in weights[per_layer * layer:per_layer * (layer + 1)]]
-                layer_slots += (w + [0, 0])[:4]
-            values = dict(cell=native.CELL_KINDS[self.cell_name], B=input.shape[0], I=self.input_size,
-                          H=self.hidden_size, layers=self.num_layers, gemm_fn=gemm)
-            head = [values.get(name, 0) for name in native.STEP_SLOTS]
-            run = lib.rnnkit_cell_step_f64 if input.dtype == torch.float64 else lib.rnnkit_cell_step_f32
-            array = (ctypes.c_int64 * (len(head) + len(layer_slots)))(*head, *layer_slots)
-            dynamic = [native.STEP_SLOTS.index(n) for n in ("x", "h0", "c0", "h_out", "c_out", "scratch")]
-            cached = _NATIVE_STEP_SLOTS[self] = (key, array, run, dynamic)
-        _, static, run, (sx, sh0, sc0, sh, sc, sscratch) = cached
-        array = type(static).from_buffer_copy(static)  # this call's own copy: threads may step the same layer
-        B, H, L = input.shape[0], self.hidden_size, self.num_layers
-        lstm = self.num_states == 2
-        G = H * {"lstm": 4, "gru": 3}.get(self.cell_name, 1)
-        x = input.contiguous()
-        old = [p.contiguous() for p in parts]
-        h_out = input.new_empty(L, B, H)
-        c_out = input.new_empty(L, B, H) if lstm else None
-        scratch = input.new_empty(2, B, G)
-        array[sx], array[sh0], array[sh], array[sscratch] = (x.data_ptr(), old[0].data_ptr(), h_out.data_ptr(),
-                                                             scratch.data_ptr())
-        if lstm:
-            array[sc0], array[sc] = old[1].data_ptr(), c_out.data_ptr()
-        run(array)
-        return h_out[-1], ((h_out, c_out) if lstm else h_out)
+        h, c = new
+        return h[-1], (h if c is None else (h, c))
 
     def _torch_cell_step_possible(self) -> bool:
         """Whether `step` may call ATen's one-step cell functions: a plain cell, no autograd, nothing random."""

@@ -4,8 +4,9 @@ What is here: `dispatch` (which path runs a layer, decided once per call: PyTorc
 function, the parallel scan or the linear recurrence, the step loop, the scan operator for export; and the
 paths themselves), `sequences` (whole-sequence autograd functions with a hand-written backward, on ATen or on
 the native kernels, and the scratch pool of buffers kept between training steps), `scan` (the linear
-recurrence of minGRU/minLSTM: a log-space parallel scan and a loop), and `native` (the C++ kernels, built or
-loaded on first use, and their bindings). `release_buffers` empties the scratch pool. What is not: the cells'
+recurrence of minGRU/minLSTM: a log-space parallel scan and a loop), `streaming` (one step of a stack of plain
+cells in the native step kernel), and `native` (the C++ kernels, built or loaded on first use, and their
+bindings). `release_buffers` empties the scratch pool. What is not: the cells'
 equations and parameters (cells.py) or lengths, stacking, directions and regularisers (layers.py).
 """
 
