@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit import kernels
 from rnnkit.cells import CELLS, Cell, State, make_cell
+from rnnkit.kernels import dispatch
 from rnnkit.kernels.streaming import native_step
 
 LayerState = Tensor | tuple[Tensor, ...]
@@ -107,7 +107,7 @@ class Recurrent(nn.Module):
             kernels; `layernorm-lstm`, `layernorm-gru`, `peephole-lstm`: a hand-written backward through
             time, kernels/sequences.py) use it, except with zoneout, which needs the step-by-step path, or
             when `layer.whole_sequence = False` (for second-order gradients, which the hand-written backward
-            refuses). `kernels.choose_path` makes the choice, once per call.
+            refuses). `kernels.dispatch.choose_path` makes the choice, once per call.
         recurrent_dropout: variational dropout on the state where it enters the recurrent product
             (Gal & Ghahramani 2016): one mask per sequence and layer, training only.
         zoneout: probability that a unit keeps its previous value at a step (Krueger et al. 2017),
@@ -205,7 +205,7 @@ class Recurrent(nn.Module):
         self.num_states = self._cells[0].num_states
 
     def _fused_unavailable_reason(self, cell: str | type[Cell]) -> str | None:
-        if not isinstance(cell, str) or cell not in kernels.FUSED_FUNCTIONS:
+        if not isinstance(cell, str) or cell not in dispatch.FUSED_FUNCTIONS:
             return f"cell {self.cell_name!r} has no PyTorch fused kernel"
         unsupported = {k for k in self.cell_options if k != "forget_bias"}
         if unsupported:
@@ -354,13 +354,14 @@ class Recurrent(nn.Module):
         """The stack over x (B, T, I) from the state parts (L*D, B, H): one loop over layers and directions,
         each run on the path the kernels choose for this call, or the whole stack in PyTorch's fused kernel."""
         hook = self.step_hook
-        path = kernels.choose_path(self._cells[0], x, fused=self.fused, fused_possible=self._fused_possible,
-                                   whole_sequence=self.whole_sequence, scan=self.scan,
-                                   stepwise=self.zoneout > 0 or hook is not None, export=self.export_mode)
-        if path == kernels.FUSED:
-            return kernels.run_fused(self.cell_name, x, parts, self._flat_weights(self._dropped_weights()), lengths,
-                                     bias=self.bias, num_layers=self.num_layers, dropout=self.dropout,
-                                     training=self.training, bidirectional=self.bidirectional)
+        path = dispatch.choose_path(self._cells[0], x, fused=self.fused, fused_possible=self._fused_possible,
+                                    whole_sequence=self.whole_sequence, scan=self.scan,
+                                    stepwise=self.zoneout > 0 or hook is not None, export=self.export_mode)
+        if path == dispatch.FUSED:
+            weights = self._flat_weights(self._dropped_weights())
+            return dispatch.run_fused(self.cell_name, x, parts, weights, lengths, bias=self.bias,
+                                      num_layers=self.num_layers, dropout=self.dropout, training=self.training,
+                                      bidirectional=self.bidirectional)
         training = self.training and not self.export_mode
         noisy = training and hook is None  # whether the training-only regularisers act
         zoneout = functools.partial(self._zoneout, training=training) if self.zoneout > 0 else None
@@ -381,8 +382,8 @@ class Recurrent(nn.Module):
                     self._add_recurrent_mask(params, x, B)
                 inp = layer_input if direction == 0 else _reverse_padded(layer_input, lengths)
                 on_step = None if hook is None else functools.partial(hook, layer, direction)
-                out, final = kernels.run_layer(path, self._cells[index], params, inp, tuple(p[index] for p in parts),
-                                               mask, zoneout, on_step)
+                start = tuple(p[index] for p in parts)
+                out, final = dispatch.run_layer(path, self._cells[index], params, inp, start, mask, zoneout, on_step)
                 if direction == 1:
                     out = _reverse_padded(out, lengths)
                 outputs.append(out)
@@ -399,8 +400,8 @@ class Recurrent(nn.Module):
 
     def _prefer_native(self, x: Tensor) -> bool:
         """Whether `fused=None` trains a plain cell in rnnkit's native kernels rather than PyTorch's fused
-        kernel on x (kernels.native_preferred)."""
-        return self.fused is None and kernels.native_preferred(self._cells[0], x, self.whole_sequence)
+        kernel on x (kernels.dispatch.native_preferred)."""
+        return self.fused is None and dispatch.native_preferred(self._cells[0], x, self.whole_sequence)
 
     def _dropout(self, x: Tensor) -> Tensor:
         if not self.variational_dropout:
@@ -444,7 +445,7 @@ class Recurrent(nn.Module):
         # A plain cell with nothing random steps through ATen's one-step function (lstm_cell, gru_cell, ...):
         # one call per layer, its element-wise work in C++ rather than one Python call per operation
         # (`benchmarks/probes.py streaming` times both paths).
-        aten = kernels.STEP_FUNCTIONS[self.cell_name] if self._torch_cell_step_possible() else None
+        aten = dispatch.STEP_FUNCTIONS[self.cell_name] if self._torch_cell_step_possible() else None
         dropped = {} if aten is not None else self._dropped_weights()
         h = input
         new_parts: list[list[Tensor]] = [[] for _ in range(self.num_states)]
@@ -479,7 +480,7 @@ class Recurrent(nn.Module):
 
     def _torch_cell_step_possible(self) -> bool:
         """Whether `step` may call ATen's one-step cell functions: a plain cell, no autograd, nothing random."""
-        return (self.cell_name in kernels.STEP_FUNCTIONS and not torch.is_grad_enabled() and not self.export_mode
+        return (self.cell_name in dispatch.STEP_FUNCTIONS and not torch.is_grad_enabled() and not self.export_mode
                 and self.zoneout == 0
                 and not (self.training and (self.recurrent_dropout > 0 or self.weight_drop > 0)))
 

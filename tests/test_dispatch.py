@@ -61,7 +61,7 @@ def test_the_path_is_chosen_once_per_call(cell, monkeypatch):
         calls.append(choose(*args, **kwargs))
         return calls[-1]
 
-    monkeypatch.setattr(kernels, "choose_path", counted)
+    monkeypatch.setattr(dispatch, "choose_path", counted)
     layer = Recurrent(cell, I, H, num_layers=3, bidirectional=True)
     layer(torch.randn(B, T, I))
     assert len(calls) == 1
