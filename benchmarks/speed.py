@@ -50,7 +50,7 @@ class StepwiseLayerNormLSTM(LayerNormLSTMCell):
     """The layer-norm LSTM without its whole-sequence function: autograd through every step, as a
     hand-written cell runs in plain PyTorch."""
 
-    sequence = None
+    sequence_kind = None
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, float]:

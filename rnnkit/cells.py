@@ -3,8 +3,8 @@
 What is here: `RNNCell` (tanh or relu), `LSTMCell`, `GRUCell`; the variants no fused kernel offers:
 `LayerNormLSTMCell`, `LayerNormGRUCell`, `PeepholeLSTMCell`, `IndRNNCell`, and the parallel-scan cells
 `MinGRUCell` and `MinLSTMCell`; the `Cell` base they share, and the table of cell names (`CELLS`,
-`make_cell`). What is not: running a cell over time, stacking, directions and lengths (layers.py), and
-the scan itself (scan.py).
+`make_cell`). What is not: running a cell over time (rnnkit.kernels: whole-sequence functions, scans, the
+choice between them) and stacking, directions and lengths (layers.py).
 
 Every cell splits its step in two so that a layer can hoist the input work out of the time loop:
 
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.kernels.sequences import input_product
+from rnnkit.kernels.dispatch import cell_sequence
 
 State = tuple[Tensor, ...]
 
@@ -108,17 +108,21 @@ class Cell(nn.Module):
         mask = params.get("recurrent_mask")
         return F.linear(h if mask is None else h * mask, params["weight_hh"], params.get("bias_hh"))
 
-    # A cell may define `sequence(x, state, params, mask) -> (outputs, state)`: the cell over a whole
-    # time-major sequence x (T, B, I), mask (T, B, 1) or None, with a hand-written backward through time
-    # (sequences.py). A layer uses it under autograd where `sequence_possible(x)` says it can run.
-    sequence: Callable[..., tuple[Tensor, State]] | None = None
+    # The name of the cell's whole-sequence function in rnnkit.kernels (the cell over a whole sequence with a
+    # hand-written backward through time), or None where it has none; the kernels decide where it runs.
+    sequence_kind: str | None = None
 
-    def sequence_possible(self, x: Tensor) -> bool:
-        return self.sequence is not None
+    def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
+                 ) -> tuple[Tensor, State]:
+        """The cell over a whole time-major sequence in its whole-sequence function (`sequence_kind`).
 
-    def sequence_native(self, x: Tensor) -> bool:
-        """Whether `sequence` runs in rnnkit's native kernels on x (then it pays for inference too)."""
-        return False
+        Args:
+            x: (T, B, I).
+            mask: (T, B, 1) bool or None.
+        Returns:
+            outputs (T, B, H) and the final state.
+        """
+        return cell_sequence(self, x, state, params, mask)
 
     def forward(self, input: Tensor, hx: Tensor | tuple[Tensor, ...] | None = None) -> Tensor | State:
         """One step on its own: input (B, I) and the state (h, or (h, c)) in, the new state out."""
@@ -148,19 +152,7 @@ def _init_forget_bias(cell: Cell) -> None:
             cell.bias_hh[H : 2 * H].zero_()
 
 
-class _PlainCell(Cell):
-    """The cells torch.nn has: their whole-sequence function exists only in rnnkit's native kernels (where
-    those cannot run, a layer uses PyTorch's fused kernel or the step loop)."""
-
-    def sequence_possible(self, x: Tensor) -> bool:
-        from rnnkit.kernels.sequences import native_cell_sequence_possible
-
-        return native_cell_sequence_possible(x)
-
-    sequence_native = sequence_possible
-
-
-class RNNCell(_PlainCell):
+class RNNCell(Cell):
     """Elman cell: h_t = f(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), f = tanh or relu.
 
     Same parameters as `torch.nn.RNNCell`; `forward(input, hx) -> h'` as there.
@@ -173,6 +165,7 @@ class RNNCell(_PlainCell):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
+        self.sequence_kind = "rnn" if nonlinearity == "tanh" else "rnn-relu"
         super().__init__(input_size, hidden_size, bias)
         self._activation: Callable[[Tensor], Tensor] = torch.tanh if nonlinearity == "tanh" else torch.relu
 
@@ -188,29 +181,8 @@ class RNNCell(_PlainCell):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", nonlinearity={self.nonlinearity!r}"
 
-    def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
-                 ) -> tuple[Tensor, State]:
-        """The cell over a whole time-major sequence in rnnkit's native kernels (sequences.CellSequence)."""
-        kind = "rnn" if self.nonlinearity == "tanh" else "rnn-relu"
-        return _native_sequence(kind, input_product(x, params["weight_ih"]), state, params, mask,
-                                bias=_both_biases(params))
 
-
-def _native_sequence(kind: str, xp: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None,
-                     bias_hn: Tensor | None = None, norms: tuple = (None, None, None),
-                     peepholes: tuple = (None, None, None), bias: Tensor | None = None) -> tuple[Tensor, State]:
-    """A cell over a time-major sequence in CellSequence; `bias` is the input half's, added in the kernel
-    (xp is then the bare product W_ih x)."""
-    from rnnkit.kernels.sequences import CellSequence
-
-    c0 = state[1] if kind == "lstm" else None
-    # xp is this layer's own temporary (the input product just computed): the kernel may overwrite it.
-    out, *final = CellSequence.apply(kind, xp, state[0], c0, params["weight_hh"], bias_hn,
-                                     params.get("recurrent_mask"), mask, *norms, *peepholes, bias, True)
-    return out, tuple(final)
-
-
-class LSTMCell(_PlainCell):
+class LSTMCell(Cell):
     """Long short-term memory cell, torch's gate order (input, forget, cell, output):
 
         i = sigmoid(W_ii x + b_ii + W_hi h + b_hi)
@@ -229,6 +201,7 @@ class LSTMCell(_PlainCell):
 
     num_gates = 4
     num_states = 2
+    sequence_kind = "lstm"
 
     def __init__(
         self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float | None = None
@@ -253,14 +226,8 @@ class LSTMCell(_PlainCell):
         state = self.zero_state(input.shape[0], input) if hx is None else tuple(hx)
         return self.recurrence(self.project(input, params), state, params)
 
-    def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
-                 ) -> tuple[Tensor, State]:
-        """The cell over a whole time-major sequence in rnnkit's native kernels (sequences.CellSequence)."""
-        return _native_sequence("lstm", input_product(x, params["weight_ih"]), state, params, mask,
-                                bias=_both_biases(params))
 
-
-class GRUCell(_PlainCell):
+class GRUCell(Cell):
     """Gated recurrent unit, torch's formulation (reset gate applied after the recurrent product):
 
         r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
@@ -273,6 +240,7 @@ class GRUCell(_PlainCell):
 
     num_gates = 3
     num_states = 1
+    sequence_kind = "gru"
 
     def recurrence(self, xp: Tensor, state: State, params: Mapping[str, Tensor]) -> State:
         (h,) = state
@@ -288,27 +256,6 @@ class GRUCell(_PlainCell):
         params = self.own_params()
         state = self.zero_state(input.shape[0], input) if hx is None else (hx,)
         return self.recurrence(self.project(input, params), state, params)[0]
-
-    def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
-                 ) -> tuple[Tensor, State]:
-        """The cell over a whole time-major sequence in rnnkit's native kernels (sequences.CellSequence):
-        b_hr and b_hz join the input half; b_hn stays inside the reset gate's product."""
-        H = self.hidden_size
-        b_ih, b_hh = params.get("bias_ih"), params.get("bias_hh")
-        bias = b_ih
-        if b_hh is not None:
-            rz = torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
-            bias = rz if b_ih is None else b_ih + rz
-        return _native_sequence("gru", input_product(x, params["weight_ih"]), state, params, mask,
-                                None if b_hh is None else b_hh[2 * H:], bias=bias)
-
-
-def _both_biases(params: Mapping[str, Tensor]) -> Tensor | None:
-    """b_ih + b_hh, for cells whose two biases only ever appear summed (None without biases)."""
-    b_ih, b_hh = params.get("bias_ih"), params.get("bias_hh")
-    if b_ih is None or b_hh is None:
-        return b_ih if b_hh is None else b_hh
-    return b_ih + b_hh
 
 
 def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
@@ -331,6 +278,7 @@ class LayerNormLSTMCell(Cell):
 
     num_gates = 4
     num_states = 2
+    sequence_kind = "layernorm-lstm"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float | None = None):
         self.forget_bias = forget_bias
@@ -370,32 +318,6 @@ class LayerNormLSTMCell(Cell):
         h = torch.sigmoid(o) * torch.tanh(_layer_norm(c, params["ln_c_weight"], params["ln_c_bias"]))
         return h, c
 
-    def sequence_native(self, x: Tensor) -> bool:
-        from rnnkit.kernels.sequences import native_sequence_possible
-
-        return native_sequence_possible(x, self.hidden_size)
-
-    def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
-                 ) -> tuple[Tensor, State]:
-        """The cell over a whole sequence, with a hand-written backward through time (sequences.py).
-
-        x (T, B, I) time-major; mask (T, B, 1) bool or None. Returns outputs (T, B, H) and the final state.
-        The input half of the gates is computed for all steps at once, both biases folded into its shift.
-        """
-        from rnnkit.kernels.sequences import LayerNormLSTMSequence, NativeLayerNormLSTMSequence
-
-        if self.sequence_native(x):  # the input product's layer norm happens inside the kernel's steps
-            out, h, c = NativeLayerNormLSTMSequence.apply(
-                F.linear(x, params["weight_ih"]), params["ln_ih_weight"], _both_biases(params), *state,
-                params["weight_hh"], params["ln_hh_weight"], params["ln_c_weight"], params["ln_c_bias"],
-                params.get("recurrent_mask"), mask)
-            return out, (h, c)
-        xp = _layer_norm(F.linear(x, params["weight_ih"]), params["ln_ih_weight"], _both_biases(params))
-        out, h, c = LayerNormLSTMSequence.apply(
-            xp, *state, params["weight_hh"], params["ln_hh_weight"], params["ln_c_weight"], params["ln_c_bias"],
-            params.get("recurrent_mask"), mask)
-        return out, (h, c)
-
 
 class LayerNormGRUCell(Cell):
     """GRU with layer normalisation on the input and recurrent products (torch's GRU otherwise):
@@ -409,6 +331,7 @@ class LayerNormGRUCell(Cell):
 
     num_gates = 3
     num_states = 1
+    sequence_kind = "layernorm-gru"
 
     def add_extra_parameters(self) -> None:
         G = self.num_gates * self.hidden_size
@@ -424,28 +347,6 @@ class LayerNormGRUCell(Cell):
     project = LayerNormLSTMCell.project
     hh = LayerNormLSTMCell.hh
     recurrence = GRUCell.recurrence
-    sequence_native = LayerNormLSTMCell.sequence_native
-
-    def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
-                 ) -> tuple[Tensor, State]:
-        """The cell over a whole sequence, with a hand-written backward through time (sequences.py); as
-        `LayerNormLSTMCell.sequence`."""
-        from rnnkit.kernels.sequences import LayerNormGRUSequence
-
-        if self.sequence_native(x):  # both layer norms inside the kernel's steps
-            H = self.hidden_size
-            b_ih, b_hh = params.get("bias_ih"), params.get("bias_hh")
-            shift = b_ih
-            if b_hh is not None:  # b_hr and b_hz join the input half; b_hn stays inside the reset gate's product
-                rz = torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
-                shift = rz if b_ih is None else b_ih + rz
-            return _native_sequence("gru", input_product(x, params["weight_ih"]), state, params, mask,
-                                    None if b_hh is None else b_hh[2 * H:],
-                                    (params["ln_ih_weight"], shift, params["ln_hh_weight"]))
-        xp = self.project(x, params)  # b_hh stays inside: the reset gate scales the recurrent candidate with it
-        out, h = LayerNormGRUSequence.apply(xp, state[0], params["weight_hh"], params["ln_hh_weight"],
-                                            params.get("bias_hh"), params.get("recurrent_mask"), mask)
-        return out, (h,)
 
 
 class PeepholeLSTMCell(Cell):
@@ -463,6 +364,7 @@ class PeepholeLSTMCell(Cell):
 
     num_gates = 4
     num_states = 2
+    sequence_kind = "peephole-lstm"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float | None = None):
         self.forget_bias = forget_bias
@@ -485,24 +387,6 @@ class PeepholeLSTMCell(Cell):
         c_new = forget * c + torch.sigmoid(i + params["weight_ci"] * c) * torch.tanh(g)
         h = torch.sigmoid(o + params["weight_co"] * c_new) * torch.tanh(c_new)
         return h, c_new
-
-    sequence_native = LayerNormLSTMCell.sequence_native
-
-    def sequence(self, x: Tensor, state: State, params: Mapping[str, Tensor], mask: Tensor | None
-                 ) -> tuple[Tensor, State]:
-        """The cell over a whole sequence, with a hand-written backward through time: in rnnkit's native
-        kernels (the LSTM kernel with peepholes), else as `LayerNormLSTMCell.sequence` (sequences.py)."""
-        from rnnkit.kernels.sequences import PeepholeLSTMSequence
-
-        if self.sequence_native(x):
-            return _native_sequence("lstm", input_product(x, params["weight_ih"]), state, params, mask,
-                                    peepholes=(params["weight_ci"], params["weight_cf"], params["weight_co"]),
-                                    bias=_both_biases(params))
-        xp = F.linear(x, params["weight_ih"], _both_biases(params))
-        out, h, c = PeepholeLSTMSequence.apply(
-            xp, *state, params["weight_hh"], params["weight_ci"], params["weight_cf"], params["weight_co"],
-            params.get("recurrent_mask"), mask)
-        return out, (h, c)
 
 
 class IndRNNCell(Cell):
@@ -562,7 +446,7 @@ def _log_g(v: Tensor) -> Tensor:
 class ScanCell(Cell):
     """A cell whose recurrence is linear in the state, h' = a * h + b, with a and b from the input only.
 
-    Such a cell can run over a whole sequence as a parallel scan (scan.py) as well as step by step;
+    Such a cell can run over a whole sequence as a parallel scan (kernels/scan.py) as well as step by step;
     `log_coefficients` gives log a and log b (b > 0) for all steps at once.
     """
 
@@ -654,9 +538,6 @@ CELLS: dict[str, Callable[..., Cell]] = {
     "mingru": MinGRUCell,
     "minlstm": MinLSTMCell,
 }
-
-# Cell name -> the mode of PyTorch's fused kernel that computes exactly the same function.
-FUSED_MODES: dict[str, str] = {"rnn": "RNN_TANH", "rnn-relu": "RNN_RELU", "lstm": "LSTM", "gru": "GRU"}
 
 
 def make_cell(name: str, input_size: int, hidden_size: int, bias: bool = True, **options) -> Cell:

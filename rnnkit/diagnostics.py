@@ -26,7 +26,7 @@ from torch import Tensor
 
 from rnnkit.checkpoint import METRICS_FILE
 from rnnkit.config import UserError
-from rnnkit.layers import Recurrent, _reverse_padded
+from rnnkit.layers import Recurrent
 
 
 def _h_of(state: Any) -> Tensor:
@@ -171,63 +171,38 @@ def unrolled(layer: Recurrent) -> Iterator[Unrolled]:
     computed: the gradient with respect to it is that of the loss with respect to what step t hands on
     (every layer's state, as when a run is cut after step t and continued from that state). For
     inspection in eval mode: the training-only regularisers (dropout between layers,
-    recurrent dropout, DropConnect) are not applied.
+    recurrent dropout, DropConnect) are not applied (the layer's `step_hook`).
     """
     found = Unrolled()
+    top = layer.num_layers - 1
 
-    def forward(input: Tensor, state: Any = None, lengths: Tensor | None = None) -> tuple[Tensor, Any]:
-        B, T, _ = input.shape
-        mask = None
-        if lengths is not None:
-            mask = torch.arange(T, device=input.device).unsqueeze(0) < lengths.to(input.device).unsqueeze(1)  # (B, T)
-        parts = layer._state_parts(state, B, input)
-        D = layer.num_directions
-        steps: list[list[Tensor]] = [[] for _ in range(T)]
-        finals: list[list[Tensor]] = [[] for _ in range(layer.num_states)]
-        layer_input = input
-        for index_layer in range(layer.num_layers):
-            outputs = []
-            for direction in range(D):
-                index = index_layer * D + direction
-                cell, params = layer._cells[index], layer._params(index)
-                inp = layer_input if direction == 0 else _reverse_padded(layer_input, lengths)
-                xp = cell.project(inp, params)  # (B, T, G*H)
-                carried = tuple(p[index] for p in parts)
-                out = []
-                for t in range(T):
-                    new = cell.recurrence(xp[:, t], carried, params)
-                    if layer.zoneout > 0:
-                        new = layer._zoneout(new, carried)
-                    h = new[0]  # (B, H): this step's output (the next layer's input)
-                    if direction == 0 and h.requires_grad:
-                        # The state is what step t hands to step t+1: below the top, a node of its own, so that
-                        # the next layer's reading of this step's output is not counted twice (it reaches the
-                        # loss through that layer's own state); the top layer's state is its output as well.
-                        node = h if index_layer == layer.num_layers - 1 else h.clone()
-                        node.retain_grad()
-                        steps[t].append(node)
-                        new = (node, *new[1:])
-                    if mask is None:
-                        carried = new
-                        out.append(h)
-                    else:
-                        m = mask[:, t].unsqueeze(1)  # (B, 1)
-                        carried = tuple(torch.where(m, n, c) for n, c in zip(new, carried, strict=True))
-                        out.append(h * m)
-                h = torch.stack(out, dim=1)  # (B, T, H)
-                outputs.append(h if direction == 0 else _reverse_padded(h, lengths))
-                for k, c in enumerate(carried):
-                    finals[k].append(c)
-            layer_input = outputs[0] if D == 1 else torch.cat(outputs, dim=2)  # (B, T, D*H)
-        found.states, found.output = steps, layer_input
-        final = tuple(torch.stack(f, dim=0) for f in finals)  # (L*D, B, H) each
-        return layer_input, final[0] if layer.num_states == 1 else final
+    def on_step(index_layer: int, direction: int, t: int, new: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        h = new[0]  # (B, H): this step's output (the next layer's input)
+        if direction != 0 or not h.requires_grad:
+            return new
+        # The state is what step t hands to step t+1: below the top, a node of its own, so that the next
+        # layer's reading of this step's output is not counted twice (it reaches the loss through that
+        # layer's own state); the top layer's state is its output as well.
+        node = h if index_layer == top else h.clone()
+        node.retain_grad()
+        found.states[t].append(node)
+        return (node, *new[1:])
 
-    layer.forward = forward  # an instance attribute: nn.Module.__call__ finds it before the class's
+    def before(module: Recurrent, args: tuple, kwargs: dict) -> None:
+        found.states = [[] for _ in range((args[0] if args else kwargs["input"]).shape[1])]
+
+    def after(module: Recurrent, args: tuple, kwargs: dict, result: tuple[Tensor, Any]) -> None:
+        found.output = result[0]
+
+    handles = [layer.register_forward_pre_hook(before, with_kwargs=True),
+               layer.register_forward_hook(after, with_kwargs=True)]
+    layer.step_hook = on_step
     try:
         yield found
     finally:
-        del layer.forward
+        del layer.step_hook
+        for handle in handles:
+            handle.remove()
 
 
 def encoder_gradient_flow(layer: Recurrent, loss_of: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:

@@ -3,10 +3,11 @@
 What is here: running a cell over time with variable lengths and an explicit initial state; stacking
 and both directions; dropout between layers (per element as torch.nn does, or variational: one mask
 per sequence); regularisers on the recurrent path for any cell (variational recurrent dropout,
-zoneout, DropConnect on the recurrent weights); choosing PyTorch's fused kernel when it computes the
-same function, and the parallel scan for the cells that allow it; `detach_state` for truncated BPTT
-and `reset_state` for streams whose rows end at different times. What is not: the cells' equations
-(cells.py) and anything about tasks.
+zoneout, DropConnect on the recurrent weights), in one loop over layers and directions that runs each on
+the path rnnkit.kernels chooses once per call (or hands the whole stack to PyTorch's fused kernel); a hook on
+every step (for diagnostics) and a mode for export; `detach_state` for truncated BPTT and `reset_state` for
+streams whose rows end at different times. What is not: the cells' equations (cells.py), the paths
+themselves and the choice between them (rnnkit.kernels), and anything about tasks.
 
 State has torch.nn's layout: `h (L*D, B, H)`, and the pair `(h, c)` for LSTM-type cells. It is passed
 in and returned; nothing recurrent is stored on the module.
@@ -14,35 +15,19 @@ in and returned; nothing recurrent is stored on the module.
 
 from __future__ import annotations
 
-import ctypes
-import weakref
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import _VF, Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch import Tensor, nn
 
-from rnnkit.cells import CELLS, FUSED_MODES, Cell, make_cell
-from rnnkit.kernels import native
-from rnnkit.kernels.scan import linear_recurrence, linear_scan_log
+from rnnkit.cells import CELLS, Cell, State, make_cell
+from rnnkit.kernels import dispatch
+from rnnkit.kernels.streaming import native_step
 
 LayerState = Tensor | tuple[Tensor, ...]
-
-# Cell name -> ATen's one-step function for it: one call per layer, its element-wise work in C++.
-_CELL_STEP_FUNCTIONS = {
-    "rnn": _VF.rnn_tanh_cell,
-    "rnn-relu": _VF.rnn_relu_cell,
-    "lstm": _VF.lstm_cell,
-    "gru": _VF.gru_cell,
-}
-
-_FUSED_FUNCTIONS = {
-    "RNN_TANH": _VF.rnn_tanh,
-    "RNN_RELU": _VF.rnn_relu,
-    "LSTM": _VF.lstm,
-    "GRU": _VF.gru,
-}
 
 
 def detach_state(state: Any) -> Any:
@@ -84,15 +69,6 @@ def select_state(state: Any, index: Tensor) -> Any:
     return type(state)(select_state(s, index) for s in state)
 
 
-def _outputs_and_final(h: Tensor, mask: Tensor | None) -> tuple[Tensor, tuple[Tensor]]:
-    """Outputs (B, T, H) zeroed past each row's length, and each row's state at its last true step."""
-    if mask is None:
-        return h, (h[:, -1],)
-    last = (mask.sum(dim=1) - 1).clamp(min=0)  # (B,)
-    final = h[torch.arange(h.shape[0], device=h.device), last]  # (B, H)
-    return h * mask.unsqueeze(-1), (final,)
-
-
 def _reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     """Reverse each row of x (B, T, ...) within its own length; padding stays where it is."""
     if lengths is None:
@@ -103,11 +79,6 @@ def _reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     index = torch.where(t < lens, lens - 1 - t, t)  # (B, T)
     index = index.view(B, T, *([1] * (x.dim() - 2))).expand_as(x)
     return x.gather(1, index)
-
-
-# Recurrent.step's slot arrays for the native step kernel, per layer object (kept out of the module, so that
-# copying or pickling a layer never meets a ctypes array).
-_NATIVE_STEP_SLOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class Recurrent(nn.Module):
@@ -128,15 +99,15 @@ class Recurrent(nn.Module):
             instead of a fresh mask at every step; needs the loop path.
         fused: which implementation runs the plain cells (`rnn`, `rnn-relu`, `lstm`, `gru`). None (the
             default) picks, by measurement (benchmarks/speed.py): for training on the CPU, rnnkit's native
-            kernels (sequences.CellSequence: the time loop in C++, MKL's packed GEMM, a hand-written
+            kernels (kernels.sequences.CellSequence: the time loop in C++, MKL's packed GEMM, a hand-written
             backward), where they build; otherwise PyTorch's fused kernel when it computes the same
             function, and rnnkit's loop when it does not. False forces rnnkit's loop (native kernels
             included); True forces PyTorch's fused kernel and fails if it cannot.
             In rnnkit's loop, cells with a whole-sequence function (the plain cells through the native
             kernels; `layernorm-lstm`, `layernorm-gru`, `peephole-lstm`: a hand-written backward through
-            time, sequences.py) use it, except with zoneout, which needs the step-by-step path, or when
-            `layer.whole_sequence = False` (for second-order gradients, which the hand-written backward
-            refuses).
+            time, kernels/sequences.py) use it, except with zoneout, which needs the step-by-step path, or
+            when `layer.whole_sequence = False` (for second-order gradients, which the hand-written backward
+            refuses). `kernels.dispatch.choose_path` makes the choice, once per call.
         recurrent_dropout: variational dropout on the state where it enters the recurrent product
             (Gal & Ghahramani 2016): one mask per sequence and layer, training only.
         zoneout: probability that a unit keeps its previous value at a step (Krueger et al. 2017),
@@ -211,7 +182,7 @@ class Recurrent(nn.Module):
         if fused is True and fused_reason is not None:
             raise ValueError(f"fused=True is impossible here: {fused_reason}; use fused=None or fused=False")
         self.fused = fused
-        self._fused_mode = None if fused_reason is not None else FUSED_MODES[self.cell_name]
+        self._fused_possible = fused_reason is None
 
         # The cells are kept out of the module tree: the layer owns their parameters under
         # torch.nn's names and hands them to the cell code at every call.
@@ -234,7 +205,7 @@ class Recurrent(nn.Module):
         self.num_states = self._cells[0].num_states
 
     def _fused_unavailable_reason(self, cell: str | type[Cell]) -> str | None:
-        if not isinstance(cell, str) or cell not in FUSED_MODES:
+        if not isinstance(cell, str) or cell not in dispatch.FUSED_FUNCTIONS:
             return f"cell {self.cell_name!r} has no PyTorch fused kernel"
         unsupported = {k for k in self.cell_options if k != "forget_bias"}
         if unsupported:
@@ -351,13 +322,7 @@ class Recurrent(nn.Module):
             if bool((lengths == T).all()):
                 lengths = None  # all rows full: no masking needed
         parts = self._state_parts(state, B, input)
-
-        if self.export_mode:
-            output, parts = self._forward_exportable(input, parts, lengths)
-        elif self._use_fused() and not self._prefer_native(input):
-            output, parts = self._forward_fused(input, parts, lengths)
-        else:
-            output, parts = self._forward_loop(input, parts, lengths)
+        output, parts = self._run(input, parts, lengths)
         return output, (parts[0] if self.num_states == 1 else tuple(parts))
 
     def _check_lengths(self, lengths: Tensor, batch_size: int, steps: int) -> Tensor:
@@ -372,16 +337,34 @@ class Recurrent(nn.Module):
             raise ValueError(f"lengths: expected values in 1..T = 1..{steps}; got min {low}, max {high}")
         return lengths.to(torch.int64)
 
-    # Set by export.py while a graph is captured: the time loop becomes one scan operator, so that the
-    # exported graph takes any sequence length (a Python loop would be unrolled to the traced length).
+    # Set by export.py while a graph is captured: every layer runs as the evaluation-mode function, its time
+    # loop one scan operator, so that the exported graph takes any sequence length (a Python loop would be
+    # unrolled to the traced length).
     export_mode: bool = False
 
-    def _forward_exportable(
+    # Set by diagnostics.unrolled to see every step: called as `step_hook(layer, direction, t, state)` with
+    # the state after step t of that layer and direction (t counts in the direction's own order), it returns
+    # the state handed on to step t+1. With a hook every layer runs step by step, and the training-only
+    # regularisers (dropout between layers, recurrent dropout, DropConnect) are left out.
+    step_hook: Callable[[int, int, int, State], State] | None = None
+
+    def _run(
         self, x: Tensor, parts: tuple[Tensor, ...], lengths: Tensor | None
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """Evaluation-mode forward written with torch's scan operator (for torch.export and ONNX)."""
-        from torch._higher_order_ops.scan import scan
-
+        """The stack over x (B, T, I) from the state parts (L*D, B, H): one loop over layers and directions,
+        each run on the path the kernels choose for this call, or the whole stack in PyTorch's fused kernel."""
+        hook = self.step_hook
+        path = dispatch.choose_path(self._cells[0], x, fused=self.fused, fused_possible=self._fused_possible,
+                                    whole_sequence=self.whole_sequence, scan=self.scan,
+                                    stepwise=self.zoneout > 0 or hook is not None, export=self.export_mode)
+        if path == dispatch.FUSED:
+            weights = self._flat_weights(self._dropped_weights())
+            return dispatch.run_fused(self.cell_name, x, parts, weights, lengths, bias=self.bias,
+                                      num_layers=self.num_layers, dropout=self.dropout, training=self.training,
+                                      bidirectional=self.bidirectional)
+        training = self.training and not self.export_mode
+        noisy = training and hook is None  # whether the training-only regularisers act
+        zoneout = functools.partial(self._zoneout, training=training) if self.zoneout > 0 else None
         B, T, _ = x.shape
         mask = None
         if lengths is not None:
@@ -389,99 +372,36 @@ class Recurrent(nn.Module):
         D = self.num_directions
         finals: list[list[Tensor]] = [[] for _ in range(self.num_states)]
         layer_input = x
-        z = self.zoneout
+        dropped = self._dropped_weights() if noisy else {}
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(D):
                 index = layer * D + direction
-                cell, params = self._cells[index], self._params(index)
+                params = self._params(index, dropped)
+                if noisy:
+                    self._add_recurrent_mask(params, x, B)
                 inp = layer_input if direction == 0 else _reverse_padded(layer_input, lengths)
-                xp = cell.project(inp, params).transpose(0, 1)  # (T, B, G*H)
-                m = (mask if mask is not None else torch.ones(B, T, dtype=torch.bool, device=x.device))
-                m = m.transpose(0, 1).unsqueeze(-1)  # (T, B, 1)
-
-                def combine(carry, step, cell=cell, params=params):
-                    xt, mt = step
-                    new = cell.recurrence(xt, tuple(carry), params)
-                    if z > 0:
-                        new = tuple(z * o + (1 - z) * n for n, o in zip(new, carry, strict=True))
-                    kept = [torch.where(mt, n, o) for n, o in zip(new, carry, strict=True)]
-                    return kept, (new[0] * mt).clone()
-
-                final, out = scan(combine, [p[index] for p in parts], (xp, m))
-                out = out.transpose(0, 1)  # (B, T, H)
-                if direction == 1:
-                    out = _reverse_padded(out, lengths)
-                outputs.append(out)
-                for k, f in enumerate(final):
-                    finals[k].append(f)
-            layer_input = outputs[0] if D == 1 else torch.cat(outputs, dim=2)  # (B, T, D*H)
-        return layer_input, tuple(torch.stack(f, dim=0) for f in finals)
-
-    def _use_fused(self) -> bool:
-        if self._fused_mode is None:
-            return False
-        return self.fused is not False
-
-    def _prefer_native(self, x: Tensor) -> bool:
-        """Whether to train a plain cell in rnnkit's native kernels rather than PyTorch's fused kernel:
-        measured faster on the CPU for every plain cell under autograd (benchmarks/speed.py); PyTorch's
-        kernel stays for inference (it saves nothing for a backward pass), GPUs and forced `fused=True`."""
-        return (self.fused is None and self.whole_sequence and torch.is_grad_enabled()
-                and self._cells[0].sequence_possible(x))
-
-    def _forward_fused(
-        self, x: Tensor, parts: tuple[Tensor, ...], lengths: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        fn = _FUSED_FUNCTIONS[self._fused_mode]
-        hx = parts if self.num_states > 1 else parts[0]
-        args = (self._flat_weights(self._dropped_weights()), self.bias, self.num_layers, self.dropout, self.training,
-                self.bidirectional)
-        if lengths is None:
-            result = fn(x, hx, *args, True)
-            return result[0], tuple(result[1:])
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        order, unorder = packed.sorted_indices, packed.unsorted_indices
-        hx = tuple(h.index_select(1, order) for h in parts)
-        result = fn(packed.data, packed.batch_sizes, hx if self.num_states > 1 else hx[0], *args)
-        out_packed = packed._replace(data=result[0])
-        output, _ = pad_packed_sequence(out_packed, batch_first=True, total_length=x.shape[1])
-        return output, tuple(h.index_select(1, unorder) for h in result[1:])
-
-    def _forward_loop(
-        self, x: Tensor, parts: tuple[Tensor, ...], lengths: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        B, T, _ = x.shape
-        mask = None
-        if lengths is not None:
-            mask = torch.arange(T, device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1)  # (B, T)
-        D = self.num_directions
-        finals: list[list[Tensor]] = [[] for _ in range(self.num_states)]
-        layer_input = x
-        dropped = self._dropped_weights()
-        for layer in range(self.num_layers):
-            outputs = []
-            for direction in range(D):
-                index = layer * D + direction
-                cell, params = self._cells[index], self._params(index, dropped)
-                self._add_recurrent_mask(params, x, B)
-                inp = layer_input if direction == 0 else _reverse_padded(layer_input, lengths)
+                on_step = None if hook is None else functools.partial(hook, layer, direction)
                 start = tuple(p[index] for p in parts)
-                if self._parallel(cell, x):
-                    out, final = self._scan_parallel(cell, params, inp, start, mask)
-                elif getattr(cell, "parallel", False) and self.zoneout == 0:
-                    out, final = self._scan_linear(cell, params, inp, start, mask)
-                else:
-                    out, final = self._scan(cell, params, inp, start, mask)
+                out, final = dispatch.run_layer(path, self._cells[index], params, inp, start, mask, zoneout, on_step)
                 if direction == 1:
                     out = _reverse_padded(out, lengths)
                 outputs.append(out)
                 for k, s in enumerate(final):
                     finals[k].append(s)
             layer_input = outputs[0] if D == 1 else torch.cat(outputs, dim=2)  # (B, T, D*H)
-            if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
+            if noisy and layer < self.num_layers - 1 and self.dropout > 0:
                 layer_input = self._dropout(layer_input)
         return layer_input, tuple(torch.stack(f, dim=0) for f in finals)
+
+    def _use_fused(self) -> bool:
+        """Whether PyTorch's fused kernel may run this layer (it can, and `fused` is not False)."""
+        return self._fused_possible and self.fused is not False
+
+    def _prefer_native(self, x: Tensor) -> bool:
+        """Whether `fused=None` trains a plain cell in rnnkit's native kernels rather than PyTorch's fused
+        kernel on x (kernels.dispatch.native_preferred)."""
+        return self.fused is None and dispatch.native_preferred(self._cells[0], x, self.whole_sequence)
 
     def _dropout(self, x: Tensor) -> Tensor:
         if not self.variational_dropout:
@@ -490,82 +410,18 @@ class Recurrent(nn.Module):
         mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(keep) / keep  # (B, 1, D*H)
         return x * mask
 
-    def _parallel(self, cell: Cell, x: Tensor) -> bool:
-        """Whether to run a linear-recurrence cell as a parallel scan (zoneout needs the loop)."""
-        if not getattr(cell, "parallel", False) or self.zoneout > 0:
-            return False
-        if self.scan is not None:
-            return self.scan == "parallel"
-        # Measured: on CPUs the step loop of these element-wise cells beats the scan at every length;
-        # on GPUs the scan wins once sequences are long enough to fill the device.
-        return x.is_cuda and x.shape[1] >= 64
-
-    @staticmethod
-    def _scan_parallel(
-        cell: Cell, params: dict[str, Tensor], x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        log_a, log_b = cell.log_coefficients(cell.project(x, params))  # (B, T, H) each
-        return _outputs_and_final(linear_scan_log(log_a, log_b, state[0], mask), mask)
-
-    @staticmethod
-    def _scan_linear(
-        cell: Cell, params: dict[str, Tensor], x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """A linear-recurrence cell step by step: coefficients for all steps at once, then one fused
-        multiply-add per step (scan.linear_recurrence), with its own backward pass."""
-        # Time-major from the projection on: the coefficients come out laid out as the loop reads them.
-        a, b = cell.coefficients(cell.project(x.transpose(0, 1), params))  # (T, B, H) each
-        h = linear_recurrence(a, b, state[0], mask, time_major=True).transpose(0, 1)  # (B, T, H)
-        return _outputs_and_final(h, mask)
-
     def _add_recurrent_mask(self, params: dict[str, Tensor], like: Tensor, batch_size: int) -> None:
         """Variational recurrent dropout: one (B, H) mask for a whole call, in training only."""
         if self.recurrent_dropout > 0 and self.training:
             keep = 1.0 - self.recurrent_dropout
             params["recurrent_mask"] = like.new_empty(batch_size, self.hidden_size).bernoulli_(keep) / keep
 
-    def _zoneout(self, new: tuple[Tensor, ...], old: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    def _zoneout(self, new: State, old: State, training: bool) -> State:
         """Each unit keeps its previous value with probability `zoneout` (training) or in expectation."""
         z = self.zoneout
-        if self.training:
+        if training:
             return tuple(torch.where(torch.rand_like(n) < z, o, n) for n, o in zip(new, old, strict=True))
         return tuple(z * o + (1 - z) * n for n, o in zip(new, old, strict=True))
-
-    def _scan(
-        self, cell: Cell, params: dict[str, Tensor], x: Tensor, state: tuple[Tensor, ...], mask: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """Run one cell over x (B, T, I) from `state`; returns outputs (B, T, H) and the final state."""
-        if (self.whole_sequence and self.zoneout == 0 and cell.sequence_possible(x)
-                and (torch.is_grad_enabled() or cell.sequence_native(x))):
-            # The cell's whole-sequence function with a hand-written backward through time; time-major
-            # from the projection on, as its loop reads the steps. Without autograd the plain loop below
-            # is faster than a sequence function of ATen calls (it saves nothing for a backward pass),
-            # but not than one in rnnkit's native kernels (measured in benchmarks/speed.py).
-            time_mask = None if mask is None else mask.t().unsqueeze(2)
-            device = x.device.type
-            if torch.is_autocast_enabled(device):
-                # The hand-written recurrences keep their state and saved values in one dtype: under
-                # autocast they run in float32, outside it (their products would come out in bfloat16).
-                with torch.autocast(device, enabled=False):
-                    out, state = cell.sequence(x.float().transpose(0, 1), tuple(s.float() for s in state),
-                                               {k: v.float() for k, v in params.items()}, time_mask)
-            else:
-                out, state = cell.sequence(x.transpose(0, 1), state, params, time_mask)
-            return out.transpose(0, 1), state
-        xp = cell.project(x, params)  # (B, T, G*H)
-        outputs = []
-        for t in range(x.shape[1]):
-            new = cell.recurrence(xp[:, t], state, params)
-            if self.zoneout > 0:
-                new = self._zoneout(new, state)
-            if mask is None:
-                state = new
-                outputs.append(new[0])
-            else:
-                m = mask[:, t].unsqueeze(1)  # (B, 1)
-                state = tuple(torch.where(m, n, s) for n, s in zip(new, state, strict=True))
-                outputs.append(new[0] * m)
-        return torch.stack(outputs, dim=1), state  # (B, T, H)
 
     def step(self, input: Tensor, state: LayerState | None = None) -> tuple[Tensor, LayerState]:
         """One time step for every layer (streaming generation); unidirectional only.
@@ -589,7 +445,7 @@ class Recurrent(nn.Module):
         # A plain cell with nothing random steps through ATen's one-step function (lstm_cell, gru_cell, ...):
         # one call per layer, its element-wise work in C++ rather than one Python call per operation
         # (`benchmarks/probes.py streaming` times both paths).
-        aten = _CELL_STEP_FUNCTIONS[self.cell_name] if self._torch_cell_step_possible() else None
+        aten = dispatch.STEP_FUNCTIONS[self.cell_name] if self._torch_cell_step_possible() else None
         dropped = {} if aten is not None else self._dropped_weights()
         h = input
         new_parts: list[list[Tensor]] = [[] for _ in range(self.num_states)]
@@ -604,7 +460,7 @@ class Recurrent(nn.Module):
                 self._add_recurrent_mask(params, input, B)
                 new = cell.recurrence(cell.project(h, params), old, params)
                 if self.zoneout > 0:
-                    new = self._zoneout(new, old)
+                    new = self._zoneout(new, old, self.training)
             for k, s in enumerate(new):
                 new_parts[k].append(s)
             h = new[0]
@@ -612,55 +468,19 @@ class Recurrent(nn.Module):
         return h, (stacked[0] if self.num_states == 1 else stacked)
 
     def _native_step(self, input: Tensor, parts: tuple[Tensor, ...]) -> tuple[Tensor, LayerState] | None:
-        """`step` for a plain cell in rnnkit's native kernels: one C++ call for every layer's products
-        (PyTorch's BLAS) and gates, the new state written straight into the stacked (L, B, H) result.
-        None where the kernels or the BLAS are not to be had (the caller takes ATen's one-step cells).
-
-        The slot array's fixed part is kept between calls for the same weights (by their data pointers,
-        which the in-place updates of optimizers keep) and batch size; each call fills a copy of it with its
-        own tensors."""
-        if input.device.type != "cpu" or input.dtype not in (torch.float32, torch.float64):
+        """`step` for a plain cell in rnnkit's native step kernel (kernels.streaming): one C++ call for every
+        layer's products and gates. None where the kernels or the BLAS are not to be had (the caller takes
+        ATen's one-step cells)."""
+        weights = (self._parameters[name] for names in self._param_names for _, name in names)
+        new = native_step(self, self.cell_name, weights, input, parts, self.hidden_size)
+        if new is None:
             return None
-        weights = [self._parameters[name] for names in self._param_names for _, name in names]
-        key = (input.dtype, input.shape[0], *(w.data_ptr() for w in weights))
-        cached = _NATIVE_STEP_SLOTS.get(self)
-        if cached is None or cached[0] != key:
-            gemm = native.step_gemm(input.dtype)
-            lib = native.library() if gemm else None
-            if lib is None or any(w.dtype != input.dtype or not w.is_contiguous() for w in weights):
-                return None
-            per_layer = 4 if self.bias else 2
-            layer_slots = []
-            for layer in range(self.num_layers):
-                w = [x.data_ptr() for x in weights[per_layer * layer:per_layer * (layer + 1)]]
-                layer_slots += (w + [0, 0])[:4]
-            values = dict(cell=native.CELL_KINDS[self.cell_name], B=input.shape[0], I=self.input_size,
-                          H=self.hidden_size, layers=self.num_layers, gemm_fn=gemm)
-            head = [values.get(name, 0) for name in native.STEP_SLOTS]
-            run = lib.rnnkit_cell_step_f64 if input.dtype == torch.float64 else lib.rnnkit_cell_step_f32
-            array = (ctypes.c_int64 * (len(head) + len(layer_slots)))(*head, *layer_slots)
-            dynamic = [native.STEP_SLOTS.index(n) for n in ("x", "h0", "c0", "h_out", "c_out", "scratch")]
-            cached = _NATIVE_STEP_SLOTS[self] = (key, array, run, dynamic)
-        _, static, run, (sx, sh0, sc0, sh, sc, sscratch) = cached
-        array = type(static).from_buffer_copy(static)  # this call's own copy: threads may step the same layer
-        B, H, L = input.shape[0], self.hidden_size, self.num_layers
-        lstm = self.num_states == 2
-        G = H * {"lstm": 4, "gru": 3}.get(self.cell_name, 1)
-        x = input.contiguous()
-        old = [p.contiguous() for p in parts]
-        h_out = input.new_empty(L, B, H)
-        c_out = input.new_empty(L, B, H) if lstm else None
-        scratch = input.new_empty(2, B, G)
-        array[sx], array[sh0], array[sh], array[sscratch] = (x.data_ptr(), old[0].data_ptr(), h_out.data_ptr(),
-                                                             scratch.data_ptr())
-        if lstm:
-            array[sc0], array[sc] = old[1].data_ptr(), c_out.data_ptr()
-        run(array)
-        return h_out[-1], ((h_out, c_out) if lstm else h_out)
+        h, c = new
+        return h[-1], (h if c is None else (h, c))
 
     def _torch_cell_step_possible(self) -> bool:
         """Whether `step` may call ATen's one-step cell functions: a plain cell, no autograd, nothing random."""
-        return (self.cell_name in _CELL_STEP_FUNCTIONS and not torch.is_grad_enabled() and not self.export_mode
+        return (self.cell_name in dispatch.STEP_FUNCTIONS and not torch.is_grad_enabled() and not self.export_mode
                 and self.zoneout == 0
                 and not (self.training and (self.recurrent_dropout > 0 or self.weight_drop > 0)))
 

@@ -47,7 +47,7 @@ from rnnkit.config import TrainConfig, TrainingError, UserError
 from rnnkit.device import training_device
 from rnnkit.evaluation import BatchSource, evaluate_model
 from rnnkit.io import atomic_write
-from rnnkit.kernels.sequences import SCRATCH
+from rnnkit.kernels import release_buffers
 from rnnkit.layers import detach_state
 
 
@@ -550,7 +550,7 @@ class Trainer:
                     last_checkpoint = time.monotonic()
         finally:
             self.progress.close()
-            SCRATCH.clear()  # the native kernels' buffers kept between training steps: not needed after them
+            release_buffers()  # the native kernels' buffers kept between training steps: not needed after them
         # A time or step limit saves the resumable state before the closing evaluation, so that
         # resuming follows exactly the trajectory of a run that was never stopped.
         self._checkpoint_now()
