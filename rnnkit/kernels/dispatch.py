@@ -21,6 +21,7 @@ lengths, initial states, stacking, directions and the regularisers (layers.py), 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -87,7 +88,8 @@ def choose_path(cell: Any, x: Tensor, *, fused: bool | None = None, fused_possib
         return EXPORT
     if stepwise:
         return STEPS
-    if fused_possible and fused is not False and not (fused is None and native_preferred(cell, x, whole_sequence)):
+    if (fused_possible and fused is not False and not (fused is None and native_preferred(cell, x, whole_sequence))
+            and fused_runs(x)):
         return FUSED
     if getattr(cell, "parallel", False):
         if scan is not None:
@@ -101,6 +103,28 @@ def choose_path(cell: Any, x: Tensor, *, fused: bool | None = None, fused_possib
     if whole_sequence and sequence_possible(cell, x) and (torch.is_grad_enabled() or sequence_native(cell, x)):
         return SEQUENCE
     return STEPS
+
+
+def fused_runs(x: Tensor) -> bool:
+    """Whether PyTorch's fused op runs on x here. It does, except under bfloat16 autocast on a CPU whose oneDNN
+    has no bfloat16 recurrent primitive (CPUs without AVX-512 refuse to create one): there the layer steps
+    through time instead, its products still in bfloat16."""
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return True
+    return torch.get_autocast_dtype("cpu") != torch.bfloat16 or _cpu_bf16_fused_works()
+
+
+@functools.cache
+def _cpu_bf16_fused_works() -> bool:
+    """Try the fused LSTM once on a tiny input under CPU bfloat16 autocast (the answer is the machine's)."""
+    weights = [torch.zeros(8, 2), torch.zeros(8, 2), torch.zeros(8), torch.zeros(8)]
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            _VF.lstm(torch.zeros(1, 1, 2), (torch.zeros(1, 1, 2), torch.zeros(1, 1, 2)), weights, True, 1, 0.0,
+                     False, False, True)
+    except RuntimeError:
+        return False
+    return True
 
 
 def native_preferred(cell: Any, x: Tensor, whole_sequence: bool = True) -> bool:
