@@ -168,6 +168,14 @@ class Task:
 # ------------------------------------------------------------------------------------- shared pieces
 
 
+class GraphModule(nn.Module):
+    """A task model wrapped for export: `forward(*tensors)` returns a tuple of tensors (`Task.export_graphs`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+
 def fit_tokenizer(kind: str, texts: Iterable[str], cfg: RunConfig) -> Tokenizer:
     """A tokenizer of `kind` fitted on texts with the run's vocabulary options."""
     d = cfg.data

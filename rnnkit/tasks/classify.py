@@ -46,6 +46,7 @@ from rnnkit.metrics import classification_report
 from rnnkit.models.classifier import SequenceClassifier
 from rnnkit.tasks import runner
 from rnnkit.tasks.base import (
+    GraphModule,
     LoadedRun,
     Prepared,
     Say,
@@ -457,12 +458,8 @@ class ClassifyTask(Task):
 TASK = ClassifyTask()
 
 
-class _ClassifyGraph(nn.Module):
+class _ClassifyGraph(GraphModule):
     """Export: inputs (B, T) token ids or (B, T, F) features, lengths (B,) -> class probabilities (B, C)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         return (self.model(inputs[0], inputs[1]).softmax(dim=-1),)

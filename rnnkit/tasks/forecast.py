@@ -51,7 +51,7 @@ from rnnkit.data.series import (
 from rnnkit.data.split import hold_out
 from rnnkit.io import atomic_write, read_json, write_json, write_output
 from rnnkit.models.forecaster import Forecaster, normal_quantile
-from rnnkit.tasks.base import LoadedRun, Prepared, Say, Task, text_inputs
+from rnnkit.tasks.base import GraphModule, LoadedRun, Prepared, Say, Task, text_inputs
 
 if TYPE_CHECKING:
     from rnnkit.serve.config import ServeConfig
@@ -560,16 +560,12 @@ class ForecastTask(Task):
 TASK = ForecastTask()
 
 
-class _ForecastGraph(nn.Module):
+class _ForecastGraph(GraphModule):
     """Export: history (B, L, F), calendar of the steps ahead (B, H, K) -> distribution parameters (B, H, C, P).
 
     L is free: the encoder reads a history of any length (the run was trained on --lookback rows; a level
     'season' model needs at least one season of them). H is the run's --horizon, fixed by the output layer.
     """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (self.model(inputs[0], inputs[1]),)

@@ -34,7 +34,7 @@ from rnnkit.data import (
 from rnnkit.data.split import hold_out
 from rnnkit.evaluation import evaluate_model
 from rnnkit.models.language_model import IGNORE_INDEX, LanguageModel
-from rnnkit.tasks.base import LoadedRun, Prepared, Say, Task, check_size, fit_tokenizer, start_embeddings
+from rnnkit.tasks.base import GraphModule, LoadedRun, Prepared, Say, Task, check_size, fit_tokenizer, start_embeddings
 from rnnkit.tasks.runner import ensure_loaded
 
 EVAL_ROWS = 10  # rows of the stream when evaluating: long contexts, as is usual for perplexity
@@ -226,12 +226,8 @@ class LanguageModelTask(Task):
 TASK = LanguageModelTask()
 
 
-class _SequenceGraph(nn.Module):
+class _SequenceGraph(GraphModule):
     """Export: tokens (B, T) and the state parts (L, B, H) -> logits (B, T, V) and the new state parts."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         tokens, state = inputs[0], inputs[1:]

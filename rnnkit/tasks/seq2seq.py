@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from rnnkit import decoding, metrics, viz
 from rnnkit.config import RunConfig, UserError
@@ -40,7 +40,7 @@ from rnnkit.data.split import hold_out
 from rnnkit.evaluation import evaluate_model
 from rnnkit.io import write_output
 from rnnkit.models.seq2seq import IGNORE_INDEX, Seq2Seq, Seq2SeqState
-from rnnkit.tasks.base import LoadedRun, Prepared, Say, Task, check_size, fit_tokenizer, text_inputs
+from rnnkit.tasks.base import GraphModule, LoadedRun, Prepared, Say, Task, check_size, fit_tokenizer, text_inputs
 
 if TYPE_CHECKING:
     from rnnkit.serve.config import ServeConfig
@@ -314,12 +314,8 @@ class Seq2SeqTask(Task):
 TASK = Seq2SeqTask()
 
 
-class _EncoderGraph(nn.Module):
+class _EncoderGraph(GraphModule):
     """Export: source (B, S), lengths (B,) -> the decoder's first state: rnn parts, feed, memory, keys, mask."""
-
-    def __init__(self, model: Seq2Seq) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         state = self.model.encode(inputs[0], inputs[1])
@@ -328,12 +324,12 @@ class _EncoderGraph(nn.Module):
         return (*rnn, state.feed, state.memory, keys, state.mask)
 
 
-class _DecoderStepGraph(nn.Module):
+class _DecoderStepGraph(GraphModule):
     """Export: one decoder step: tokens (B,) and the state -> logits (B, Vt) and the new rnn parts and feed."""
 
     def __init__(self, model: Seq2Seq, num_states: int) -> None:
-        super().__init__()
-        self.model, self.num_states = model, num_states
+        super().__init__(model)
+        self.num_states = num_states
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         k = self.num_states

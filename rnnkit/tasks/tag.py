@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rnnkit import metrics
 from rnnkit.config import RunConfig, UserError
@@ -43,6 +42,7 @@ from rnnkit.evaluation import evaluate_model
 from rnnkit.io import read_json, write_json, write_output
 from rnnkit.models.tagger import IGNORE_INDEX, PAD, UNK, Tagger
 from rnnkit.tasks.base import (
+    GraphModule,
     LoadedRun,
     Prepared,
     Say,
@@ -462,12 +462,8 @@ class TagTask(Task):
 TASK = TagTask()
 
 
-class _EmissionsGraph(nn.Module):
+class _EmissionsGraph(GraphModule):
     """Export: words, shapes (B, T), chars (B, T, C), lengths (B,) -> tag scores (B, T, K)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         words, shapes, chars, lengths = inputs
