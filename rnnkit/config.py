@@ -129,6 +129,14 @@ class ModelConfig:
         ok = all(v > 0 for v in values) and list(values) == sorted(set(values))
         return values if ok else ()
 
+    def cutoffs_below(self, vocab_size: int, vocabulary: str = "vocabulary") -> tuple[int, ...] | None:
+        """The cutoffs, refused with a UserError when one reaches the size of the `vocabulary` it splits."""
+        cutoffs = self.cutoffs()
+        if cutoffs and cutoffs[-1] >= vocab_size:
+            raise UserError(f"--adaptive-softmax {self.adaptive_softmax}: every cutoff must be below the "
+                            f"{vocabulary} size {vocab_size}")
+        return cutoffs
+
 
 @dataclass
 class DataConfig:

@@ -95,10 +95,7 @@ def build_model(cfg: RunConfig, vocab_size: int) -> LanguageModel:
     m = cfg.model
     if m.bidirectional:
         raise UserError("--bidirectional: a language model reads left to right; drop the option")
-    cutoffs = m.cutoffs()
-    if cutoffs and cutoffs[-1] >= vocab_size:
-        raise UserError(f"--adaptive-softmax {m.adaptive_softmax}: every cutoff must be below the vocabulary "
-                        f"size {vocab_size}")
+    cutoffs = m.cutoffs_below(vocab_size)
     if cutoffs and m.tie_weights:
         raise UserError("--adaptive-softmax and --tie-weights cannot be combined")
     return LanguageModel(vocab_size, m.embedding_size, m.hidden_size, m.num_layers, m.cell, m.dropout,

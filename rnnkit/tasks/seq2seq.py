@@ -83,10 +83,7 @@ def build_model(cfg: RunConfig, source_vocab_size: int, target_vocab_size: int) 
         raise UserError("--tie-weights: a language-model option; drop it for seq2seq")
     if m.embeddings:
         raise UserError("--embeddings: seq2seq runs do not read pre-trained vectors yet; drop the option")
-    cutoffs = m.cutoffs()
-    if cutoffs and cutoffs[-1] >= target_vocab_size:
-        raise UserError(f"--adaptive-softmax {m.adaptive_softmax}: every cutoff must be below the target "
-                        f"vocabulary size {target_vocab_size}")
+    cutoffs = m.cutoffs_below(target_vocab_size, "target vocabulary")
     return Seq2Seq(source_vocab_size, target_vocab_size, m.embedding_size, m.hidden_size, m.num_layers, m.cell,
                    m.bidirectional, o.attention, m.dropout, m.embedding_dropout, m.output_dropout,
                    o.scheduled_sampling, BOS_ID, m.fused, cutoffs or None)
