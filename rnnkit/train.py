@@ -545,7 +545,7 @@ class Trainer:
                 s.carried = None
                 if self._validate(self._recent_loss(window_loss, window_count)):
                     s.done = True
-                else:  # every validation leaves a point to resume from (the last one is saved below)
+                elif s.epoch < cfg.epochs:  # every validation leaves a point to resume from (the last: below)
                     self._checkpoint_now()
                     last_checkpoint = time.monotonic()
         finally:
