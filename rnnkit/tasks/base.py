@@ -47,7 +47,7 @@ class Prepared:
     """What a task hands the training runner after reading its data.
 
     Attributes:
-        train, valid: batch sources (train.BatchSource): `__len__`, `batches(epoch, start)`, `stateful`.
+        train, valid: batch sources (evaluation.BatchSource): `__len__`, `batches(epoch, start)`, `stateful`.
         assets: what the task fitted on the training data (vocabularies, labels, scalers): the keyword
             arguments of `Task.build_model`, and the fields its loaded run adds to `LoadedRun`.
         describe: the line shown before training; `{params}` in it becomes the parameter count.
