@@ -273,16 +273,20 @@ class _LayerNormProducts(Cell):
     """What the layer-normalised cells share: the input and recurrent products each normalised over all G*H
     gates, with gains `ln_ih_weight` and `ln_hh_weight` (G*H) that start at 1, before their biases."""
 
+    # The normalisation parameters, in the order they are registered: name, whether there is one per gate
+    # row (G*H) or per unit (H), and the value they start at.
+    norm_parameters: tuple[tuple[str, bool, float], ...] = (("ln_ih_weight", True, 1.0), ("ln_hh_weight", True, 1.0))
+
     def add_extra_parameters(self) -> None:
-        G = self.num_gates * self.hidden_size
-        self.ln_ih_weight = nn.Parameter(torch.empty(G))
-        self.ln_hh_weight = nn.Parameter(torch.empty(G))
+        for name, per_gate, _ in self.norm_parameters:
+            size = self.num_gates * self.hidden_size if per_gate else self.hidden_size
+            setattr(self, name, nn.Parameter(torch.empty(size)))
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
         with torch.no_grad():
-            self.ln_ih_weight.fill_(1.0)
-            self.ln_hh_weight.fill_(1.0)
+            for name, _, start in self.norm_parameters:
+                getattr(self, name).fill_(start)
 
     def project(self, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
         xp = _layer_norm(F.linear(x, params["weight_ih"]), params["ln_ih_weight"])
@@ -310,18 +314,7 @@ class LayerNormLSTMCell(_LayerNormProducts, _LSTMFamily):
     """
 
     sequence_kind = "layernorm-lstm"
-
-    def add_extra_parameters(self) -> None:
-        super().add_extra_parameters()
-        H = self.hidden_size
-        self.ln_c_weight = nn.Parameter(torch.empty(H))
-        self.ln_c_bias = nn.Parameter(torch.empty(H))
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        with torch.no_grad():
-            self.ln_c_weight.fill_(1.0)
-            self.ln_c_bias.zero_()
+    norm_parameters = (*_LayerNormProducts.norm_parameters, ("ln_c_weight", False, 1.0), ("ln_c_bias", False, 0.0))
 
     def recurrence(self, xp: Tensor, state: State, params: Mapping[str, Tensor]) -> State:
         h, c = state
