@@ -1,9 +1,10 @@
 """Attention over a sequence of encoder outputs: additive (Bahdanau) and multiplicative (Luong).
 
 What is here: `AdditiveAttention` (score = v^T tanh(W q + U k)), `MultiplicativeAttention` (score =
-q^T k, "dot", or q^T W k, "general"), the masked softmax they share, and `make_attention`. Each module
-splits its work in two: `prepare(keys)` once per source sequence (the key projection, which does not
-depend on the decoder step), then `forward(query, keys, prepared, mask)` once per decoder step.
+q^T k, "dot", or q^T W k, "general"), the base `Attention` and the masked softmax they share, and
+`make_attention`. Each module splits its work in two: `prepare(keys)` once per source sequence (the key
+projection, which does not depend on the decoder step), then `forward(query, keys, prepared, mask)`,
+which `Attention` gives both, once per decoder step.
 What is not here: the decoder that uses them (models/seq2seq.py) and plotting.
 """
 
@@ -24,7 +25,36 @@ def masked_softmax(scores: Tensor, mask: Tensor | None) -> Tensor:
     return scores.softmax(dim=-1)
 
 
-class AdditiveAttention(nn.Module):
+class Attention(nn.Module):
+    """What both kinds share: a subclass gives `prepare(keys)` and `scores(query, prepared)`."""
+
+    def prepare(self, keys: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def scores(self, query: Tensor, prepared: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self, query: Tensor, keys: Tensor, prepared: Tensor | None = None, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Attend from query (B, Q) over keys (B, S, K).
+
+        Args:
+            query: (B, Q).
+            keys: (B, S, K), the encoder outputs (they are also the values).
+            prepared: `prepare(keys)`, to reuse across decoder steps (computed when None).
+            mask: (B, S) bool, True at real positions; every row needs at least one.
+        Returns:
+            context (B, K) and weights (B, S) summing to 1 over the unmasked positions.
+        """
+        if prepared is None:
+            prepared = self.prepare(keys)
+        weights = masked_softmax(self.scores(query, prepared), mask)  # (B, S)
+        context = torch.bmm(weights.unsqueeze(1), keys).squeeze(1)  # (B, K)
+        return context, weights
+
+
+class AdditiveAttention(Attention):
     """Bahdanau's additive attention: score(q, k) = v^T tanh(W_q q + W_k k).
 
     Args:
@@ -50,30 +80,11 @@ class AdditiveAttention(nn.Module):
         hidden = torch.tanh(prepared + self.query_proj(query).unsqueeze(1))  # (B, S, A)
         return self.v(hidden).squeeze(2)  # (B, S)
 
-    def forward(
-        self, query: Tensor, keys: Tensor, prepared: Tensor | None = None, mask: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Attend from query (B, Q) over keys (B, S, K).
-
-        Args:
-            query: (B, Q).
-            keys: (B, S, K), the encoder outputs (they are also the values).
-            prepared: `prepare(keys)`, to reuse across decoder steps (computed when None).
-            mask: (B, S) bool, True at real positions; every row needs at least one.
-        Returns:
-            context (B, K) and weights (B, S) summing to 1 over the unmasked positions.
-        """
-        if prepared is None:
-            prepared = self.prepare(keys)
-        weights = masked_softmax(self.scores(query, prepared), mask)  # (B, S)
-        context = torch.bmm(weights.unsqueeze(1), keys).squeeze(1)  # (B, K)
-        return context, weights
-
     def extra_repr(self) -> str:
         return f"query_size={self.query_size}, key_size={self.key_size}, attention_size={self.attention_size}"
 
 
-class MultiplicativeAttention(nn.Module):
+class MultiplicativeAttention(Attention):
     """Luong's multiplicative attention: score = q^T k ("dot") or q^T W k ("general").
 
     Args:
@@ -99,16 +110,6 @@ class MultiplicativeAttention(nn.Module):
     def scores(self, query: Tensor, prepared: Tensor) -> Tensor:
         """Unnormalised scores (B, S) of query (B, Q) against prepared keys (B, S, Q)."""
         return torch.bmm(prepared, query.unsqueeze(2)).squeeze(2)  # (B, S)
-
-    def forward(
-        self, query: Tensor, keys: Tensor, prepared: Tensor | None = None, mask: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Attend from query (B, Q) over keys (B, S, K); see `AdditiveAttention.forward`."""
-        if prepared is None:
-            prepared = self.prepare(keys)
-        weights = masked_softmax(self.scores(query, prepared), mask)  # (B, S)
-        context = torch.bmm(weights.unsqueeze(1), keys).squeeze(1)  # (B, K)
-        return context, weights
 
     def extra_repr(self) -> str:
         return f"query_size={self.query_size}, key_size={self.key_size}, score={self.score}"

@@ -2,9 +2,10 @@
 
 What is here: `RNNCell` (tanh or relu), `LSTMCell`, `GRUCell`; the variants no fused kernel offers:
 `LayerNormLSTMCell`, `LayerNormGRUCell`, `PeepholeLSTMCell`, `IndRNNCell`, and the parallel-scan cells
-`MinGRUCell` and `MinLSTMCell`; the `Cell` base they share, and the table of cell names (`CELLS`,
-`make_cell`). What is not: running a cell over time (rnnkit.kernels: whole-sequence functions, scans, the
-choice between them) and stacking, directions and lengths (layers.py).
+`MinGRUCell` and `MinLSTMCell`; the `Cell` base they share (and, within it, `_LSTMFamily` for the
+forget-bias LSTMs and `_LayerNormProducts` for the layer-normalised cells), and the table of cell names
+(`CELLS`, `make_cell`). What is not: running a cell over time (rnnkit.kernels: whole-sequence functions,
+scans, the choice between them) and stacking, directions and lengths (layers.py).
 
 Every cell splits its step in two so that a layer can hoist the input work out of the time loop:
 
@@ -152,6 +153,23 @@ def _init_forget_bias(cell: Cell) -> None:
             cell.bias_hh[H : 2 * H].zero_()
 
 
+class _LSTMFamily(Cell):
+    """What the LSTM-type cells share: four gates in torch's order, the state (h, c), `forget_bias`."""
+
+    num_gates = 4
+    num_states = 2
+
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float | None = None
+    ) -> None:
+        self.forget_bias = forget_bias
+        super().__init__(input_size, hidden_size, bias)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        _init_forget_bias(self)
+
+
 class RNNCell(Cell):
     """Elman cell: h_t = f(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), f = tanh or relu.
 
@@ -182,7 +200,7 @@ class RNNCell(Cell):
         return super().extra_repr() + f", nonlinearity={self.nonlinearity!r}"
 
 
-class LSTMCell(Cell):
+class LSTMCell(_LSTMFamily):
     """Long short-term memory cell, torch's gate order (input, forget, cell, output):
 
         i = sigmoid(W_ii x + b_ii + W_hi h + b_hi)
@@ -199,19 +217,7 @@ class LSTMCell(Cell):
             bias at 0), which helps gradients flow early in training (Jozefowicz et al. 2015 use 1.0).
     """
 
-    num_gates = 4
-    num_states = 2
     sequence_kind = "lstm"
-
-    def __init__(
-        self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float | None = None
-    ) -> None:
-        self.forget_bias = forget_bias
-        super().__init__(input_size, hidden_size, bias)
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        _init_forget_bias(self)
 
     def recurrence(self, xp: Tensor, state: State, params: Mapping[str, Tensor]) -> State:
         h, c = state
@@ -263,42 +269,24 @@ def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None = None, eps: floa
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
-class LayerNormLSTMCell(Cell):
-    """LSTM with layer normalisation (Ba, Kiros & Hinton 2016), gate order as torch's LSTM:
+class _LayerNormProducts(Cell):
+    """What the layer-normalised cells share: the input and recurrent products each normalised over all G*H
+    gates, with gains `ln_ih_weight` and `ln_hh_weight` (G*H) that start at 1, before their biases."""
 
-        [i, f, g, o] = LN(W_ih x; a_ih) + b_ih + LN(W_hh h; a_hh) + b_hh
-        c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
-        h' = sigmoid(o) * tanh(LN(c'; a_c, s_c))
-
-    LN(v; a, s) = a * (v - mean(v)) / sqrt(var(v) + eps) + s over the features of each row. The input
-    and recurrent products are normalised separately (each over all 4H gates), so the input half still
-    comes out of the time loop. Extra parameters: `ln_ih_weight`, `ln_hh_weight` (4H), `ln_c_weight`,
-    `ln_c_bias` (H); gains start at 1, the shift at 0.
-    """
-
-    num_gates = 4
-    num_states = 2
-    sequence_kind = "layernorm-lstm"
-
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float | None = None):
-        self.forget_bias = forget_bias
-        super().__init__(input_size, hidden_size, bias)
+    # The normalisation parameters, in the order they are registered: name, whether there is one per gate
+    # row (G*H) or per unit (H), and the value they start at.
+    norm_parameters: tuple[tuple[str, bool, float], ...] = (("ln_ih_weight", True, 1.0), ("ln_hh_weight", True, 1.0))
 
     def add_extra_parameters(self) -> None:
-        G, H = self.num_gates * self.hidden_size, self.hidden_size
-        self.ln_ih_weight = nn.Parameter(torch.empty(G))
-        self.ln_hh_weight = nn.Parameter(torch.empty(G))
-        self.ln_c_weight = nn.Parameter(torch.empty(H))
-        self.ln_c_bias = nn.Parameter(torch.empty(H))
+        for name, per_gate, _ in self.norm_parameters:
+            size = self.num_gates * self.hidden_size if per_gate else self.hidden_size
+            setattr(self, name, nn.Parameter(torch.empty(size)))
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
         with torch.no_grad():
-            self.ln_ih_weight.fill_(1.0)
-            self.ln_hh_weight.fill_(1.0)
-            self.ln_c_weight.fill_(1.0)
-            self.ln_c_bias.zero_()
-        _init_forget_bias(self)
+            for name, _, start in self.norm_parameters:
+                getattr(self, name).fill_(start)
 
     def project(self, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
         xp = _layer_norm(F.linear(x, params["weight_ih"]), params["ln_ih_weight"])
@@ -311,6 +299,23 @@ class LayerNormLSTMCell(Cell):
         b = params.get("bias_hh")
         return hp if b is None else hp + b
 
+
+class LayerNormLSTMCell(_LayerNormProducts, _LSTMFamily):
+    """LSTM with layer normalisation (Ba, Kiros & Hinton 2016), gate order as torch's LSTM:
+
+        [i, f, g, o] = LN(W_ih x; a_ih) + b_ih + LN(W_hh h; a_hh) + b_hh
+        c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
+        h' = sigmoid(o) * tanh(LN(c'; a_c, s_c))
+
+    LN(v; a, s) = a * (v - mean(v)) / sqrt(var(v) + eps) + s over the features of each row. The input
+    and recurrent products are normalised separately (each over all 4H gates), so the input half still
+    comes out of the time loop. Extra parameters: `ln_ih_weight`, `ln_hh_weight` (4H), `ln_c_weight`,
+    `ln_c_bias` (H); gains start at 1, the shift at 0.
+    """
+
+    sequence_kind = "layernorm-lstm"
+    norm_parameters = (*_LayerNormProducts.norm_parameters, ("ln_c_weight", False, 1.0), ("ln_c_bias", False, 0.0))
+
     def recurrence(self, xp: Tensor, state: State, params: Mapping[str, Tensor]) -> State:
         h, c = state
         i, f, g, o = (xp + self.hh(h, params)).chunk(4, dim=1)  # (B, H) each
@@ -319,7 +324,7 @@ class LayerNormLSTMCell(Cell):
         return h, c
 
 
-class LayerNormGRUCell(Cell):
+class LayerNormGRUCell(_LayerNormProducts):
     """GRU with layer normalisation on the input and recurrent products (torch's GRU otherwise):
 
         [r_x, z_x, n_x] = LN(W_ih x; a_ih) + b_ih        [r_h, z_h, n_h] = LN(W_hh h; a_hh) + b_hh
@@ -333,23 +338,10 @@ class LayerNormGRUCell(Cell):
     num_states = 1
     sequence_kind = "layernorm-gru"
 
-    def add_extra_parameters(self) -> None:
-        G = self.num_gates * self.hidden_size
-        self.ln_ih_weight = nn.Parameter(torch.empty(G))
-        self.ln_hh_weight = nn.Parameter(torch.empty(G))
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        with torch.no_grad():
-            self.ln_ih_weight.fill_(1.0)
-            self.ln_hh_weight.fill_(1.0)
-
-    project = LayerNormLSTMCell.project
-    hh = LayerNormLSTMCell.hh
     recurrence = GRUCell.recurrence
 
 
-class PeepholeLSTMCell(Cell):
+class PeepholeLSTMCell(_LSTMFamily):
     """LSTM whose gates also look at the cell state (Gers & Schmidhuber 2000):
 
         i = sigmoid(W_ii x + b_ii + W_hi h + b_hi + p_i * c)
@@ -362,23 +354,13 @@ class PeepholeLSTMCell(Cell):
     Extra parameters: the diagonal peephole weights `weight_ci`, `weight_cf`, `weight_co` (H).
     """
 
-    num_gates = 4
-    num_states = 2
     sequence_kind = "peephole-lstm"
-
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float | None = None):
-        self.forget_bias = forget_bias
-        super().__init__(input_size, hidden_size, bias)
 
     def add_extra_parameters(self) -> None:
         H = self.hidden_size
         self.weight_ci = nn.Parameter(torch.empty(H))
         self.weight_cf = nn.Parameter(torch.empty(H))
         self.weight_co = nn.Parameter(torch.empty(H))
-
-    def reset_parameters(self) -> None:
-        Cell.reset_parameters(self)
-        _init_forget_bias(self)
 
     def recurrence(self, xp: Tensor, state: State, params: Mapping[str, Tensor]) -> State:
         h, c = state

@@ -10,6 +10,7 @@ order, sentence shapes), which a character model learns in a couple of minutes o
 from __future__ import annotations
 
 import random
+import re
 
 PEOPLE = [
     "the old fisherman", "a young sailor", "the little girl", "my grandmother", "the quiet baker",
@@ -37,29 +38,41 @@ SAYINGS = ["the sea gives and the sea takes", "a calm sea never made a good sail
            "still waters run deep", "the longest night still ends in morning"]
 
 
+PRONOUNS = ["she", "he", "they"]
+
+# The sentence shapes. `{who}` and `{person}` stand for the sentence's subject, chosen once; every other
+# name draws a fresh word from its list, left to right. A capital first letter capitalises the word.
+SHAPES = [
+    "{Who} {moves} {places} {times}.",
+    "{Times}, {person} {deeds}.",
+    "When {weather}, {who} {moves} {places}.",
+    "{Person} said that {people} {deeds} {times}.",
+    "{Person} was {feelings}, so {pronouns} {deeds}.",
+    '"{Sayings}," said {person}.',
+    "{Who} {moves} {places} and {deeds}.",
+    "{Times}, {weather} and {who} {moves} {places}.",
+]
+WORDS = {"people": PEOPLE, "places": PLACES, "moves": MOVES, "deeds": DEEDS, "times": TIMES, "weather": WEATHER,
+         "feelings": FEELINGS, "sayings": SAYINGS, "pronouns": PRONOUNS}
+_SLOT = re.compile(r"\{(\w+)\}")
+
+
 def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
 def _sentence(rng: random.Random) -> str:
-    who = rng.choice(PEOPLE + ANIMALS) if rng.random() < 0.25 else rng.choice(PEOPLE)
-    person = rng.choice(PEOPLE)
-    shape = rng.randrange(8)
-    if shape == 0:
-        return f"{_cap(who)} {rng.choice(MOVES)} {rng.choice(PLACES)} {rng.choice(TIMES)}."
-    if shape == 1:
-        return f"{_cap(rng.choice(TIMES))}, {person} {rng.choice(DEEDS)}."
-    if shape == 2:
-        return f"When {rng.choice(WEATHER)}, {who} {rng.choice(MOVES)} {rng.choice(PLACES)}."
-    if shape == 3:
-        return f"{_cap(person)} said that {rng.choice(PEOPLE)} {rng.choice(DEEDS)} {rng.choice(TIMES)}."
-    if shape == 4:
-        return f"{_cap(person)} was {rng.choice(FEELINGS)}, so {rng.choice(['she', 'he', 'they'])} {rng.choice(DEEDS)}."
-    if shape == 5:
-        return f'"{_cap(rng.choice(SAYINGS))}," said {person}.'
-    if shape == 6:
-        return f"{_cap(who)} {rng.choice(MOVES)} {rng.choice(PLACES)} and {rng.choice(DEEDS)}."
-    return f"{_cap(rng.choice(TIMES))}, {rng.choice(WEATHER)} and {who} {rng.choice(MOVES)} {rng.choice(PLACES)}."
+    subject = {"who": rng.choice(PEOPLE + ANIMALS) if rng.random() < 0.25 else rng.choice(PEOPLE),
+               "person": rng.choice(PEOPLE)}
+    template = SHAPES[rng.randrange(len(SHAPES))]
+
+    def fill(slot: re.Match[str]) -> str:
+        name = slot.group(1)
+        key = name.lower()
+        word = subject[key] if key in subject else rng.choice(WORDS[key])
+        return _cap(word) if name != key else word
+
+    return _SLOT.sub(fill, template)
 
 
 def demo_corpus(seed: int = 0, sentences: int = 6000) -> str:

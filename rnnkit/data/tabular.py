@@ -136,6 +136,19 @@ def _check_texts(records: list[LabelledText], path: Path, labelled: bool) -> lis
     return records
 
 
+def _read(path: str | Path, text_column: str, label_column: str, labelled: bool) -> list[LabelledText]:
+    """The records of a file in any format; `labelled` requires a label on every record."""
+    path = Path(path)
+    kind = file_format(path)
+    if kind in ("csv", "tsv"):
+        records = _from_table(path, TABLE_SEPARATORS["." + kind], text_column, label_column, labelled)
+    elif kind == "jsonl":
+        records = _from_jsonl(path, text_column, label_column, labelled)
+    else:
+        records = _from_lines(path, with_labels=labelled)
+    return _check_texts(records, path, labelled=labelled)
+
+
 def read_labelled(path: str | Path, text_column: str = "text", label_column: str = "label") -> list[LabelledText]:
     """Read (text, label) records from a CSV, TSV, JSONL or SST-style file.
 
@@ -143,28 +156,12 @@ def read_labelled(path: str | Path, text_column: str = "text", label_column: str
         UserError: a missing file or column (the columns found are listed), an empty text or label,
             malformed JSON; the message names the file and the row or line.
     """
-    path = Path(path)
-    kind = file_format(path)
-    if kind in ("csv", "tsv"):
-        records = _from_table(path, TABLE_SEPARATORS["." + kind], text_column, label_column, True)
-    elif kind == "jsonl":
-        records = _from_jsonl(path, text_column, label_column, True)
-    else:
-        records = _from_lines(path, with_labels=True)
-    return _check_texts(records, path, labelled=True)
+    return _read(path, text_column, label_column, labelled=True)
 
 
 def read_texts(path: str | Path, text_column: str = "text", label_column: str = "label") -> list[LabelledText]:
     """Texts to classify: CSV/TSV/JSONL with the text column (labels kept when present), else one per line."""
-    path = Path(path)
-    kind = file_format(path)
-    if kind in ("csv", "tsv"):
-        records = _from_table(path, TABLE_SEPARATORS["." + kind], text_column, label_column, False)
-    elif kind == "jsonl":
-        records = _from_jsonl(path, text_column, label_column, False)
-    else:
-        records = _from_lines(path, with_labels=False)
-    return _check_texts(records, path, labelled=False)
+    return _read(path, text_column, label_column, labelled=False)
 
 
 def texts_from_lines(lines: Iterable[str], source: str = "<stdin>") -> list[LabelledText]:

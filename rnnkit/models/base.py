@@ -1,12 +1,13 @@
-"""What every task model shares: the loss record the trainer reads, and sequence dropout.
+"""What every task model shares: the loss record the trainer reads, sequence dropout, option checks.
 
-What is here: `LossOutput` (the one thing a model's `loss(batch, state)` returns to the trainer) and
-`SequenceDropout` (dropout on (B, T, F) with an optional single mask per sequence). What is not: any
-particular task.
+What is here: `LossOutput` (the one thing a model's `loss(batch, state)` returns to the trainer),
+`SequenceDropout` (dropout on (B, T, F) with an optional single mask per sequence) and `check_choice`
+(a named option must be one of a few values). What is not: any particular task.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,12 @@ class LossOutput:
     stats: dict[str, float] = field(default_factory=dict)
     state: Any = None
     weight: float | None = None
+
+
+def check_choice(name: str, value: Any, choices: Collection[str]) -> None:
+    """Raise ValueError naming the option `name` where `value` is not one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(choices)}; got {value!r}")
 
 
 class SequenceDropout(nn.Module):

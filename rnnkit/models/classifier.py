@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.layers import Recurrent
-from rnnkit.models.base import LossOutput, SequenceDropout
+from rnnkit.models.base import LossOutput, SequenceDropout, check_choice
 
 POOLINGS = ("last", "mean", "max", "attention")
 
@@ -121,8 +121,7 @@ class SequenceClassifier(nn.Module):
         recurrent_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling: expected one of {', '.join(POOLINGS)}; got {pooling!r}")
+        check_choice("pooling", pooling, POOLINGS)
         if num_classes < 2:
             raise ValueError(f"num_classes: expected at least 2; got {num_classes}")
         if vocab_size is None and input_size is None:

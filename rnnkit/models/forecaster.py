@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.layers import Recurrent
-from rnnkit.models.base import LossOutput
+from rnnkit.models.base import LossOutput, check_choice
 
 MODES = ("direct", "autoregressive")
 LOSSES = ("mse", "mae", "gaussian", "quantile")
@@ -75,10 +75,8 @@ class Forecaster(nn.Module):
         recurrent_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode: expected one of {', '.join(MODES)}; got {mode!r}")
-        if loss not in LOSSES:
-            raise ValueError(f"loss: expected one of {', '.join(LOSSES)}; got {loss!r}")
+        check_choice("mode", mode, MODES)
+        check_choice("loss", loss, LOSSES)
         if not 1 <= target_size <= input_size:
             raise ValueError(f"target_size: expected 1..input_size={input_size}; got {target_size}")
         qs = tuple(float(q) for q in quantiles)
@@ -88,8 +86,7 @@ class Forecaster(nn.Module):
         self.input_size, self.target_size, self.horizon = input_size, target_size, horizon
         self.mode, self.loss_name, self.quantiles = mode, loss, qs
         self.calendar_size = calendar_size
-        if level not in LEVELS:
-            raise ValueError(f"level: expected one of {', '.join(LEVELS)}; got {level!r}")
+        check_choice("level", level, LEVELS)
         if level == "season" and not 1 < season <= 10**6:
             raise ValueError(f"season: level 'season' needs a season length >= 2; got {season}")
         self.level, self.season = level, season
