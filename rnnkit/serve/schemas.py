@@ -76,9 +76,12 @@ class StepBatching(BaseModel):
 
 
 class Info(BaseModel):
-    """The run being served; the fields past `parameters` depend on its task."""
+    """The run being served; the fields past `parameters` depend on its task (`Task.describe_run`: a task
+    without fields declared here sends its own as they are)."""
 
-    task: Literal["lm", "classify", "tag", "seq2seq", "forecast"]
+    model_config = ConfigDict(extra="allow")
+
+    task: str = Field(description="the run's task, a name of the registry (rnnkit.tasks.REGISTRY)")
     run: str
     version: str
     cell: str
