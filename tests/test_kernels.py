@@ -223,11 +223,12 @@ def test_native_kernels_on_two_threads_agree_with_one_and_repeat_exactly(cell):
         assert torch.equal(b, c)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole-lstm", "layernorm-gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole-lstm", "layernorm-gru", "layernorm-lstm"])
 def test_a_kept_graph_gives_the_same_gradients_twice(cell):
-    """The native backward writes the gates' gradient over the saved gates when the graph is freed after
-    it; with retain_graph=True it must leave them intact, so a second backward gives the same gradients
-    as the first, and both equal a backward through a fresh graph."""
+    """The native backward writes the gates' gradient over the saved gates, and gives its buffers back to
+    the scratch pool, when the graph is freed after it; with retain_graph=True it must leave them intact, so
+    a second backward gives the same gradients as the first, and both equal a backward through a fresh
+    graph."""
     from rnnkit import Recurrent
 
     torch.manual_seed(8)
