@@ -5,6 +5,10 @@ Measures, for each case, the median and min-max over --repeats runs after a warm
 - training step (forward and backward through a stack of layers, summed outputs as the loss): rnnkit's cells on
   their default path, PyTorch's fused `nn.RNN/LSTM/GRU`, an `nn.LSTMCell` loop, Keras 3 on the torch backend and
   Flax (`nnx.RNN` over `OptimizedLSTMCell`/`GRUCell`, jit-compiled), when installed;
+- each rnnkit cell's training step against torch.nn's (its own kind for the plain cells, the LSTM for the
+  others), both as the ratio of the two medians measured in blocks and alternating: each rnnkit step followed
+  by one of torch.nn's, as when other layers run between the recurrent ones, the median of at least 15 pairs'
+  ratios;
 - inference throughput (forward only, tokens per second);
 - streaming latency at B=1 (one step per call): rnnkit's `Recurrent.step`, `nn.LSTM` called with T=1,
   `nn.LSTMCell`, and the bare matrix-vector products of a step as the floor;
@@ -14,7 +18,8 @@ Measures, for each case, the median and min-max over --repeats runs after a warm
   median of at least 15 pairs' ratios), which holds when the machine's speed drifts during the run.
 
 First-call times (compilation included, for Flax) are reported separately, and so is the time a fresh process
-takes to have rnnkit's native C++ kernels ready, with an empty cache (the build) and with a cached build.
+takes to have rnnkit's native C++ kernels ready, with an empty cache (the build, unless the package holds a
+prebuilt library) and with a cached build.
 Peers that are not installed are skipped with a note. Figures go to stdout and to --out as JSON.
 
     python benchmarks/speed.py --threads 2 --repeats 5 --out benchmarks/results/speed.json
@@ -70,16 +75,18 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, 
 
 def native_start_up() -> dict[str, object]:
     """Seconds a fresh process (rnnkit already imported) takes to have rnnkit's native kernels ready: with an
-    empty cache (the C++ build included) and with the library already cached."""
-    code = "import time; from rnnkit.kernels import native; t = time.perf_counter(); s = native.status(); " \
-           "print(s, time.perf_counter() - t)"
+    empty cache (the C++ build included, unless the package holds a prebuilt library) and with the library
+    already cached; and where the library came from each time."""
+    code = ("import json, time; from rnnkit.kernels import native; t = time.perf_counter(); native.library(); "
+            "print(json.dumps([time.perf_counter() - t, native.info().get('source') or native.status()]))")
     out: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as cache:
-        for label in ("cold_s", "warm_s"):
+        for label in ("cold", "warm"):
             done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                   env={**os.environ, "RNNKIT_CACHE": cache}, check=True)
-            status, seconds = done.stdout.split()
-            out[label], out["status"] = round(float(seconds), 2), status
+            seconds, source = json.loads(done.stdout.splitlines()[-1])
+            out[f"{label}_s"], out[label] = round(seconds, 2), source
+    out["status"] = native.status()
     return out
 
 
@@ -114,6 +121,22 @@ def paired_fraction(step: Callable[[], object], flops: float, repeats: int) -> d
         a @ b
         t_gemm = time.perf_counter() - t
         ratios.append((flops / t_step) / (2 * 2048**3 / t_gemm))
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
+def alternating(step: Callable[[], object], other: Callable[[], object], pairs: int) -> dict[str, float]:
+    """`step` and `other` in turn, as when other layers' work runs between a recurrent layer's steps (their
+    buffers and weights then leave the caches, the allocator's free memory is taken by others, the threads
+    go idle between the two): the median and min-max over `pairs` of the ratio of the two times."""
+    step(), other()
+    ratios = []
+    for _ in range(pairs):
+        t = time.perf_counter()
+        step()
+        t_step = time.perf_counter() - t
+        t = time.perf_counter()
+        other()
+        ratios.append(t_step / (time.perf_counter() - t))
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
@@ -331,6 +354,22 @@ def main() -> None:
             print(json.dumps({"case": name, **size, "train_ms": round(train["median_ms"], 1),
                               "train_min_max": [round(train["min_ms"], 1), round(train["max_ms"], 1)],
                               "tokens_per_s": round(infer["tokens_per_s"])}), flush=True)
+        # Each rnnkit training step in turn with one of torch.nn's (its own kind for the plain cells, the LSTM
+        # for the others), against the ratio of the two measured in blocks above.
+        medians = {e["case"]: e["train"]["median_ms"] for e in results["cases"] if e["H"] == H and e["B"] == B
+                   and e["T"] == T}
+        for name, (module, run) in rows.items():
+            if not name.startswith("rnnkit "):
+                continue
+            peer = f"torch {name.split()[1] if name.split()[1] in TORCH_PEER else 'lstm'}"
+            ratios = alternating(one_training_step(module, run, x), one_training_step(*rows[peer], x),
+                                 max(args.repeats, 15))
+            entry = next(e for e in results["cases"] if e["case"] == name and e["H"] == H and e["B"] == B
+                         and e["T"] == T)
+            entry["train"]["against"] = {"peer": peer, "blocks": medians[name] / medians[peer],
+                                         "alternating": ratios}
+            print(json.dumps({"case": name, **size, "against": peer, "blocks": round(medians[name] / medians[peer], 3),
+                              "alternating": {k: round(v, 3) for k, v in ratios.items()}}), flush=True)
     if "long" in args.parts:
         results["long"] = long_sequence(I, args.long, args.repeats)
     if "streaming" in args.parts:

@@ -359,11 +359,25 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from rnnkit import __version__
+class _VersionAction(argparse.Action):
+    """--version: rnnkit's and torch's versions, and which kernels run (found, or built, to say so)."""
 
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import torch
+
+        from rnnkit import __version__
+        from rnnkit.kernels import native
+
+        print(f"rnnkit {__version__}\ntorch {torch.__version__}\nkernels: {native.status()}")
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnkit", description="Recurrent neural networks on PyTorch.")
-    parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="show the versions and which kernels run, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_text, add_args, handler) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

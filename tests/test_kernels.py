@@ -163,7 +163,7 @@ def test_native_kernels_build_and_are_used_where_a_compiler_is():
     above then cover them in float64). In float32 over 50 steps, both paths stay within 1e-4 of a float64
     run, relative to each tensor's largest value (measured: up to 2e-5 fused, 1e-5 ATen; the kernels'
     vectorised exp and tanh round a little differently from ATen's)."""
-    assert native.status() == "native", native.status()
+    assert native.status().startswith("native ("), native.status()
     import copy
 
     from rnnkit import Recurrent
@@ -223,46 +223,12 @@ def test_native_kernels_on_two_threads_agree_with_one_and_repeat_exactly(cell):
         assert torch.equal(b, c)
 
 
-def test_a_failed_build_falls_back_to_the_aten_paths(tmp_path):
-    """A compiler that fails (here `false` as CXX, with an empty cache) leaves rnnkit on its ATen paths: the
-    status says why, and a layer-norm LSTM still trains, with the same numbers as with the kernels."""
-    import os
-    import subprocess
-    import sys
-
-    code = (
-        "import torch; from rnnkit import Recurrent\nfrom rnnkit.kernels import native\n"
-        "torch.manual_seed(0); layer = Recurrent('layernorm-lstm', 3, 5).double()\n"
-        "x = torch.randn(2, 4, 3, dtype=torch.float64)\n"
-        "out, _ = layer(x); out.sum().backward()\n"
-        "print(native.status().split(':')[0]); print(repr(out.sum().item())); print(repr(layer.weight_hh_l0.grad.sum().item()))\n"
-    )
-    false = shutil.which("false")
-    if false is None:
-        pytest.skip("no `false` command to stand in for a broken compiler")
-    env = {**os.environ, "RNNKIT_CACHE": str(tmp_path / "cache"), "CXX": false, "OMP_NUM_THREADS": "1"}
-    broken = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert broken.returncode == 0, broken.stderr
-    status, out_sum, grad_sum = broken.stdout.split("\n")[:3]
-    assert status == "aten (build failed"
-    assert "native kernels are not available" in broken.stderr  # said once, as a warning
-    env.pop("CXX")
-    env["RNNKIT_NATIVE"] = "1"
-    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
-        return
-    built = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert built.returncode == 0, built.stderr
-    native_status, native_out, native_grad = built.stdout.split("\n")[:3]
-    assert native_status == "native"
-    assert float(native_out) == pytest.approx(float(out_sum), rel=1e-10)
-    assert float(native_grad) == pytest.approx(float(grad_sum), rel=1e-10)
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole-lstm", "layernorm-gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole-lstm", "layernorm-gru", "layernorm-lstm"])
 def test_a_kept_graph_gives_the_same_gradients_twice(cell):
-    """The native backward writes the gates' gradient over the saved gates when the graph is freed after
-    it; with retain_graph=True it must leave them intact, so a second backward gives the same gradients
-    as the first, and both equal a backward through a fresh graph."""
+    """The native backward writes the gates' gradient over the saved gates, and gives its buffers back to
+    the scratch pool, when the graph is freed after it; with retain_graph=True it must leave them intact, so
+    a second backward gives the same gradients as the first, and both equal a backward through a fresh
+    graph."""
     from rnnkit import Recurrent
 
     torch.manual_seed(8)

@@ -86,7 +86,7 @@ class _LinearRecurrence(torch.autograd.Function):
         if lib is not None:  # the loop in C++ (rnnkit/kernels/native/cells.cpp)
             T, N = a.shape[0], a[0].numel()
             f = lib.rnnkit_linear_forward_f64 if a.dtype == torch.float64 else lib.rnnkit_linear_forward_f32
-            f(a.data_ptr(), b.data_ptr(), h0.data_ptr(), out.data_ptr(), T, N)
+            f(a.data_ptr(), b.data_ptr(), h0.data_ptr(), out.data_ptr(), T, N, torch.get_num_threads())
         else:
             h = h0
             for t in range(a.shape[0]):
@@ -103,7 +103,7 @@ class _LinearRecurrence(torch.autograd.Function):
         lib = _native(a)
         if lib is not None:
             f = lib.rnnkit_linear_backward_f64 if a.dtype == torch.float64 else lib.rnnkit_linear_backward_f32
-            f(grad_out.data_ptr(), a.data_ptr(), g.data_ptr(), T, a[0].numel())
+            f(grad_out.data_ptr(), a.data_ptr(), g.data_ptr(), T, a[0].numel(), torch.get_num_threads())
         else:
             running = g[T - 1].copy_(grad_out[T - 1])
             for t in range(T - 2, -1, -1):

@@ -363,10 +363,13 @@ class NativeLayerNormLSTMSequence(torch.autograd.Function):
         new = u.new_empty
         u = u.contiguous()
         recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
-        hs, cs, h_in = _states(h0, c0, T, recurrent_mask)
+        # Where a backward will follow, the big buffers come from SCRATCH and go back at its end.
+        pooled = any(ctx.needs_input_grad) and u.device.type == "cpu"
+        big = (lambda *shape: SCRATCH.take(shape, u)) if pooled else new
+        hs, cs, h_in = _states(h0, c0, T, recurrent_mask, pooled)
         step_mask = None if mask is None else mask.reshape(T, B).contiguous()
-        buffers = dict(r_hat=new(T, B, G), r_rstd=new(T, B), act=new(T, B, G), c_mean=new(T, B), c_rstd=new(T, B),
-                       tanh_c=new(T, B, H), c_new=cs[1:] if mask is None else new(T, B, H),
+        buffers = dict(r_hat=big(T, B, G), r_rstd=new(T, B), act=big(T, B, G), c_mean=new(T, B), c_rstd=new(T, B),
+                       tanh_c=big(T, B, H), c_new=cs[1:] if mask is None else new(T, B, H),
                        out=hs[1:] if mask is None else new(T, B, H), u_mean=new(T, B), u_rstd=new(T, B))
         product = new(B, G)
         weights = dict(gain_hh=ln_hh_weight.contiguous(), gain_c=ln_c_weight.contiguous(),
@@ -393,7 +396,7 @@ class NativeLayerNormLSTMSequence(torch.autograd.Function):
         dh_mm = _zeros_if_none(grad_h, hs[0]).clone()  # the gradient of h_T enters where the product's would
         dc = _zeros_if_none(grad_c, cs[0]).clone()
         keep_h = None if step_mask is None else u.new_zeros(B, H)
-        d_u, d_r = new(T, B, G), new(T, B, G)
+        d_u, d_r = new(T, B, G), SCRATCH.take((T, B, G), u)
         # g_hh, g_c, b_c, g_ih, shift_ih: summed over the steps in the kernel, in float64
         d_gains = u.new_zeros(3 * G + 2 * H, dtype=torch.float64)
         d_ln_hh, d_ln_c_weight, d_ln_c_bias, d_ln_ih, d_shift = d_gains.split([G, H, H, G, G])
@@ -406,6 +409,9 @@ class NativeLayerNormLSTMSequence(torch.autograd.Function):
         dh = _run_backward("lnlstm", slots, ctx.gemm[0], u.dtype, weight_hh, d_r, dh_mm, recurrent_mask, keep_h)
         d_weight_hh = _recurrent_weight_gradient(d_r, hs, h_in)
         grads = [g.to(u.dtype) for g in (d_ln_ih, d_shift, d_ln_hh, d_ln_c_weight, d_ln_c_bias)]
+        if not _graph_kept():  # nothing reads the saved buffers again: they go back for the next forward
+            SCRATCH.give(hs, cs, h_in, buffers["r_hat"], buffers["act"], buffers["tanh_c"], d_r)
+            ctx.steps = None
         return (d_u, grads[0], grads[1] if has_shift else None, dh, dc, d_weight_hh, *grads[2:], None, None)
 
 

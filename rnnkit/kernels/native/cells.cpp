@@ -18,6 +18,7 @@
 #include "gemm.h"
 #include "norm.h"
 #include "parallel.h"
+#include "vmath.h"
 
 namespace {
 
@@ -70,7 +71,8 @@ enum Slot : int {
   kBiasX,    // (G) or 0; not with the layer norms (LayerNormGRUCell's input bias is ShiftIH)
   kDBiasX,   // (G) float64, accumulated, or 0
   kGemmKind,  // five slots for the sequence functions' products: rnnkit::gemm_at (gemm.h)
-  kSlots = kGemmKind + 5
+  kThreads = kGemmKind + 5,  // torch.get_num_threads() at the call (parallel.h)
+  kSlots
 };
 
 using rnnkit::at;
@@ -78,6 +80,7 @@ using rnnkit::layer_norm_backward;
 using rnnkit::layer_norm_backward_of;
 using rnnkit::moments;
 using rnnkit::sigmoid;
+using rnnkit::tanh_of;
 
 // G, the width of a row of gates: 4H, 3H or H.
 inline int64_t gates(const int64_t* p) {
@@ -92,9 +95,10 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
   const S* rmask = p[kRMask] ? at<S>(p, kRMask) : nullptr;
   const S* b_hn = p[kBiasHN] ? at<S>(p, kBiasHN) : nullptr;
   const S* bias_x = p[kBiasX] ? at<S>(p, kBiasX) : nullptr;
-  const int threads = rnnkit::threads_for(B, G);
+  const int threads = rnnkit::threads_for(B, G, p[kThreads]);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
+    rnnkit::note_team(b);
     const int64_t row = t * B + b;
     const S* xp = at<S>(p, kXp) + row * G;
     const S* pr = prod_all + b * G;
@@ -113,7 +117,7 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
       for (int64_t k = 0, n = cell == kGru ? 2 * H : G; k < n; ++k) pr_row[k] += bias_x[k];
     }
     if (cell == kRnnTanh) {
-      for (int64_t k = 0; k < H; ++k) out[k] = std::tanh(xp[k] + pr[k]);
+      for (int64_t k = 0; k < H; ++k) out[k] = tanh_of(xp[k] + pr[k]);
     } else if (cell == kRnnRelu) {
       for (int64_t k = 0; k < H; ++k) { S v = xp[k] + pr[k]; out[k] = v > S(0) ? v : S(0); }
     } else if (cell == kLstm) {
@@ -125,7 +129,7 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
       if (peep_i) {  // the gates also see the cell: p_i * c and p_f * c before the update, p_o * c' after
         for (int64_t k = 0; k < H; ++k) {
           S i = sigmoid(act[k] + peep_i[k] * c[k]), f = sigmoid(act[H + k] + peep_f[k] * c[k]);
-          S g = std::tanh(act[2 * H + k]);
+          S g = tanh_of(act[2 * H + k]);
           S cn = f * c[k] + i * g;
           S o = sigmoid(act[3 * H + k] + peep_o[k] * cn);
           act[k] = i;
@@ -136,12 +140,12 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
         }
       } else {
         for (int64_t k = 0; k < 2 * H; ++k) act[k] = sigmoid(act[k]);
-        for (int64_t k = 2 * H; k < 3 * H; ++k) act[k] = std::tanh(act[k]);
+        for (int64_t k = 2 * H; k < 3 * H; ++k) act[k] = tanh_of(act[k]);
         for (int64_t k = 3 * H; k < G; ++k) act[k] = sigmoid(act[k]);
         for (int64_t k = 0; k < H; ++k) c_new[k] = act[H + k] * c[k] + act[k] * act[2 * H + k];
       }
       for (int64_t k = 0; k < H; ++k) {
-        S y = std::tanh(c_new[k]);
+        S y = tanh_of(c_new[k]);
         tanh_c[k] = y;
         out[k] = act[3 * H + k] * y;
       }
@@ -178,7 +182,7 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
       for (int64_t k = 0; k < H; ++k) {
         S q = pr[2 * H + k] + (b_hn ? b_hn[k] : S(0));
         hn_saved[k] = q;
-        act[2 * H + k] = std::tanh(x_n[k] + act[k] * q);
+        act[2 * H + k] = tanh_of(x_n[k] + act[k] * q);
       }
       for (int64_t k = 0; k < H; ++k) {
         S z = act[H + k];
@@ -223,7 +227,7 @@ inline Sums backward_sums(const int64_t* p) {
   const int sum_slots[8] = {kDBiasHN, kDGainIH, kDShiftIH, kDGainHH, kDPeepI, kDPeepF, kDPeepO, kDBiasX};
   double* totals[8];
   for (int j = 0; j < 8; ++j) totals[j] = p[sum_slots[j]] ? at<double>(p, sum_slots[j]) : nullptr;
-  return Sums(totals, {H, G, G, G, H, H, H, G}, rnnkit::threads_for(p[kB], G));
+  return Sums(totals, {H, G, G, G, H, H, H, G}, rnnkit::threads_for(p[kB], G, p[kThreads]));
 }
 
 template <typename S>
@@ -239,9 +243,10 @@ void backward_step(const int64_t* p, int64_t t, int64_t last, Sums& sums) {
   const S* peep_i = p[kPeepI] ? at<S>(p, kPeepI) : nullptr;
   const S* peep_f = p[kPeepF] ? at<S>(p, kPeepF) : nullptr;
   const S* peep_o = p[kPeepO] ? at<S>(p, kPeepO) : nullptr;
-  const int threads = rnnkit::threads_for(B, G);
+  const int threads = rnnkit::threads_for(B, G, p[kThreads]);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
+    rnnkit::note_team(b);
     double *d_b_hn = sums.part(0), *d_gain_ih = sums.part(1), *d_shift_ih = sums.part(2), *d_gain_hh = sums.part(3);
     double *d_peep_i = sums.part(4), *d_peep_f = sums.part(5), *d_peep_o = sums.part(6);
     double* d_bias_x = sums.part(7);
@@ -415,22 +420,22 @@ void cell_steps(const int64_t* p) {
       if (cell == kRnnTanh || cell == kRnnRelu) {
         for (int64_t k = 0; k < H; ++k) {
           S v = x[k] + r[k];
-          h_out[k] = cell == kRnnTanh ? std::tanh(v) : (v > S(0) ? v : S(0));
+          h_out[k] = cell == kRnnTanh ? tanh_of(v) : (v > S(0) ? v : S(0));
         }
       } else if (cell == kLstm) {
         const S* c = at<S>(p, sC0) + (layer * B + b) * H;
         S* c_out = at<S>(p, sCOut) + (layer * B + b) * H;
         for (int64_t k = 0; k < G; ++k) x[k] += r[k];
         for (int64_t k = 0; k < H; ++k) {
-          S i = sigmoid(x[k]), f = sigmoid(x[H + k]), g = std::tanh(x[2 * H + k]), o = sigmoid(x[3 * H + k]);
+          S i = sigmoid(x[k]), f = sigmoid(x[H + k]), g = tanh_of(x[2 * H + k]), o = sigmoid(x[3 * H + k]);
           S c_new = f * c[k] + i * g;
           c_out[k] = c_new;
-          h_out[k] = o * std::tanh(c_new);
+          h_out[k] = o * tanh_of(c_new);
         }
       } else {  // GRU
         for (int64_t k = 0; k < H; ++k) {
           S rr = sigmoid(x[k] + r[k]), z = sigmoid(x[H + k] + r[H + k]);
-          S n = std::tanh(x[2 * H + k] + rr * r[2 * H + k]);
+          S n = tanh_of(x[2 * H + k] + rr * r[2 * H + k]);
           h_out[k] = (S(1) - z) * n + z * h[k];
         }
       }
@@ -441,15 +446,16 @@ void cell_steps(const int64_t* p) {
 // The linear recurrence of minGRU and minLSTM (scan.linear_recurrence), h_t = a_t h_{t-1} + b_t over
 // T steps of N values each, time-major and contiguous; and the backward's own recurrence over the
 // gradient reaching each state, g_t = dL/dh_t + a_{t+1} g_{t+1}.
-// The N columns are independent: threads take blocks of them, each for all T steps.
+// The N columns are independent: threads (up to `threads_available`) take blocks of them, each for all T steps.
 constexpr int64_t kColumnBlock = 256;
 
 template <typename S>
-void linear_forward(const S* a, const S* b, const S* h0, S* out, int64_t T, int64_t N) {
+void linear_forward(const S* a, const S* b, const S* h0, S* out, int64_t T, int64_t N, int64_t threads_available) {
   const int64_t blocks = (N + kColumnBlock - 1) / kColumnBlock;
-  const int threads = rnnkit::threads_for(blocks, T * kColumnBlock);
+  const int threads = rnnkit::threads_for(blocks, T * kColumnBlock, threads_available);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t block = 0; block < blocks; ++block) {
+    rnnkit::note_team(block);
     const int64_t lo = block * kColumnBlock, hi = std::min(N, lo + kColumnBlock);
     const S* h = h0;
     for (int64_t t = 0; t < T; ++t) {
@@ -463,11 +469,12 @@ void linear_forward(const S* a, const S* b, const S* h0, S* out, int64_t T, int6
 }
 
 template <typename S>
-void linear_backward(const S* grad_out, const S* a, S* g, int64_t T, int64_t N) {
+void linear_backward(const S* grad_out, const S* a, S* g, int64_t T, int64_t N, int64_t threads_available) {
   const int64_t blocks = (N + kColumnBlock - 1) / kColumnBlock;
-  const int threads = rnnkit::threads_for(blocks, T * kColumnBlock);
+  const int threads = rnnkit::threads_for(blocks, T * kColumnBlock, threads_available);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t block = 0; block < blocks; ++block) {
+    rnnkit::note_team(block);
     const int64_t lo = block * kColumnBlock, hi = std::min(N, lo + kColumnBlock);
     for (int64_t k = lo; k < hi; ++k) g[(T - 1) * N + k] = grad_out[(T - 1) * N + k];
     for (int64_t t = T - 2; t >= 0; --t) {
@@ -483,18 +490,22 @@ void linear_backward(const S* grad_out, const S* a, S* g, int64_t T, int64_t N) 
 }  // namespace
 
 extern "C" {
-void rnnkit_linear_forward_f32(const float* a, const float* b, const float* h0, float* out, int64_t T, int64_t N) {
-  linear_forward<float>(a, b, h0, out, T, N);
+#pragma GCC visibility push(default)  // the library is built with -fvisibility=hidden
+void rnnkit_linear_forward_f32(const float* a, const float* b, const float* h0, float* out, int64_t T, int64_t N,
+                               int64_t threads) {
+  linear_forward<float>(a, b, h0, out, T, N, threads);
 }
 void rnnkit_linear_forward_f64(const double* a, const double* b, const double* h0, double* out, int64_t T,
-                               int64_t N) {
-  linear_forward<double>(a, b, h0, out, T, N);
+                               int64_t N, int64_t threads) {
+  linear_forward<double>(a, b, h0, out, T, N, threads);
 }
-void rnnkit_linear_backward_f32(const float* grad_out, const float* a, float* g, int64_t T, int64_t N) {
-  linear_backward<float>(grad_out, a, g, T, N);
+void rnnkit_linear_backward_f32(const float* grad_out, const float* a, float* g, int64_t T, int64_t N,
+                                int64_t threads) {
+  linear_backward<float>(grad_out, a, g, T, N, threads);
 }
-void rnnkit_linear_backward_f64(const double* grad_out, const double* a, double* g, int64_t T, int64_t N) {
-  linear_backward<double>(grad_out, a, g, T, N);
+void rnnkit_linear_backward_f64(const double* grad_out, const double* a, double* g, int64_t T, int64_t N,
+                                int64_t threads) {
+  linear_backward<double>(grad_out, a, g, T, N, threads);
 }
 int64_t rnnkit_step_slots() { return sStepSlots; }
 void rnnkit_cell_step_f32(const int64_t* p) { cell_steps<float>(p); }
@@ -512,4 +523,5 @@ void rnnkit_cell_backward_f32(const int64_t* p, int64_t t, int64_t last) {
 void rnnkit_cell_backward_f64(const int64_t* p, int64_t t, int64_t last) {
   backward_one_step<double>(p, t, last);
 }
+#pragma GCC visibility pop
 }

@@ -20,18 +20,33 @@ namespace rnnkit {
 template <typename S>
 inline S* at(const int64_t* p, int slot) { return reinterpret_cast<S*>(p[slot]); }
 
-template <typename S>
-inline S sigmoid(S x) { return S(1) / (S(1) + std::exp(-x)); }
-
 enum GemmKind : int64_t { kGemmNone = 0, kGemmPacked = 1, kGemmFortran = 2 };
 
-// cblas_sgemm_compute (CBLAS enums are ints; MKL_INT is 32-bit in the LP64 interface).
-using PackedCompute = void (*)(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
-                               const float* b, int ldb, float beta, float* c, int ldc);
+// The BLAS's integers. MKL's LP64 interface (PyTorch's) takes 32-bit ints, an ILP64 build 64-bit ones. Held
+// in 64 bits, a small non-negative value reads the same to either: by value on x86-64, each argument fills a
+// 64-bit register or stack slot, whose low half is what an `int` parameter reads; by pointer (Fortran) on a
+// little-endian machine, the low half comes first. Elsewhere they are plain ints. The loader still checks a
+// product against torch.mm before any kernel runs (rnnkit_gemm_check), for BLAS libraries that differ in
+// other ways.
+#if defined(__x86_64__) || defined(_M_X64)
+using BlasInt = int64_t;
+#else
+using BlasInt = int;
+#endif
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+using FortranInt = int64_t;
+#else
+using FortranInt = int;
+#endif
+
+// cblas_sgemm_compute (CBLAS enums are ints).
+using PackedCompute = void (*)(BlasInt layout, BlasInt transa, BlasInt transb, BlasInt m, BlasInt n, BlasInt k,
+                               const float* a, BlasInt lda, const float* b, BlasInt ldb, float beta, float* c,
+                               BlasInt ldc);
 template <typename S>
-using FortranGemm = void (*)(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-                             const S* alpha, const S* a, const int* lda, const S* b, const int* ldb, const S* beta,
-                             S* c, const int* ldc);
+using FortranGemm = void (*)(const char* transa, const char* transb, const FortranInt* m, const FortranInt* n,
+                             const FortranInt* k, const S* alpha, const S* a, const FortranInt* lda, const S* b,
+                             const FortranInt* ldb, const S* beta, S* c, const FortranInt* ldc);
 
 constexpr int kRowMajor = 101, kNoTrans = 111, kPacked = 151;
 
@@ -61,8 +76,9 @@ inline void product_wt(const Gemm& g, int B, int N, int K, const S* x, S* out) {
   } else {
     // Column-major view: out^T (N, B) = W (N, K) @ x^T (K, B); W row-major is W^T column-major.
     const S one = 1, zero = 0;
-    reinterpret_cast<FortranGemm<S>>(g.fn)("T", "N", &N, &B, &K, &one, reinterpret_cast<const S*>(g.weight), &K,
-                                           x, &K, &zero, out, &N);
+    const FortranInt n = N, b = B, k = K;
+    reinterpret_cast<FortranGemm<S>>(g.fn)("T", "N", &n, &b, &k, &one, reinterpret_cast<const S*>(g.weight), &k,
+                                           x, &k, &zero, out, &n);
   }
 }
 
@@ -77,8 +93,9 @@ inline void product_w(const Gemm& g, int B, int N, int K, const S* d, S* out) {
   } else {
     // Column-major view: out^T (K, B) = W^T (K, N) @ d^T (N, B).
     const S one = 1, zero = 0;
-    reinterpret_cast<FortranGemm<S>>(g.fn)("N", "N", &K, &B, &N, &one, reinterpret_cast<const S*>(g.weight), &K,
-                                           d, &N, &zero, out, &K);
+    const FortranInt n = N, b = B, k = K;
+    reinterpret_cast<FortranGemm<S>>(g.fn)("N", "N", &k, &b, &n, &one, reinterpret_cast<const S*>(g.weight), &k,
+                                           d, &n, &zero, out, &k);
   }
 }
 

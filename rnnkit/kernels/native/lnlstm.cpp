@@ -24,6 +24,7 @@
 #include "gemm.h"
 #include "norm.h"
 #include "parallel.h"
+#include "vmath.h"
 
 namespace {
 
@@ -65,7 +66,8 @@ enum Slot : int {
   kDGainIH,  // (4H) float64, gradient of g_ih, accumulated (with GainIH)
   kDShiftIH, // (4H) float64, gradient of shift_ih, accumulated, or 0
   kGemmKind,  // five slots for the sequence functions' products: rnnkit::gemm_at (gemm.h)
-  kSlots = kGemmKind + 5
+  kThreads = kGemmKind + 5,  // torch.get_num_threads() at the call (parallel.h)
+  kSlots
 };
 
 using rnnkit::at;
@@ -73,6 +75,7 @@ using rnnkit::layer_norm_backward;
 using rnnkit::layer_norm_backward_of;
 using rnnkit::moments;
 using rnnkit::sigmoid;
+using rnnkit::tanh_of;
 
 template <typename S>
 void forward_step(const int64_t* p, int64_t t, S eps) {
@@ -90,9 +93,10 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
   S* h_next = at<S>(p, kHs) + (t + 1) * B * H;
   S* c_next = at<S>(p, kCs) + (t + 1) * B * H;
   S* h_in = p[kHIn] ? at<S>(p, kHIn) + (t + 1) * B * H : nullptr;
-  const int threads = rnnkit::threads_for(B, G);
+  const int threads = rnnkit::threads_for(B, G, p[kThreads]);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
+    rnnkit::note_team(b);
     const S* r = prod + b * G;
     const S* xp = at<S>(p, kXp) + (t * B + b) * G;
     S* r_hat = at<S>(p, kRHat) + (t * B + b) * G;
@@ -124,7 +128,7 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
       }
     }
     for (int64_t k = 0; k < 2 * H; ++k) act[k] = sigmoid(act[k]);
-    for (int64_t k = 2 * H; k < 3 * H; ++k) act[k] = std::tanh(act[k]);
+    for (int64_t k = 2 * H; k < 3 * H; ++k) act[k] = tanh_of(act[k]);
     for (int64_t k = 3 * H; k < G; ++k) act[k] = sigmoid(act[k]);
     const S* a_i = act;
     const S* a_f = act + H;
@@ -136,7 +140,7 @@ void forward_step(const int64_t* p, int64_t t, S eps) {
     at<S>(p, kCMean)[t * B + b] = c_mean;
     at<S>(p, kCRstd)[t * B + b] = c_rstd;
     for (int64_t k = 0; k < H; ++k) {
-      S y = std::tanh((c_new[k] - c_mean) * c_rstd * g_c[k] + b_c[k]);
+      S y = tanh_of((c_new[k] - c_mean) * c_rstd * g_c[k] + b_c[k]);
       tanh_c[k] = y;
       out[k] = a_o[k] * y;
     }
@@ -168,7 +172,7 @@ inline Sums backward_sums(const int64_t* p) {
   double* totals[5] = {at<double>(p, kDGainHH), at<double>(p, kDGainC), at<double>(p, kDBiasC),
                        p[kDGainIH] ? at<double>(p, kDGainIH) : nullptr,
                        p[kDShiftIH] ? at<double>(p, kDShiftIH) : nullptr};
-  return Sums(totals, {G, H, H, G, G}, rnnkit::threads_for(p[kB], G));
+  return Sums(totals, {G, H, H, G, G}, rnnkit::threads_for(p[kB], G, p[kThreads]));
 }
 
 template <typename S>
@@ -184,9 +188,10 @@ void backward_step(const int64_t* p, int64_t t, int64_t last, Sums& sums) {
   S* dc_all = at<S>(p, kDc);
   const S* cs = at<S>(p, kCs) + t * B * H;
   const S* g_ih = p[kGainIH] ? at<S>(p, kGainIH) : nullptr;
-  const int threads = rnnkit::threads_for(B, G);
+  const int threads = rnnkit::threads_for(B, G, p[kThreads]);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
+    rnnkit::note_team(b);
     double *d_gain_hh = sums.part(0), *d_gain_c = sums.part(1), *d_bias_c = sums.part(2);
     double *d_gain_ih = sums.part(3), *d_shift_ih = sums.part(4);
     S x_hat_buf[4096];  // the row's normalised c' (H <= 4096 is checked on the Python side)
@@ -281,6 +286,7 @@ void backward_sequence(const int64_t* p) {
 }  // namespace
 
 extern "C" {
+#pragma GCC visibility push(default)  // the library is built with -fvisibility=hidden
 void rnnkit_lnlstm_forward_sequence_f32(const int64_t* p, double eps) { forward_sequence<float>(p, float(eps)); }
 void rnnkit_lnlstm_forward_sequence_f64(const int64_t* p, double eps) { forward_sequence<double>(p, eps); }
 void rnnkit_lnlstm_backward_sequence_f32(const int64_t* p) { backward_sequence<float>(p); }
@@ -294,4 +300,5 @@ void rnnkit_lnlstm_backward_f32(const int64_t* p, int64_t t, int64_t last) {
 void rnnkit_lnlstm_backward_f64(const int64_t* p, int64_t t, int64_t last) {
   backward_one_step<double>(p, t, last);
 }
+#pragma GCC visibility pop
 }

@@ -1,10 +1,13 @@
-// Threads for rnnkit's native kernels: OpenMP, sharing PyTorch's own runtime (the library links
-// libgomp.so.1, which resolves to the copy PyTorch has already loaded, so torch.set_num_threads governs
-// both, and MKL's GEMM and these loops use one pool). Built without OpenMP, everything runs on one thread.
+// Threads for rnnkit's native kernels: OpenMP, as many as PyTorch uses. The Python side passes
+// torch.get_num_threads() with every call (the `threads` slot), so the kernels follow torch.set_num_threads
+// whichever OpenMP runtime they were linked with; where that runtime is PyTorch's own (libgomp.so.1 of the
+// Linux wheels, which the library's dependency resolves to once torch is loaded), MKL's GEMM and these loops
+// also share one pool of threads. Built without OpenMP, everything runs on one thread.
 
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -12,16 +15,28 @@
 #include <omp.h>
 #else
 inline int omp_get_thread_num() { return 0; }
-inline int omp_get_max_threads() { return 1; }
+inline int omp_get_num_threads() { return 1; }
 #endif
 
 namespace rnnkit {
 
 // Threads for a loop over `rows` rows of `width` values each: one for small work (a parallel region costs
-// a few microseconds), else up to torch's thread count.
-inline int threads_for(int64_t rows, int64_t width) {
-  if (rows < 2 || rows * width < 16384) return 1;
-  return int(std::min<int64_t>(omp_get_max_threads(), rows));
+// a few microseconds), else up to `available` (torch's thread count).
+inline int threads_for(int64_t rows, int64_t width, int64_t available) {
+#ifndef _OPENMP
+  available = 1;
+#endif
+  if (rows < 2 || rows * width < 16384 || available < 2) return 1;
+  return int(std::min<int64_t>(available, rows));
+}
+
+// The number of threads that ran the latest threaded loop (read by rnnkit_threads_used, for the tests that
+// check the kernels follow torch's thread count). Each loop's first row records it: the thread that runs
+// row 0 is the team's first under a static schedule.
+inline std::atomic<int> last_team{0};
+
+inline void note_team(int64_t row) {
+  if (row == 0) last_team.store(omp_get_num_threads(), std::memory_order_relaxed);
 }
 
 // N sums over rows (a gradient of gains, biases or peepholes, each `sizes[j]` long, added into `totals[j]`;
