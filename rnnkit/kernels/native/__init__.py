@@ -130,10 +130,11 @@ def _load() -> tuple[ctypes.CDLL | None, dict[str, object]]:
         return None, info
     try:
         _declare(lib)
-        problem = _check_blas(lib)
     except (AttributeError, RuntimeError) as err:
-        problem = f"the library does not match its loader: {err}"
-    if problem:
+        _warn(f"native kernels are not available ({info['path']} does not match its loader: {err}); reinstall "
+              "rnnkit, or empty RNNKIT_CACHE; running the ATen paths")
+        return None, {"reason": f"the library does not match its loader: {err}"}
+    if problem := _check_blas(lib):
         _warn(f"native kernels are not available ({problem}); they call the LP64 MKL inside PyTorch's CPU wheels: "
               "use such a build of torch, or set RNNKIT_NATIVE=0 to go without them; running the ATen paths")
         return None, {"reason": problem}
