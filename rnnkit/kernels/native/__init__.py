@@ -130,10 +130,11 @@ def _load() -> tuple[ctypes.CDLL | None, dict[str, object]]:
         return None, info
     try:
         _declare(lib)
-        problem = _check_blas(lib)
     except (AttributeError, RuntimeError) as err:
-        problem = f"the library does not match its loader: {err}"
-    if problem:
+        _warn(f"native kernels are not available ({info['path']} does not match its loader: {err}); reinstall "
+              "rnnkit, or empty RNNKIT_CACHE; running the ATen paths")
+        return None, {"reason": f"the library does not match its loader: {err}"}
+    if problem := _check_blas(lib):
         _warn(f"native kernels are not available ({problem}); they call the LP64 MKL inside PyTorch's CPU wheels: "
               "use such a build of torch, or set RNNKIT_NATIVE=0 to go without them; running the ATen paths")
         return None, {"reason": problem}
@@ -351,8 +352,8 @@ def _check_blas(lib: ctypes.CDLL) -> str | None:
     import torch
 
     generator = torch.Generator().manual_seed(0)  # not the global one: loading draws no random numbers
-    B, N, K = 3, 8, 5
-    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+    B, N, K = 3, 264, 260  # wide enough for the packed copies' slices (one per thread, of 128 columns or more)
+    for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-12)):
         W, x, d = (torch.randn(*shape, dtype=dtype, generator=generator) for shape in ((N, K), (B, K), (B, N)))
         keep: list = []
         paths = []
@@ -370,7 +371,7 @@ def _check_blas(lib: ctypes.CDLL) -> str | None:
                 body, tail = got[:want.numel()].view_as(want), got[want.numel():]
                 if not bool((tail == guard).all()):
                     return f"BLAS check failed: {name} wrote past its output ({label})"
-                if not torch.allclose(body, want, rtol=tol, atol=tol):
+                if not torch.allclose(body, want, rtol=tol, atol=tol * want.abs().max().item()):
                     error = (body - want).abs().max().item()
                     return f"BLAS check failed: {name} differs from torch.mm by {error:.3g} ({label}, {dtype})"
     return None
@@ -423,6 +424,7 @@ def disabled() -> Iterator[None]:
 # ------------------------------------------------------------------------------- the BLAS (gemm.h)
 
 _blas: dict[str, object] = {}
+_SLICE_COLUMNS = 128  # the packed copies' slices are at least this wide (gemm_slots)
 
 
 def _torch_blas() -> dict[str, int]:
@@ -472,9 +474,13 @@ def _packing() -> tuple | None:
 
 def gemm_slots(weight_hh, batch_size: int, keep: list, backward: bool = True) -> dict[str, int] | None:
     """The GEMM slots for a sequence call with recurrent weights `weight_hh` (G, H) and `batch_size` rows:
-    packed copies of W_hh for float32 (the backward's only with `backward`; appended to `keep`, which the
-    caller holds for the call), the Fortran GEMM for float64; None where PyTorch's library offers neither
-    (the caller then runs the time loop in Python with torch.mm)."""
+    packed copies of W_hh for float32 (the backward's only with `backward`), the Fortran GEMM for float64;
+    None where PyTorch's library offers neither (the caller then runs the time loop in Python with
+    torch.mm). What the kernels read (the packed copies, their tables) is appended to `keep`, which the
+    caller holds for the call.
+
+    The packed copies come in slices of the product's columns, one per thread that will multiply them
+    (gemm.h: each slice's product on its own thread beats MKL's split of the whole 32-row product)."""
     import torch
 
     symbols = _torch_blas()
@@ -484,15 +490,22 @@ def gemm_slots(weight_hh, batch_size: int, keep: list, backward: bool = True) ->
     if weight_hh.dtype == torch.float32 and (packing := _packing()) is not None:
         size, pack = packing
         row_major, b_matrix, no_trans, trans = 101, 162, 111, 112
-        packed = []
-        # x (B, H) @ W^T -> (B, G); d (B, G) @ W -> (B, H): W (G, H) row-major, leading dimension H.
-        for m, n, k, t in ((batch_size, G, H, trans), (batch_size, H, G, no_trans))[:2 if backward else 1]:
-            buffer = torch.empty(size(b_matrix, m, n, k) + 64, dtype=torch.uint8)
-            pack(row_major, b_matrix, t, m, n, k, 1.0, weight_hh.data_ptr(), H, buffer.data_ptr())
-            packed.append(buffer)
-        keep.extend(packed)
+        threads, tables = torch.get_num_threads(), []
+        # x (B, H) @ W^T -> (B, G): columns lo..hi are W's rows lo..hi; d (B, G) @ W -> (B, H): W's columns.
+        for n, k, t, step in ((G, H, trans, H), (H, G, no_trans, 1))[:2 if backward else 1]:
+            parts = max(1, min(threads, n // _SLICE_COLUMNS))
+            table = [parts]
+            for part in range(parts):
+                lo, hi = n * part // parts, n * (part + 1) // parts
+                buffer = torch.empty(size(b_matrix, batch_size, hi - lo, k) + 64, dtype=torch.uint8)
+                pack(row_major, b_matrix, t, batch_size, hi - lo, k, 1.0,
+                     weight_hh.data_ptr() + lo * step * weight_hh.element_size(), H, buffer.data_ptr())
+                keep.append(buffer)
+                table.append(buffer.data_ptr())
+            tables.append(torch.tensor(table, dtype=torch.int64))
+        keep.extend(tables)
         return {"gemm_kind": 1, "gemm_fn": symbols["cblas_sgemm_compute"], "weight_hh": weight_hh.data_ptr(),
-                "packed_wt": packed[0].data_ptr(), "packed_w": packed[1].data_ptr() if backward else 0}
+                "packed_wt": tables[0].data_ptr(), "packed_w": tables[1].data_ptr() if backward else 0}
     fortran = symbols.get("dgemm_" if weight_hh.dtype == torch.float64 else "sgemm_")
     if fortran:
         return {"gemm_kind": 2, "gemm_fn": fortran, "weight_hh": weight_hh.data_ptr()}
