@@ -88,32 +88,31 @@ inline Gemm gemm_at(const int64_t* p, int first) {
           reinterpret_cast<const int64_t*>(p[first + 3]), reinterpret_cast<const int64_t*>(p[first + 4])};
 }
 
-// out (B, N) = x (B, K) @ W^T, W (N, K) row-major: a step's recurrent product.
+// A step's recurrent product, W (N, K) row-major: out (B, N) = in (B, K) @ W^T; with `back`, its gradient
+// out (B, K) = in (B, N) @ W.
 template <typename S>
-inline void product_wt(const Gemm& g, int B, int N, int K, const S* x, S* out) {
+inline void product(const Gemm& g, bool back, int B, int N, int K, const S* in, S* out) {
+  const int cols = back ? K : N, inner = back ? N : K;  // out's columns, and the length of each sum
   if (g.kind == kGemmPacked) {
-    packed_product(g, g.packed_wt, B, N, K, reinterpret_cast<const float*>(x), reinterpret_cast<float*>(out));
+    packed_product(g, back ? g.packed_w : g.packed_wt, B, cols, inner, reinterpret_cast<const float*>(in),
+                   reinterpret_cast<float*>(out));
   } else {
-    // Column-major view: out^T (N, B) = W (N, K) @ x^T (K, B); W row-major is W^T column-major.
+    // Column-major view: out^T = W (N, K) @ in^T forward (W row-major is W^T column-major), W^T @ in^T back.
     const S one = 1, zero = 0;
-    const FortranInt n = N, b = B, k = K;
-    reinterpret_cast<FortranGemm<S>>(g.fn)("T", "N", &n, &b, &k, &one, reinterpret_cast<const S*>(g.weight), &k,
-                                           x, &k, &zero, out, &n);
+    const FortranInt c = cols, b = B, i = inner, k = K;
+    reinterpret_cast<FortranGemm<S>>(g.fn)(back ? "N" : "T", "N", &c, &b, &i, &one,
+                                           reinterpret_cast<const S*>(g.weight), &k, in, &i, &zero, out, &c);
   }
 }
 
-// out (B, K) = d (B, N) @ W, W (N, K) row-major: a step's gradient back through the product.
+template <typename S>
+inline void product_wt(const Gemm& g, int B, int N, int K, const S* x, S* out) {
+  product(g, false, B, N, K, x, out);
+}
+
 template <typename S>
 inline void product_w(const Gemm& g, int B, int N, int K, const S* d, S* out) {
-  if (g.kind == kGemmPacked) {
-    packed_product(g, g.packed_w, B, K, N, reinterpret_cast<const float*>(d), reinterpret_cast<float*>(out));
-  } else {
-    // Column-major view: out^T (K, B) = W^T (K, N) @ d^T (N, B).
-    const S one = 1, zero = 0;
-    const FortranInt n = N, b = B, k = K;
-    reinterpret_cast<FortranGemm<S>>(g.fn)("N", "N", &k, &b, &n, &one, reinterpret_cast<const S*>(g.weight), &k,
-                                           d, &n, &zero, out, &k);
-  }
+  product(g, true, B, N, K, d, out);
 }
 
 // A layer's whole sequence, the recurrent products included: no return to Python between steps. The
