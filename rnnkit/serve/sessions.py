@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -135,6 +136,7 @@ class UnknownSession(KeyError):
     """A session id that does not exist (never made, or expired)."""
 
 
+@dataclass(eq=False)
 class SessionStore:
     """Sessions by id, least recently used first out.
 
@@ -147,19 +149,19 @@ class SessionStore:
             sessions are evicted (and one session alone never keeps more than this).
     """
 
-    def __init__(self, model: Any, max_sessions: int = 1000, idle_seconds: float = 900.0,
-                 max_states: int = 4096, max_bytes: int = 256 * 2**20) -> None:
-        if max_sessions < 1:
-            raise ValueError(f"max_sessions: expected an integer >= 1; got {max_sessions}")
-        if max_bytes < 1:
-            raise ValueError(f"max_bytes: expected an integer >= 1; got {max_bytes}")
-        self.model = model
-        self.max_sessions = max_sessions
-        self.idle_seconds = idle_seconds
-        self.max_states = max_states
-        self.max_bytes = max_bytes
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self._lock = threading.Lock()
+    model: Any
+    max_sessions: int = 1000
+    idle_seconds: float = 900.0
+    max_states: int = 4096
+    max_bytes: int = 256 * 2**20
+    _sessions: OrderedDict[str, Session] = field(default_factory=OrderedDict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_sessions < 1:
+            raise ValueError(f"max_sessions: expected an integer >= 1; got {self.max_sessions}")
+        if self.max_bytes < 1:
+            raise ValueError(f"max_bytes: expected an integer >= 1; got {self.max_bytes}")
 
     def __len__(self) -> int:
         return len(self._sessions)
