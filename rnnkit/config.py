@@ -259,7 +259,7 @@ class ClassifyConfig:
             _check(value >= 1, flag_of(ClassifyConfig, name), value, "an integer >= 1")
 
 
-TAG_SCHEMES = ("auto", "bio", "bioes", "none")
+TAG_SCHEMES = ("auto", "iob1", "bio", "bioes", "none")
 CHAR_ENCODERS = ("lstm", "cnn", "none")
 
 
@@ -269,7 +269,8 @@ class TagConfig:
 
     column: str = _opt("upos", "CoNLL-U: which column holds the tag", choices=("upos", "xpos", "deprel"))
     crf: bool = _opt(False, "a linear-chain CRF output with Viterbi decoding instead of a softmax per token")
-    scheme: str = _opt("auto", "tag scheme: detect it (auto), or convert the tags to bio or bioes; none: plain tags",
+    scheme: str = _opt("auto", "tag scheme: detect it (auto; IOB1 files are learnt as BIO and written back "
+                       "as IOB1), read the files as iob1, or convert the tags to bio or bioes; none: plain tags",
                        choices=TAG_SCHEMES)
     repair: bool = _opt(False, "repair tag sequences invalid under the scheme instead of stopping")
     char_encoder: str = _opt("lstm", "character-level word representation", choices=CHAR_ENCODERS)

@@ -97,8 +97,18 @@ class TagVocab:
     words: list[str]
     chars: list[str]
     tags: list[str]
-    scheme: str  # bio, bioes or none
+    scheme: str  # what the model learns: bio, bioes or none
     lowercase: bool
+    file_scheme: str = ""  # what the training file was in (iob1 is read into bio and written back); "" = scheme
+
+    @property
+    def output_scheme(self) -> str:
+        """The scheme predictions are written in: the training file's own."""
+        return self.file_scheme or self.scheme
+
+    def to_file_scheme(self, tags: list[str]) -> list[str]:
+        """Predicted tags (in `scheme`) as the training file would have written them."""
+        return convert(tags, "iob1") if self.output_scheme == "iob1" else tags
 
     def __post_init__(self) -> None:
         self._word_ids = {w: i for i, w in enumerate(self.words)}
@@ -119,8 +129,8 @@ class TagVocab:
         return cls(SPECIALS + words, SPECIALS + chars, tags, scheme, lowercase)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scheme": self.scheme, "lowercase": self.lowercase, "tags": self.tags, "chars": self.chars,
-                "words": self.words}
+        return {"scheme": self.scheme, "file_scheme": self.output_scheme, "lowercase": self.lowercase,
+                "tags": self.tags, "chars": self.chars, "words": self.words}
 
     def save(self, run_dir: Path) -> None:
         write_json(run_dir / VOCAB_FILE, self.to_dict())
@@ -129,7 +139,7 @@ class TagVocab:
     def load(cls, run_dir: Path) -> TagVocab:
         d = read_json(run_dir / VOCAB_FILE)
         try:
-            return cls(d["words"], d["chars"], d["tags"], d["scheme"], d["lowercase"])
+            return cls(d["words"], d["chars"], d["tags"], d["scheme"], d["lowercase"], d.get("file_scheme", ""))
         except KeyError as e:
             raise UserError(f"{run_dir / VOCAB_FILE}: missing key {e}") from None
 
@@ -218,15 +228,17 @@ def score(gold: list[list[str]], predicted: list[list[str]], scheme: str) -> dic
 # ------------------------------------------------------------------------------------------ reading
 
 
-def _read_labelled(path: str | Path, cfg: RunConfig, scheme: str) -> tuple[list[Sentence], str]:
-    """Read a tagged file and check its tags under `scheme` (auto/bio/bioes/none), repairing if allowed."""
+def _read_labelled(path: str | Path, cfg: RunConfig, scheme: str) -> tuple[list[Sentence], str, str]:
+    """Read a tagged file and check its tags under `scheme` (auto/iob1/bio/bioes/none), repairing if allowed.
+
+    Returns the sentences, the scheme their tags are now in and the scheme the file was found in."""
     o = cfg.options
     sentences = read_conll(path, column=o.column)
-    sentences, used, repaired = prepare_tags(sentences, scheme, o.repair, str(path))
+    sentences, used, repaired, found = prepare_tags(sentences, scheme, o.repair, str(path))
     if repaired:
-        print(f"rnnkit: warning: {path}: {repaired} sentence(s) with tags invalid under {used.upper()} were "
+        print(f"rnnkit: warning: {path}: {repaired} sentence(s) with tags invalid under {found.upper()} were "
               "repaired (--repair)", file=sys.stderr)
-    return sentences, used
+    return sentences, used, found
 
 
 Record = tuple[str, list[str], list[tuple[int, int]]]  # a sentence's text, its tokens, their character offsets
@@ -300,9 +312,12 @@ class TagTask(Task):
     def prepare(self, cfg: RunConfig, train_path: str | Path, valid_path: str | Path | None, out: Path,
                 resume: bool, say: Say) -> Prepared:
         vocab = TagVocab.load(out) if resume else None
-        sentences, scheme = _read_labelled(train_path, cfg, vocab.scheme if vocab else cfg.options.scheme)
+        sentences, scheme, found = _read_labelled(train_path, cfg, vocab.scheme if vocab else cfg.options.scheme)
+        if found != scheme:
+            say(f"{train_path}: tags found in {found.upper()}; learnt in {scheme.upper()}"
+                + (", predictions written back in IOB1" if found == "iob1" and not vocab else ""))
         if valid_path is not None:
-            valid, _ = _read_labelled(valid_path, cfg, scheme)
+            valid, _, _ = _read_labelled(valid_path, cfg, scheme)
         else:
             if len(sentences) < 2:
                 raise UserError(f"{train_path}: one sentence only; give --valid or more sentences to hold some out")
@@ -313,10 +328,11 @@ class TagTask(Task):
         if vocab is None:
             vocab = TagVocab.build(sentences, [s.tags or [] for s in valid], scheme, cfg.options.lowercase,
                                    cfg.data.min_freq, cfg.data.max_vocab)
+            vocab.file_scheme = found if found == "iob1" else ""
             if cfg.model.embeddings:
                 words, state["vectors"] = add_vector_words(vocab.words, cfg, say,
                                                            key=lambda w: _key(w, vocab.lowercase))
-                vocab = TagVocab(words, vocab.chars, vocab.tags, vocab.scheme, vocab.lowercase)
+                vocab = TagVocab(words, vocab.chars, vocab.tags, vocab.scheme, vocab.lowercase, vocab.file_scheme)
 
         tc, m = cfg.train, cfg.model
         train_src = SentenceSource([vocab.encode(s.tokens, s.tags) for s in sentences], tc.batch_size, True, tc.seed)
@@ -361,7 +377,7 @@ class TagTask(Task):
     def evaluate(self, run: LoadedTagger, data_path: str | Path) -> dict[str, Any]:
         """Score a run on a tagged file: f1, precision, recall, token_accuracy, per_type (see `score`), loss."""
         scheme = run.vocab.scheme
-        sentences, _ = _read_labelled(data_path, run.config, scheme)
+        sentences, _, _ = _read_labelled(data_path, run.config, scheme)
         predicted = run.tag([s.tokens for s in sentences])
         figures = score([s.tags or [] for s in sentences], predicted, scheme)
         items = [run.vocab.encode(s.tokens, s.tags) for s in sentences]
@@ -390,6 +406,7 @@ class TagTask(Task):
         tags = run.tag([r[1] for r in records])
         lines = []
         for record, t in zip(records, tags, strict=True):
+            t = run.vocab.to_file_scheme(t)
             if fmt == "conll":
                 lines.extend(f"{tok}\t{tag}" for tok, tag in zip(record[1], t, strict=True))
                 lines.append("")
@@ -404,10 +421,11 @@ class TagTask(Task):
         for entity tags, the entities."""
         records = [_line_record(line) for line in text_inputs(inputs, config.max_input_chars)]
         tags = run.tag([r[1] for r in records])
-        return [_tagged(record, t, run.vocab.scheme) for record, t in zip(records, tags, strict=True)]
+        return [_tagged(record, run.vocab.to_file_scheme(t), run.vocab.scheme)
+                for record, t in zip(records, tags, strict=True)]
 
     def describe_run(self, run: LoadedTagger) -> dict[str, Any]:
-        return {"tags": list(run.vocab.tags), "scheme": run.vocab.scheme}
+        return {"tags": list(run.vocab.tags), "scheme": run.vocab.scheme, "file_scheme": run.vocab.output_scheme}
 
     def export_graphs(self, run: LoadedTagger) -> list[Any]:
         """The tag scores per token; with a CRF, its transition scores go to export.json for Viterbi outside
@@ -447,7 +465,7 @@ class TagTask(Task):
         """Every sentence of a tagged file; the loss is the last token's tag's cross-entropy."""
         from rnnkit.diagnostics import InspectSequence
 
-        sentences, _ = _read_labelled(data_path, run.config, run.vocab.scheme)
+        sentences, _, _ = _read_labelled(data_path, run.config, run.vocab.scheme)
         found = [InspectSequence(collate([run.vocab.encode(s.tokens, s.tags)]), list(s.tokens)) for s in sentences]
 
         def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
