@@ -40,7 +40,8 @@ def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None
 CELL_NAMES = ("rnn", "rnn-relu", "lstm", "gru", "layernorm-lstm", "layernorm-gru", "peephole-lstm", "indrnn", "mingru",
               "minlstm")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
-SCHEDULERS = ("plateau", "cosine", "constant")
+SCHEDULERS = ("plateau", "cosine", "constant", "slanted")
+UNFREEZING = ("all", "gradual")
 TOKENIZERS = ("char", "word", "space", "bpe")
 
 
@@ -177,6 +178,11 @@ class TrainConfig:
     clip: float = _opt(1.0, "clip the global gradient norm to this value; 0 turns clipping off")
     scheduler: str = _opt("plateau", "learning-rate schedule", choices=SCHEDULERS)
     warmup_steps: int = _opt(0, "linear learning-rate warm-up over this many steps")
+    layer_lr_decay: float = _opt(1.0, "discriminative rates: each layer group below the top (head, recurrent "
+                                      "layers, embedding) learns at this times the rate of the one above "
+                                      "(ULMFiT: 1/2.6 = 0.38); 1: one rate")
+    unfreeze: str = _opt("all", "gradual: train only the top layer group in the first epoch, one more group each "
+                                "epoch after (ULMFiT); all: every group from the start", choices=UNFREEZING)
     lr_factor: float = _opt(0.5, "plateau schedule: multiply the rate by this when validation stalls")
     lr_patience: int = _opt(0, "plateau schedule: evaluations without improvement tolerated before reducing")
     early_stopping: int = _opt(0, "stop after this many evaluations without improvement; 0 turns it off")
@@ -208,6 +214,9 @@ class TrainConfig:
         _check(self.optimizer in OPTIMIZERS, "--optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
         _check(self.scheduler in SCHEDULERS, "--scheduler", self.scheduler, f"one of {', '.join(SCHEDULERS)}")
         _check(self.clip >= 0, "--clip", self.clip, "a number >= 0")
+        _check(isinstance(self.layer_lr_decay, int | float) and 0 < self.layer_lr_decay <= 1, "--layer-lr-decay",
+               self.layer_lr_decay, "a number in (0, 1]")
+        _check(self.unfreeze in UNFREEZING, "--unfreeze", self.unfreeze, f"one of {', '.join(UNFREEZING)}")
         _check(0 < self.lr_factor < 1, "--lr-factor", self.lr_factor, "a number in (0, 1)")
         _check(self.checkpoint_minutes > 0, "--checkpoint-minutes", self.checkpoint_minutes, "a number > 0")
         _check(self.weight_decay >= 0, "--weight-decay", self.weight_decay, "a number >= 0")
@@ -224,6 +233,18 @@ class TrainConfig:
 # Each task beyond language modelling has a section of its own ([classify], [tag], [seq2seq],
 # [forecast] in TOML; the same names as keys of config.json). Its options appear on the command line
 # only under `rnnkit train TASK`.
+
+
+@dataclass
+class LMConfig:
+    """Many-to-many, shifted by one: the next token of a text."""
+
+    init_from: str | None = _opt(None, "continue another language-model run on this text: its tokenizer, cell, "
+                                       "sizes and weights (a further pass on a task's own text)", flag="--init-from")
+    reverse: bool = _opt(False, "read the text from its end: a backward model (features for tagging, scores)")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
 
 
 POOLINGS = ("last", "mean", "max", "attention")
@@ -376,6 +397,7 @@ class ForecastConfig:
 
 
 TASK_SECTIONS: dict[str, type] = {
+    "lm": LMConfig,
     "classify": ClassifyConfig,
     "tag": TagConfig,
     "seq2seq": Seq2SeqConfig,
@@ -402,7 +424,7 @@ TASKS = tuple(TASK_DEFAULTS)
 class RunConfig:
     """Everything a run was made from, as written to config.json.
 
-    `options` is the task's own section (`ClassifyConfig` for "classify", ...), None for "lm".
+    `options` is the task's own section (`LMConfig` for "lm", `ClassifyConfig` for "classify", ...).
     """
 
     task: str

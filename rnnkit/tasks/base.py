@@ -239,3 +239,68 @@ def text_inputs(inputs: list[Any], max_chars: int | None = None) -> list[str]:
         if max_chars is not None and len(x) > max_chars:
             raise UserError(f"inputs.{i}: the text has {len(x):,} characters; at most {max_chars:,} are accepted")
     return inputs
+
+
+def source_record(run_dir: str | Path) -> dict[str, Any]:
+    """Where a run's starting weights came from, as its config.json records it (`init_from`): the source run's
+    directory and the SHA-256 of that run's config.json, so a later reader can tell whether the source has
+    changed since."""
+    import hashlib
+
+    from rnnkit.checkpoint import CONFIG_FILE
+
+    data = (Path(run_dir) / CONFIG_FILE).read_bytes()
+    return {"run": str(run_dir), "config_sha256": hashlib.sha256(data).hexdigest()}
+
+
+STRUCTURE = ("cell", "embedding_size", "hidden_size", "num_layers", "tie_weights", "adaptive_softmax")
+
+
+def check_structure(cfg: RunConfig, source: RunConfig, source_dir: str | Path, names: Sequence[str],
+                    default: RunConfig) -> None:
+    """Take a source run's model structure into `cfg`, refusing what the user set otherwise.
+
+    A field of `names` that still holds the task's default follows the source run; one the user changed and
+    that differs from the source is a one-line error saying what differs.
+    """
+    from rnnkit.config import ModelConfig, flag_of
+
+    differ = []
+    for name in names:
+        ours, theirs, plain = (getattr(c.model, name) for c in (cfg, source, default))
+        if ours != theirs and ours != plain:
+            differ.append(f"{flag_of(ModelConfig, name)} {ours} (the run has {theirs})")
+        setattr(cfg.model, name, theirs)
+    if differ:
+        raise UserError(f"--init-from {source_dir}: the sizes must match the language model's: " + "; ".join(differ)
+                        + "; drop these options to take the run's own")
+
+
+def load_source_lm(cfg: RunConfig, run_dir: str | Path, task: str, say: Say) -> Any:
+    """A language-model run whose embedding and recurrent layers start another task's encoder.
+
+    The encoder takes the run's cell, sizes, layer count and tokenizer kind, reads left to right (a
+    language model has one direction) and refuses a backward run; options the user set otherwise are a
+    one-line error saying what differs.
+    """
+    from rnnkit.tasks import runner
+
+    lm = runner.load(run_dir, task="lm")
+    check_structure(cfg, lm.config, run_dir, ("cell", "embedding_size", "hidden_size", "num_layers"),
+                    RunConfig.create(task))
+    if lm.config.options is not None and lm.config.options.reverse:
+        raise UserError(f"--init-from {run_dir}: a backward (--reverse) language model cannot start an encoder "
+                        "that reads left to right; give a forward run")
+    plain = RunConfig.create(task).data.tokenizer
+    if cfg.data.tokenizer not in (plain, lm.tokenizer.kind):
+        raise UserError(f"--init-from {run_dir}: --tokenizer {cfg.data.tokenizer} differs from the language "
+                        f"model's {lm.tokenizer.kind}; drop --tokenizer to take the run's own")
+    cfg.data.tokenizer = lm.tokenizer.kind
+    if cfg.model.bidirectional:
+        say(f"--init-from {run_dir}: the encoder reads left to right, as the language model does "
+            "(not bidirectional)")
+        cfg.model.bidirectional = False
+    m = lm.config.model
+    say(f"--init-from {run_dir}: {m.cell} {m.num_layers}x{m.hidden_size}, embeddings {m.embedding_size}, taken "
+        "from the language model")
+    return lm

@@ -54,6 +54,8 @@ from rnnkit.tasks.base import (
     add_vector_words,
     check_size,
     fit_tokenizer,
+    load_source_lm,
+    source_record,
     start_embeddings,
     text_inputs,
 )
@@ -116,13 +118,15 @@ def _initialise_from_lm(model: SequenceClassifier, lm_model: torch.nn.Module, lm
     """Copy the language model's embedding rows and every recurrent weight whose name and shape fit.
 
     A training word the language model lacks starts from the embedding of its capitalised or upper-case
-    form when the language model has that ("paris" from "Paris"), else from random values.
+    form when the language model has that ("paris" from "Paris"), else from the mean of the language model's
+    token embeddings (ULMFiT's choice: a new word starts as an average word, not as noise).
     """
     assert model.embedding is not None
     rows = lm_model.embedding.weight.shape[0]
     borrowed = 0
     with torch.no_grad():
         model.embedding.weight[:rows].copy_(lm_model.embedding.weight)
+        model.embedding.weight[rows:] = lm_model.embedding.weight[len(SPECIAL_TOKENS):].mean(0)
         for i in range(rows, tokenizer.vocab_size):
             word = tokenizer.token_text(i)
             for variant in (word.capitalize(), word.title(), word.upper()):
@@ -139,8 +143,9 @@ def _initialise_from_lm(model: SequenceClassifier, lm_model: torch.nn.Module, lm
                 ours[name].copy_(p)
                 copied.append(name)
     layers = ", ".join(sorted({n.rsplit("_", 1)[-1] for n in copied}))
-    say(f"initialised from the language model: embeddings of {rows} tokens (and {borrowed} new words from their "
-        f"capitalised forms), {len(copied)} recurrent tensors ({layers})")
+    say(f"initialised from the language model: embeddings of {rows} tokens ({borrowed} new words from their "
+        f"capitalised forms, {tokenizer.vocab_size - rows - borrowed} from the mean embedding), {len(copied)} "
+        f"recurrent tensors ({layers})")
 
 
 def _audio_spec(cfg: RunConfig) -> FeatureSpec:
@@ -271,6 +276,7 @@ class ClassifyTask(Task):
                      f"{len(labels)} classes, {{params}} parameters; {len(train_in)} training sequences, "
                      f"{len(train_src)} batches per epoch",
             meta={"labels": labels, "vocab_size": tokenizer.vocab_size if tokenizer else None,
+                  **({"init_from": state["init_from"]} if "init_from" in state else {}),
                   "input_size": None if tokenizer else assets["spec"].size},
             state=state)
 
@@ -283,16 +289,12 @@ class ClassifyTask(Task):
         if resume:
             return load_tokenizer(out)
         if opts.init_from:
-            lm = runner.load(opts.init_from, task="lm")
-            lm_cfg = lm.config.model
+            lm = load_source_lm(cfg, opts.init_from, "classify", say)
             tokenizer = _extend_tokenizer(lm.tokenizer, texts, cfg.data.min_freq)
-            cfg.data.tokenizer = lm.tokenizer.kind
-            cfg.model.cell, cfg.model.embedding_size, cfg.model.hidden_size = (
-                lm_cfg.cell, lm_cfg.embedding_size, lm_cfg.hidden_size)
-            say(f"--init-from {opts.init_from}: {lm_cfg.cell}, embeddings {lm_cfg.embedding_size}, hidden "
-                f"{lm_cfg.hidden_size} taken from the language model; {lm.tokenizer.kind} vocabulary "
-                f"{lm.tokenizer.vocab_size} + {tokenizer.vocab_size - lm.tokenizer.vocab_size} training words")
+            say(f"--init-from {opts.init_from}: {lm.tokenizer.kind} vocabulary {lm.tokenizer.vocab_size} + "
+                f"{tokenizer.vocab_size - lm.tokenizer.vocab_size} training words")
             state["lm"] = lm
+            state["init_from"] = source_record(opts.init_from)
             return tokenizer
         tokenizer = fit_tokenizer(cfg.data.tokenizer, texts, cfg)
         if cfg.model.embeddings and tokenizer.kind in ("word", "space"):
