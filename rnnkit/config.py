@@ -299,6 +299,9 @@ class TagConfig:
     char_hidden: int = _opt(64, "size of the character-level word vector")
     word_dropout: float = _opt(0.05, "in training, replace each word by the unknown word with this probability")
     lowercase: bool = _opt(True, "look words up in lower case (their case is kept by a word-shape feature)")
+    lm_features: str | None = _opt(None, "FORWARD_RUN[,BACKWARD_RUN]: frozen language models read each sentence "
+                                         "as text; each token gets their states at its ends, beside its embedding "
+                                         "(the backward run trained with 'rnnkit train lm --reverse')")
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,9 +50,11 @@ from rnnkit.tasks.base import (
     Task,
     add_vector_words,
     check_size,
+    source_record,
     start_embeddings,
     text_inputs,
 )
+from rnnkit.tasks.contextual import LM_DIR, LMFeatures, StatesGraph, copy_lm_run, kept_runs
 
 if TYPE_CHECKING:
     from rnnkit.serve.config import ServeConfig
@@ -191,7 +194,23 @@ def collate(items: list[dict[str, list]]) -> dict[str, torch.Tensor]:
         for b, it in enumerate(items):
             tags[b, :len(it["tags"])] = torch.tensor(it["tags"])
         batch["tags"] = tags
+    if "context" in items[0]:  # language-model features: (n, F) per sentence
+        F_ = items[0]["context"].shape[1]
+        context = torch.zeros(B, T, F_)
+        for b, it in enumerate(items):
+            context[b, :len(it["words"])] = it["context"]
+        batch["context"] = context
     return batch
+
+
+def _encoded(vocab: TagVocab, sentences: list[list[str]], tags: list[list[str] | None] | None,
+             features: LMFeatures | None) -> list[dict[str, Any]]:
+    """Sentences as the model reads them; with language-model features, each gets its (n, F) vectors."""
+    items = [vocab.encode(tokens, None if tags is None else tags[i]) for i, tokens in enumerate(sentences)]
+    if features is not None:
+        for item, vectors in zip(items, features(sentences), strict=True):
+            item["context"] = vectors
+    return items
 
 
 class SentenceSource(BucketedSource):
@@ -287,11 +306,12 @@ class LoadedTagger(LoadedRun):
     """A trained tagger with its vocabularies, ready to tag."""
 
     vocab: TagVocab
+    features: LMFeatures | None = None
 
     @torch.no_grad()
     def tag(self, sentences: list[list[str]], batch_size: int = 64) -> list[list[str]]:
         """Tags for tokenised sentences, in order."""
-        items = [self.vocab.encode(tokens) for tokens in sentences]
+        items = _encoded(self.vocab, sentences, None, self.features)
         source = SentenceSource(items, batch_size, shuffle=False)
         out: list[list[str]] = [[] for _ in sentences]
         for index, batch in zip(source.order(0), source.batches(0), strict=True):
@@ -334,27 +354,44 @@ class TagTask(Task):
                                                            key=lambda w: _key(w, vocab.lowercase))
                 vocab = TagVocab(words, vocab.chars, vocab.tags, vocab.scheme, vocab.lowercase, vocab.file_scheme)
 
+        features, meta = None, {}
+        o = cfg.options
+        if o.lm_features:
+            start = time.perf_counter()
+            features = state["features"] = (LMFeatures.load(kept_runs(out)) if resume
+                                             else LMFeatures.load(o.lm_features))
+            meta["lm_features"] = [source_record(p) for p in (o.lm_features.split(","))]
         tc, m = cfg.train, cfg.model
-        train_src = SentenceSource([vocab.encode(s.tokens, s.tags) for s in sentences], tc.batch_size, True, tc.seed)
-        valid_src = SentenceSource([vocab.encode(s.tokens, s.tags) for s in valid], max(tc.batch_size, 64), False)
+        train_src = SentenceSource(_encoded(vocab, [s.tokens for s in sentences], [s.tags for s in sentences],
+                                            features), tc.batch_size, True, tc.seed)
+        valid_src = SentenceSource(_encoded(vocab, [s.tokens for s in valid], [s.tags for s in valid], features),
+                                   max(tc.batch_size, 64), False)
+        if features is not None:
+            say(f"--lm-features: {features.size} features per token from {len(features.models)} language "
+                f"model(s), computed once for {len(sentences) + len(valid)} sentences in "
+                f"{time.perf_counter() - start:.1f} s")
         output = "CRF" if cfg.options.crf else "softmax"
-        return Prepared(train_src, valid_src, {"vocab": vocab},
+        return Prepared(train_src, valid_src, {"vocab": vocab, "features": features},
                         describe=f"tagger: {m.cell} {m.num_layers}x{m.hidden_size}"
                                  f"{' bidirectional' if m.bidirectional else ''}, {output} over {len(vocab.tags)} "
                                  f"tags (scheme {scheme}), {len(vocab.words):,} words, {len(vocab.chars)} "
                                  f"characters, {{params}} parameters; {len(sentences)} training sentences, "
                                  f"{len(train_src)} batches per epoch",
-                        meta={"num_tags": len(vocab.tags), "scheme": vocab.scheme}, result={"scheme": scheme},
-                        state=state)
+                        meta={"num_tags": len(vocab.tags), "scheme": vocab.scheme, **meta},
+                        result={"scheme": scheme}, state=state)
 
-    def build_model(self, cfg: RunConfig, vocab: TagVocab) -> Tagger:
+    def model_assets(self, assets: dict[str, Any]) -> dict[str, Any]:
+        features = assets.get("features")
+        return {"vocab": assets["vocab"], "context_size": features.size if features is not None else 0}
+
+    def build_model(self, cfg: RunConfig, vocab: TagVocab, context_size: int = 0) -> Tagger:
         m, o = cfg.model, cfg.options
         allowed = allowed_transitions(vocab.tags, vocab.scheme) if o.crf and vocab.scheme != "none" else None
         return Tagger(len(vocab.words), len(vocab.chars), len(SHAPES), len(vocab.tags), m.embedding_size,
                       m.hidden_size, m.num_layers, m.cell, m.bidirectional, o.char_encoder, o.char_embed,
                       o.char_hidden, dropout=m.dropout, embedding_dropout=m.embedding_dropout,
                       output_dropout=m.output_dropout, word_dropout=o.word_dropout, crf=o.crf, allowed=allowed,
-                      span_finder=vocab.span_finder(), fused=m.fused)
+                      span_finder=vocab.span_finder(), fused=m.fused, context_size=context_size)
 
     def initialise(self, model: Tagger, cfg: RunConfig, prepared: Prepared, say: Say) -> None:
         start_embeddings(model.embedding, prepared.assets["vocab"].words, cfg, say,
@@ -362,6 +399,10 @@ class TagTask(Task):
 
     def save(self, out: Path, prepared: Prepared) -> None:
         prepared.assets["vocab"].save(out)
+        features = prepared.state.get("features")
+        if features is not None:  # the run keeps its language models, so that it stands alone
+            for folder, source in zip(("forward", "backward"), features.sources(), strict=False):
+                copy_lm_run(source, out / LM_DIR / folder)
 
     def test_result(self, figures: dict[str, Any]) -> tuple[dict[str, Any], str]:
         return figures, (f"test: f1 {figures['f1']:.4f} precision {figures['precision']:.4f} recall "
@@ -372,7 +413,8 @@ class TagTask(Task):
     def load_assets(self, run_dir: Path, cfg: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
         vocab = TagVocab.load(run_dir)
         check_size(run_dir, meta, "num_tags", len(vocab.tags), f"{VOCAB_FILE} has {len(vocab.tags)} tags")
-        return {"vocab": vocab}
+        features = LMFeatures.load(kept_runs(run_dir)) if cfg.options.lm_features else None
+        return {"vocab": vocab, "features": features}
 
     def evaluate(self, run: LoadedTagger, data_path: str | Path) -> dict[str, Any]:
         """Score a run on a tagged file: f1, precision, recall, token_accuracy, per_type (see `score`), loss."""
@@ -380,7 +422,7 @@ class TagTask(Task):
         sentences, _, _ = _read_labelled(data_path, run.config, scheme)
         predicted = run.tag([s.tokens for s in sentences])
         figures = score([s.tags or [] for s in sentences], predicted, scheme)
-        items = [run.vocab.encode(s.tokens, s.tags) for s in sentences]
+        items = _encoded(run.vocab, [s.tokens for s in sentences], [s.tags for s in sentences], run.features)
         if all(t != IGNORE_INDEX for it in items for t in it["tags"]):  # the loss needs every tag to be known
             figures["loss"] = evaluate_model(run.model, SentenceSource(items, 64, False), run.device)["loss"]
         return figures
@@ -429,11 +471,13 @@ class TagTask(Task):
 
     def export_graphs(self, run: LoadedTagger) -> list[Any]:
         """The tag scores per token; with a CRF, its transition scores go to export.json for Viterbi outside
-        (`export_extras`)."""
+        (`export_extras`). With language-model features the scores also read `context` (B, T, F), and each
+        language model's states are a graph of their own (`lm_forward_states`, `lm_backward_states`), for the
+        features to be made outside as `export_extras` describes."""
         from rnnkit.export import Graph
 
         model = run.model.eval()
-        V, chars_v = len(run.vocab.words), len(run.vocab.chars)
+        V, chars_v, F_ = len(run.vocab.words), len(run.vocab.chars), model.context_size
 
         def make(sizes: dict[str, int]) -> tuple[torch.Tensor, ...]:
             B, T, C = sizes["B"], sizes["T"], sizes.get("C", 6)
@@ -443,17 +487,44 @@ class TagTask(Task):
             words = torch.randint(2, V, (B, T)) * mask
             shapes = torch.randint(1, 4, (B, T)) * mask
             chars = torch.randint(2, chars_v, (B, T, C)) * mask[..., None]
-            return words, shapes, chars, lengths
+            context = (torch.randn(B, T, F_) * mask[..., None],) if F_ else ()
+            return words, shapes, chars, lengths, *context
 
-        return [Graph("emissions", _EmissionsGraph(model), make({"B": 3, "T": 7, "C": 5}),
-                      ["words", "shapes", "chars", "lengths"], ["emissions"],
-                      {"words": {0: "B", 1: "T"}, "shapes": {0: "B", 1: "T"}, "chars": {0: "B", 1: "T", 2: "C"},
-                       "lengths": {0: "B"}}, make,
-                      check_sizes=[{"B": 1, "T": 2, "C": 3}, {"B": 4, "T": 13, "C": 9}])]
+        names = ["words", "shapes", "chars", "lengths"] + (["context"] if F_ else [])
+        axes = {"words": {0: "B", 1: "T"}, "shapes": {0: "B", 1: "T"}, "chars": {0: "B", 1: "T", 2: "C"},
+                "lengths": {0: "B"}, "context": {0: "B", 1: "T"}}
+        graphs = [Graph("emissions", _EmissionsGraph(model), make({"B": 3, "T": 7, "C": 5}), names, ["emissions"],
+                        {k: v for k, v in axes.items() if k in names}, make,
+                        check_sizes=[{"B": 1, "T": 2, "C": 3}, {"B": 4, "T": 13, "C": 9}])]
+        if run.features is not None:
+            for (lm, reverse) in run.features.models:
+                vocab = lm.tokenizer.vocab_size
+
+                def make_lm(sizes: dict[str, int], vocab: int = vocab) -> tuple[torch.Tensor, ...]:
+                    B, S = sizes["B"], sizes["S"]
+                    lengths = torch.randint(1, S + 1, (B,))
+                    lengths[0] = S
+                    return torch.randint(4, vocab, (B, S)) * (torch.arange(S)[None] < lengths[:, None]), lengths
+
+                name = f"lm_{'backward' if reverse else 'forward'}_states"
+                graphs.append(Graph(name, StatesGraph(lm.model.eval()), make_lm({"B": 2, "S": 9}),
+                                    ["tokens", "lengths"], ["states"], {"tokens": {0: "B", 1: "S"},
+                                                                        "lengths": {0: "B"}}, make_lm,
+                                    check_sizes=[{"B": 1, "S": 3}, {"B": 3, "S": 17}]))
+        return graphs
 
     def export_extras(self, run: LoadedTagger) -> dict[str, Any]:
         """The tag names, and with a CRF its scores."""
         extras: dict[str, Any] = {"tags": list(run.vocab.tags)}
+        if run.features is not None:
+            extras["lm_features"] = {
+                "graphs": [f"lm_{'backward' if r else 'forward'}_states" for _, r in run.features.models],
+                "tokenizers": [f"{LM_DIR}/{'backward' if r else 'forward'}/tokenizer.json"
+                               for _, r in run.features.models],
+                "recipe": "text = line break + tokens joined by single spaces, each token and space encoded on "
+                          "its own; forward: the states after each token's last id; backward: the ids reversed, "
+                          "the states after each token's first id; the vectors concatenated in that order "
+                          "form `context` (B, T, F)"}
         crf = run.model.crf
         if crf is not None:
             # Viterbi over the emissions: score(y) = start[y1] + sum emit[t, yt] + sum trans[y(t-1), yt] + end[yT].
@@ -466,7 +537,8 @@ class TagTask(Task):
         from rnnkit.diagnostics import InspectSequence
 
         sentences, _, _ = _read_labelled(data_path, run.config, run.vocab.scheme)
-        found = [InspectSequence(collate([run.vocab.encode(s.tokens, s.tags)]), list(s.tokens)) for s in sentences]
+        items = _encoded(run.vocab, [s.tokens for s in sentences], [s.tags for s in sentences], run.features)
+        found = [InspectSequence(collate([item]), list(s.tokens)) for item, s in zip(items, sentences, strict=True)]
 
         def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             scores = run.model.emissions(batch)[0, -1]  # (K,): the last token's tag scores
@@ -481,8 +553,11 @@ TASK = TagTask()
 
 
 class _EmissionsGraph(GraphModule):
-    """Export: words, shapes (B, T), chars (B, T, C), lengths (B,) -> tag scores (B, T, K)."""
+    """Export: words, shapes (B, T), chars (B, T, C), lengths (B,)[, context (B, T, F)] -> tag scores (B, T, K)."""
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        words, shapes, chars, lengths = inputs
-        return (self.model.emissions({"words": words, "shapes": shapes, "chars": chars, "lengths": lengths}),)
+        words, shapes, chars, lengths = inputs[:4]
+        batch = {"words": words, "shapes": shapes, "chars": chars, "lengths": lengths}
+        if len(inputs) > 4:
+            batch["context"] = inputs[4]
+        return (self.model.emissions(batch),)
