@@ -299,6 +299,9 @@ class TagConfig:
     char_hidden: int = _opt(64, "size of the character-level word vector")
     word_dropout: float = _opt(0.05, "in training, replace each word by the unknown word with this probability")
     lowercase: bool = _opt(True, "look words up in lower case (their case is kept by a word-shape feature)")
+    init_from: str | None = _opt(None, "start the word embeddings and the recurrent layers' forward direction from a "
+                                       "word-level language-model run (its words join the vocabulary)",
+                                 flag="--init-from")
     lm_features: str | None = _opt(None, "FORWARD_RUN[,BACKWARD_RUN]: frozen language models read each sentence "
                                          "as text; each token gets their states at its ends, beside its embedding "
                                          "(the backward run trained with 'rnnkit train lm --reverse')")
@@ -333,6 +336,9 @@ class Seq2SeqConfig:
     length_penalty: float = _opt(1.0, "beam search: rank hypotheses by log-probability / length ** this")
     max_output_ratio: float = _opt(2.0, "decoding: at most ratio * source tokens + extra target tokens")
     max_output_extra: int = _opt(10, "decoding: see --max-output-ratio")
+    init_from: str | None = _opt(None, "start the encoder (source vocabulary, embeddings, recurrent layers' forward "
+                                       "direction) from a language-model run of the source language",
+                                 flag="--init-from")
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -228,3 +228,59 @@ def test_run_config_lm_section_defaults():
     assert cfg.options.reverse is False and cfg.options.init_from is None
     with pytest.raises(UserError):
         RunConfig.create("lm", lm={"reverse": "yes"})
+
+
+# ------------------------------------------------------------------------------ taggers and translators
+
+
+def test_tagger_from_a_word_language_model(tmp_path, lm_run, capsys):
+    train = tmp_path / "t.conll"
+    train.write_text("\n\n".join("the\tO\nfilm\tB-W\nwas\tO\ngood\tO" for _ in range(12)) + "\n")
+    out = tmp_path / "tag"
+    assert main(["train", "tag", "--train", str(train), "--valid", str(train), "--out", str(out), "--init-from",
+                 str(lm_run), "--epochs", "1", "--threads", "1", "--lr", "1e-9", "--char-encoder", "none"]) == 0
+    assert "of the language model's words join the vocabulary" in capsys.readouterr().err
+    run, lm = runner.load(out, task="tag"), runner.load(lm_run, task="lm")
+    config = json.loads((out / "config.json").read_text())
+    assert config["init_from"]["run"] == str(lm_run)
+    assert config["model"]["hidden_size"] == 12 and config["model"]["bidirectional"] is True
+    words = run.vocab.words
+    for word in ("the", "plot", "superb"):  # "plot" and "superb" come from the language model alone
+        assert word in words
+        assert_close(run.model.embedding.weight[words.index(word)],
+                     lm.model.embedding.weight[lm.tokenizer.encode(word)[0]], atol=1e-6, rtol=0)
+    # The forward direction is the language model's; the first layer reads the embedding in its first columns.
+    assert_close(run.model.rnn.weight_hh_l0, lm.model.rnn.weight_hh_l0, atol=1e-6, rtol=0)
+    assert_close(run.model.rnn.weight_ih_l0[:, :6], lm.model.rnn.weight_ih_l0, atol=1e-6, rtol=0)
+    assert_close(run.model.rnn.weight_hh_l1, lm.model.rnn.weight_hh_l1, atol=1e-6, rtol=0)
+
+
+def test_tagger_refuses_a_character_language_model(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(CORPUS)
+    lm = tmp_path / "char"
+    assert main(["train", "lm", "--train", str(corpus), "--out", str(lm), "--tokenizer", "char", "--hidden", "8",
+                 "--embed", "4", "--layers", "1", "--epochs", "1", "--max-steps", "2", "--threads", "1", "--bptt", "10",
+                 "--batch-size", "4"]) == 0
+    train = tmp_path / "t.conll"
+    train.write_text("the\tO\nfilm\tB-W\n\nthe\tO\nplot\tB-W\n")
+    assert main(["train", "tag", "--train", str(train), "--valid", str(train), "--out", str(tmp_path / "r"),
+                 "--init-from", str(lm)]) == 2
+    assert "a char language model has no word embeddings" in capsys.readouterr().err
+
+
+def test_translator_encoder_from_a_language_model(tmp_path, lm_run, capsys):
+    pairs = tmp_path / "p.tsv"
+    pairs.write_text("".join(f"the film was {w}\tder film war {w}\n" for w in ["good", "bad", "superb", "new"] * 5))
+    out = tmp_path / "s2s"
+    assert main(["train", "seq2seq", "--train", str(pairs), "--valid", str(pairs), "--out", str(out), "--init-from",
+                 str(lm_run), "--epochs", "1", "--threads", "1", "--lr", "1e-9"]) == 0
+    run, lm = runner.load(out, task="seq2seq"), runner.load(lm_run, task="lm")
+    V = lm.tokenizer.vocab_size
+    assert run.source_tokenizer.tokens[:V] == lm.tokenizer.tokens  # every old id kept
+    assert run.source_tokenizer.vocab_size == V + 1  # "new" joins
+    assert_close(run.model.source_embedding.weight[4:V], lm.model.embedding.weight[4:V], atol=1e-6, rtol=0)
+    assert_close(run.model.encoder.weight_hh_l1, lm.model.rnn.weight_hh_l1, atol=1e-6, rtol=0)
+    assert main(["train", "seq2seq", "--train", str(pairs), "--out", str(tmp_path / "x"), "--init-from",
+                 str(lm_run), "--shared-vocab"]) == 2
+    assert "drop --shared-vocab" in capsys.readouterr().err

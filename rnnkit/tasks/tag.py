@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from rnnkit import metrics
 from rnnkit.config import RunConfig, UserError
 from rnnkit.crf import allowed_transitions
-from rnnkit.data import BucketedSource, read_text
+from rnnkit.data import SPECIAL_TOKENS, BucketedSource, read_text
 from rnnkit.data.conll import (
     Sentence,
     convert,
@@ -50,6 +50,8 @@ from rnnkit.tasks.base import (
     Task,
     add_vector_words,
     check_size,
+    initialise_from_lm,
+    load_source_lm,
     source_record,
     start_embeddings,
     text_inputs,
@@ -356,6 +358,20 @@ class TagTask(Task):
 
         features, meta = None, {}
         o = cfg.options
+        if o.init_from and not resume:
+            lm = state["lm"] = load_source_lm(cfg, o.init_from, "tag", say, one_direction=False)
+            if lm.tokenizer.kind not in ("word", "space"):
+                raise UserError(f"--init-from {o.init_from}: a {lm.tokenizer.kind} language model has no word "
+                                "embeddings to start a tagger's; give a word-level run (--tokenizer word or space), "
+                                "or use it through --lm-features")
+            known = set(vocab.words)
+            extra = [w for w in dict.fromkeys(_key(lm.tokenizer.token_text(i), vocab.lowercase)
+                                              for i in range(len(SPECIAL_TOKENS), lm.tokenizer.vocab_size))
+                     if w not in known]
+            vocab = TagVocab(vocab.words + extra, vocab.chars, vocab.tags, vocab.scheme, vocab.lowercase,
+                             vocab.file_scheme)
+            say(f"--init-from {o.init_from}: {len(extra)} of the language model's words join the vocabulary")
+            meta["init_from"] = source_record(o.init_from)
         if o.lm_features:
             start = time.perf_counter()
             features = state["features"] = (LMFeatures.load(kept_runs(out)) if resume
@@ -394,6 +410,10 @@ class TagTask(Task):
                       span_finder=vocab.span_finder(), fused=m.fused, context_size=context_size)
 
     def initialise(self, model: Tagger, cfg: RunConfig, prepared: Prepared, say: Say) -> None:
+        lm = prepared.state.get("lm")
+        if lm is not None:
+            initialise_from_lm(model.embedding, model.rnn, prepared.assets["vocab"].words, lm, say,
+                               skip=len(SPECIALS))
         start_embeddings(model.embedding, prepared.assets["vocab"].words, cfg, say,
                          vectors=prepared.state.get("vectors"), skip=len(SPECIALS))
 
