@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lm-features", default=None,
+                    help="FORWARD_RUN[,BACKWARD_RUN]: language models whose states join each token's features")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out (raise --epochs or "
                                                           "--max-minutes: both count from the run's start)")
     args = ap.parse_args()
@@ -72,7 +74,8 @@ def main() -> None:
                           clip=5.0, scheduler="plateau", lr_patience=2, early_stopping=args.early_stopping,
                           seed=args.seed, threads=args.threads, log_every=200),
         options=TagConfig(crf=not args.softmax, scheme=args.scheme, char_encoder="lstm",
-                          char_hidden=args.char_hidden, word_dropout=args.word_dropout),
+                          char_hidden=args.char_hidden, word_dropout=args.word_dropout,
+                          lm_features=args.lm_features),
     )
     start = time.monotonic()
     result = train(cfg, folder / "wnut17train.conll", run, valid_path=folder / "emerging.dev.conll",
@@ -101,6 +104,7 @@ def main() -> None:
                  f"min freq {args.min_freq}, "
                  f"{'softmax' if args.softmax else 'CRF'}, {args.scheme.upper()}",
         "embeddings": args.embeddings,
+        "lm_features": args.lm_features,
         "command": "python benchmarks/wnut17.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
             if v not in (None, False)),

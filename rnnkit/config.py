@@ -40,7 +40,8 @@ def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None
 CELL_NAMES = ("rnn", "rnn-relu", "lstm", "gru", "layernorm-lstm", "layernorm-gru", "peephole-lstm", "indrnn", "mingru",
               "minlstm")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
-SCHEDULERS = ("plateau", "cosine", "constant")
+SCHEDULERS = ("plateau", "cosine", "constant", "slanted")
+UNFREEZING = ("all", "gradual")
 TOKENIZERS = ("char", "word", "space", "bpe")
 
 
@@ -177,6 +178,11 @@ class TrainConfig:
     clip: float = _opt(1.0, "clip the global gradient norm to this value; 0 turns clipping off")
     scheduler: str = _opt("plateau", "learning-rate schedule", choices=SCHEDULERS)
     warmup_steps: int = _opt(0, "linear learning-rate warm-up over this many steps")
+    layer_lr_decay: float = _opt(1.0, "discriminative rates: each layer group below the top (head, recurrent "
+                                      "layers, embedding) learns at this times the rate of the one above "
+                                      "(ULMFiT: 1/2.6 = 0.38); 1: one rate")
+    unfreeze: str = _opt("all", "gradual: train only the top layer group in the first epoch, one more group each "
+                                "epoch after (ULMFiT); all: every group from the start", choices=UNFREEZING)
     lr_factor: float = _opt(0.5, "plateau schedule: multiply the rate by this when validation stalls")
     lr_patience: int = _opt(0, "plateau schedule: evaluations without improvement tolerated before reducing")
     early_stopping: int = _opt(0, "stop after this many evaluations without improvement; 0 turns it off")
@@ -208,6 +214,9 @@ class TrainConfig:
         _check(self.optimizer in OPTIMIZERS, "--optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
         _check(self.scheduler in SCHEDULERS, "--scheduler", self.scheduler, f"one of {', '.join(SCHEDULERS)}")
         _check(self.clip >= 0, "--clip", self.clip, "a number >= 0")
+        _check(isinstance(self.layer_lr_decay, int | float) and 0 < self.layer_lr_decay <= 1, "--layer-lr-decay",
+               self.layer_lr_decay, "a number in (0, 1]")
+        _check(self.unfreeze in UNFREEZING, "--unfreeze", self.unfreeze, f"one of {', '.join(UNFREEZING)}")
         _check(0 < self.lr_factor < 1, "--lr-factor", self.lr_factor, "a number in (0, 1)")
         _check(self.checkpoint_minutes > 0, "--checkpoint-minutes", self.checkpoint_minutes, "a number > 0")
         _check(self.weight_decay >= 0, "--weight-decay", self.weight_decay, "a number >= 0")
@@ -224,6 +233,18 @@ class TrainConfig:
 # Each task beyond language modelling has a section of its own ([classify], [tag], [seq2seq],
 # [forecast] in TOML; the same names as keys of config.json). Its options appear on the command line
 # only under `rnnkit train TASK`.
+
+
+@dataclass
+class LMConfig:
+    """Many-to-many, shifted by one: the next token of a text."""
+
+    init_from: str | None = _opt(None, "continue another language-model run on this text: its tokenizer, cell, "
+                                       "sizes and weights (a further pass on a task's own text)", flag="--init-from")
+    reverse: bool = _opt(False, "read the text from its end: a backward model (features for tagging, scores)")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
 
 
 POOLINGS = ("last", "mean", "max", "attention")
@@ -259,7 +280,7 @@ class ClassifyConfig:
             _check(value >= 1, flag_of(ClassifyConfig, name), value, "an integer >= 1")
 
 
-TAG_SCHEMES = ("auto", "bio", "bioes", "none")
+TAG_SCHEMES = ("auto", "iob1", "bio", "bioes", "none")
 CHAR_ENCODERS = ("lstm", "cnn", "none")
 
 
@@ -269,7 +290,8 @@ class TagConfig:
 
     column: str = _opt("upos", "CoNLL-U: which column holds the tag", choices=("upos", "xpos", "deprel"))
     crf: bool = _opt(False, "a linear-chain CRF output with Viterbi decoding instead of a softmax per token")
-    scheme: str = _opt("auto", "tag scheme: detect it (auto), or convert the tags to bio or bioes; none: plain tags",
+    scheme: str = _opt("auto", "tag scheme: detect it (auto; IOB1 files are learnt as BIO and written back "
+                       "as IOB1), read the files as iob1, or convert the tags to bio or bioes; none: plain tags",
                        choices=TAG_SCHEMES)
     repair: bool = _opt(False, "repair tag sequences invalid under the scheme instead of stopping")
     char_encoder: str = _opt("lstm", "character-level word representation", choices=CHAR_ENCODERS)
@@ -277,6 +299,12 @@ class TagConfig:
     char_hidden: int = _opt(64, "size of the character-level word vector")
     word_dropout: float = _opt(0.05, "in training, replace each word by the unknown word with this probability")
     lowercase: bool = _opt(True, "look words up in lower case (their case is kept by a word-shape feature)")
+    init_from: str | None = _opt(None, "start the word embeddings and the recurrent layers' forward direction from a "
+                                       "word-level language-model run (its words join the vocabulary)",
+                                 flag="--init-from")
+    lm_features: str | None = _opt(None, "FORWARD_RUN[,BACKWARD_RUN]: frozen language models read each sentence "
+                                         "as text; each token gets their states at its ends, beside its embedding "
+                                         "(the backward run trained with 'rnnkit train lm --reverse')")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -308,6 +336,9 @@ class Seq2SeqConfig:
     length_penalty: float = _opt(1.0, "beam search: rank hypotheses by log-probability / length ** this")
     max_output_ratio: float = _opt(2.0, "decoding: at most ratio * source tokens + extra target tokens")
     max_output_extra: int = _opt(10, "decoding: see --max-output-ratio")
+    init_from: str | None = _opt(None, "start the encoder (source vocabulary, embeddings, recurrent layers' forward "
+                                       "direction) from a language-model run of the source language",
+                                 flag="--init-from")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -375,6 +406,7 @@ class ForecastConfig:
 
 
 TASK_SECTIONS: dict[str, type] = {
+    "lm": LMConfig,
     "classify": ClassifyConfig,
     "tag": TagConfig,
     "seq2seq": Seq2SeqConfig,
@@ -401,7 +433,7 @@ TASKS = tuple(TASK_DEFAULTS)
 class RunConfig:
     """Everything a run was made from, as written to config.json.
 
-    `options` is the task's own section (`ClassifyConfig` for "classify", ...), None for "lm".
+    `options` is the task's own section (`LMConfig` for "lm", `ClassifyConfig` for "classify", ...).
     """
 
     task: str

@@ -204,6 +204,13 @@ class Recurrent(nn.Module):
                 self._param_names.append(names)
         self.num_states = self._cells[0].num_states
 
+    def layer_parameters(self, layer: int) -> list[nn.Parameter]:
+        """The parameters of one stacked layer (both directions), bottom layer 0."""
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer: expected 0..{self.num_layers - 1}; got {layer}")
+        names = self._param_names[layer * self.num_directions:(layer + 1) * self.num_directions]
+        return [getattr(self, full) for group in names for _, full in group]
+
     def _fused_unavailable_reason(self, cell: str | type[Cell]) -> str | None:
         if not isinstance(cell, str) or cell not in dispatch.FUSED_FUNCTIONS:
             return f"cell {self.cell_name!r} has no PyTorch fused kernel"

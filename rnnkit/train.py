@@ -49,6 +49,7 @@ from rnnkit.evaluation import BatchSource, evaluate_model
 from rnnkit.io import atomic_write
 from rnnkit.kernels import release_buffers
 from rnnkit.layers import detach_state
+from rnnkit.models.base import layer_groups
 
 
 def open_run(cfg: Any, out: str | Path, resume: bool,
@@ -98,7 +99,8 @@ def build_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
     faster on a 2-core CPU. RMSprop has no fused kernel and uses the default implementation.
     """
     params = list(params)
-    fused = bool(params) and all(p.is_floating_point() and p.device.type in _FUSED_DEVICES for p in params)
+    tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
+    fused = bool(tensors) and all(p.is_floating_point() and p.device.type in _FUSED_DEVICES for p in tensors)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     if cfg.optimizer == "adamw":
@@ -117,8 +119,13 @@ class LRSchedule:
 
     Warm-up rises linearly over `warmup_steps`; `cosine` decays to zero over `total_steps`; `plateau`
     multiplies by `lr_factor` when a validation figure has not improved for more than `lr_patience`
-    evaluations in a row.
+    evaluations in a row; `slanted` is ULMFiT's slanted triangle: a linear rise from base/32 to base over the
+    first 10 % of the steps (or over `warmup_steps` when given), then a linear fall back to base/32 at the
+    last step. Each parameter group learns at its `lr_scale` times the rate (discriminative rates).
     """
+
+    SLANT_RATIO = 32.0  # how much smaller the rate is at the ends of the slanted triangle than at its peak
+    SLANT_CUT = 0.1  # the share of the steps spent rising
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> None:
         self.optimizer = optimizer
@@ -135,6 +142,13 @@ class LRSchedule:
 
     def rate(self, step: int) -> float:
         lr = self.base * self.scale
+        if self.kind == "slanted":
+            cut = self.warmup or max(int(self.total * self.SLANT_CUT), 1)
+            if step < cut:
+                p = step / cut
+            else:
+                p = max(1.0 - (step - cut) / max(self.total - 1 - cut, 1), 0.0)
+            return lr * (1.0 + p * (self.SLANT_RATIO - 1.0)) / self.SLANT_RATIO
         if self.warmup and step < self.warmup:
             lr *= (step + 1) / self.warmup
         if self.kind == "cosine":
@@ -145,7 +159,7 @@ class LRSchedule:
     def apply(self, step: int) -> float:
         lr = self.rate(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def observe(self, value: float, lower_is_better: bool) -> None:
@@ -260,7 +274,15 @@ class Trainer:
             self.forward = DistributedDataParallel(
                 self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
-        self.optimizer = build_optimizer(self.model.parameters(), cfg)
+        self.groups = self._layer_groups()
+        if len(self.groups) > 1:  # one parameter group per layer group, each with its share of the rate
+            top = len(self.groups) - 1
+            params: Any = [{"params": g, "lr_scale": cfg.layer_lr_decay ** (top - i)}
+                           for i, g in enumerate(self.groups)]
+        else:
+            params = self.model.parameters()
+        self.optimizer = build_optimizer(params, cfg)
+        self._trainable = {id(p) for p in self.model.parameters() if p.requires_grad}  # frozen by the task stay so
         steps_per_epoch = len(train_data)
         total = steps_per_epoch * cfg.epochs
         if cfg.max_steps is not None:
@@ -270,11 +292,38 @@ class Trainer:
         self.state = TrainState()
         self._resumed_from_previous = False  # checkpoint.pt was damaged: the next save must keep .prev
         self._log = log
+        self._frozen: set[int] = set()
         self.progress: Progress | None = None
         metric, mode = getattr(model, "monitor", ("loss", "min"))
         self.monitor, self.lower_is_better = metric, mode == "min"
 
     # ------------------------------------------------------------------------------ helpers
+
+    def _layer_groups(self) -> list[list[nn.Parameter]]:
+        """The model's layer groups when discriminative rates or gradual unfreezing use them, else one."""
+        if self.cfg.layer_lr_decay == 1.0 and self.cfg.unfreeze == "all":
+            return [list(self.model.parameters())]
+        return layer_groups(self.model)
+
+    def _unfreeze_for(self, epoch: int) -> None:
+        """Gradual unfreezing: in epoch e (from 0) only the top e + 1 layer groups learn."""
+        if self.cfg.unfreeze != "gradual":
+            return
+        first = max(len(self.groups) - 1 - epoch, 0)
+        frozen = {id(p) for g in self.groups[:first] for p in g}
+        self._frozen = frozen
+        if self.dist is None:  # DDP keeps the set of parameters it was built with: there, gradients are dropped
+            for p in self.model.parameters():
+                p.requires_grad_(id(p) in self._trainable and id(p) not in frozen)
+        if epoch < len(self.groups) and frozen:
+            self.log(f"epoch {epoch + 1}: training the top {len(self.groups) - first} of {len(self.groups)} layer "
+                     "groups (--unfreeze gradual)")
+
+    def _drop_frozen_grads(self) -> None:
+        if self.cfg.unfreeze == "gradual" and self._frozen:
+            for p in self.model.parameters():
+                if id(p) in self._frozen:
+                    p.grad = None
 
     @property
     def main(self) -> bool:
@@ -394,7 +443,7 @@ class Trainer:
             "epoch": s.epoch + (s.batch / max(len(self.train_data), 1)),
             "step": s.step,
             "train_loss": train_loss,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.optimizer.param_groups[-1]["lr"],
             "clip_fraction": s.clipped / max(s.step, 1),
             "skipped_batches": s.skipped,
             "elapsed_s": round(s.elapsed + self._session_time(), 1),
@@ -456,6 +505,7 @@ class Trainer:
         interrupted = False
         try:
             while s.epoch < cfg.epochs and not s.done:
+                self._unfreeze_for(s.epoch)
                 state = s.carried if self.train_data.stateful else None
                 for batch in self.train_data.batches(s.epoch, s.batch):
                     if self.dist is not None:
@@ -482,6 +532,7 @@ class Trainer:
                         loss = out.loss * (weight * self.dist.world / (total if total > 0 else 1.0))
                     if finite:
                         loss.backward()
+                        self._drop_frozen_grads()
                         if cfg.clip > 0:
                             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
                             finite = bool(torch.isfinite(norm))
@@ -550,6 +601,9 @@ class Trainer:
                     last_checkpoint = time.monotonic()
         finally:
             self.progress.close()
+            if self.cfg.unfreeze == "gradual" and self.dist is None:  # the model leaves as it came
+                for p in self.model.parameters():
+                    p.requires_grad_(id(p) in self._trainable)
             release_buffers()  # the native kernels' buffers kept between training steps: not needed after them
         # A time or step limit saves the resumable state before the closing evaluation, so that
         # resuming follows exactly the trajectory of a run that was never stopped.

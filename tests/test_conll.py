@@ -103,6 +103,12 @@ def test_detect_scheme():
     assert detect_scheme([["O", "B-PER", "E-PER", "S-LOC"]]) == "bioes"
     assert detect_scheme([["NOUN", "VERB"], ["O"]]) == "none"
     assert detect_scheme([["O", "-LRB-"]]) == "none"
+    # IOB1: I- opens, B- only between two adjacent entities of one type.
+    assert detect_scheme([["I-ORG", "O", "I-PER", "I-PER", "B-PER"], ["O", "I-LOC"]]) == "iob1"
+    assert detect_scheme([["O", "I-PER", "I-PER"]]) == "iob1"
+    # A B- that opens an entity makes it BIO (and an I- after O is then an error to repair).
+    assert detect_scheme([["O", "I-PER"], ["B-LOC"]]) == "bio"
+    assert detect_scheme([["B-PER", "I-PER"]]) == "bio"
 
 
 def test_find_invalid():
@@ -115,6 +121,43 @@ def test_find_invalid():
     assert find_invalid(["O", "B-PER"], "bioes")[0] == 1
     assert find_invalid(["S-PER", "E-PER"], "bioes")[0] == 1
     assert find_invalid(["B-PER", "E-PER"], "bio")[1].startswith("tag 'E-PER' has a prefix")
+
+
+def test_find_invalid_iob1():
+    assert find_invalid(["I-PER", "I-PER", "B-PER", "O", "I-LOC"], "iob1") is None
+    assert find_invalid(["I-PER", "B-LOC"], "iob1")[0] == 1
+    at, reason = find_invalid(["O", "B-PER"], "iob1")
+    assert at == 1 and reason.startswith("tag 'B-PER' follows 'O'; under IOB1 an entity begins with I-PER")
+
+
+def test_iob1_conversion_round_trips():
+    assert convert(["I-PER", "I-PER", "B-PER", "O", "I-LOC"], "bio") == ["B-PER", "I-PER", "B-PER", "O", "B-LOC"]
+    assert convert(["B-PER", "B-PER", "B-LOC", "I-LOC"], "iob1") == ["I-PER", "B-PER", "I-LOC", "I-LOC"]
+    rng = random.Random(2)
+    for _ in range(300):
+        bio = convert(random_tags(rng, rng.randint(1, 8)), "bio")
+        iob1 = convert(bio, "iob1")
+        assert find_invalid(iob1, "iob1") is None
+        assert entity_spans(iob1) == entity_spans(bio)
+        assert convert(iob1, "bio") == bio
+
+
+def test_prepare_tags_reads_iob1_into_bio(tmp_path):
+    # As the CoNLL-2003 release writes it: the sentence opens with I-ORG.
+    path = write(tmp_path, "a.conll", "EU I-ORG\nrejects O\nGerman I-MISC\n\nPeter I-PER\nBlackburn I-PER\nJohn B-PER\n")
+    sentences, scheme, repaired, found = prepare_tags(read_conll(path), "auto", False, str(path))
+    assert (scheme, repaired, found) == ("bio", 0, "iob1")
+    assert sentences[0].tags == ["B-ORG", "O", "B-MISC"] and sentences[1].tags == ["B-PER", "I-PER", "B-PER"]
+    as_bioes, scheme, _, found = prepare_tags(read_conll(path), "bioes", False, str(path))
+    assert (scheme, found) == ("bioes", "iob1") and as_bioes[1].tags == ["B-PER", "E-PER", "S-PER"]
+    # Declared IOB1: a B- that opens an entity is an error naming the line, or repaired.
+    bad = write(tmp_path, "b.conll", "a B-PER\nb O\n")
+    with pytest.raises(UserError, match=r"b\.conll: line 1: tag 'B-PER' starts the sentence; under IOB1"):
+        prepare_tags(read_conll(bad), "iob1", False, str(bad))
+    fixed, scheme, repaired, found = prepare_tags(read_conll(bad), "iob1", True, str(bad))
+    assert (scheme, repaired, found) == ("bio", 1, "iob1") and fixed[0].tags == ["B-PER", "O"]
+    with pytest.raises(UserError, match=r"--scheme iob1: found 'S-PER'"):
+        prepare_tags(read_conll(write(tmp_path, "c.conll", "a S-PER\n")), "iob1", False, "c.conll")
 
 
 def random_tags(rng, n, prefixes="BIO"):
@@ -169,13 +212,13 @@ def test_prepare_tags_rejects_or_repairs_invalid_sequences(tmp_path):
     sentences = read_conll(path)
     with pytest.raises(UserError, match=r"a\.conll: line 2: tag 'I-PER' follows 'O'.*--repair"):
         prepare_tags(sentences, "auto", False, str(path))
-    fixed, scheme, repaired = prepare_tags(sentences, "auto", True, str(path))
+    fixed, scheme, repaired, _ = prepare_tags(sentences, "auto", True, str(path))
     assert scheme == "bio" and repaired == 1 and fixed[0].tags == ["O", "B-PER", "I-PER"]
-    converted, scheme, _ = prepare_tags(fixed, "bioes", False, str(path))
+    converted, scheme, _, _ = prepare_tags(fixed, "bioes", False, str(path))
     assert scheme == "bioes" and converted[0].tags == ["O", "B-PER", "E-PER"] and converted[1].tags == ["S-LOC"]
     with pytest.raises(UserError, match="not entity tags"):
         prepare_tags(read_conll(write(tmp_path, "p.conll", "a NOUN\n")), "bio", False, "p.conll")
-    plain, scheme, _ = prepare_tags(read_conll(tmp_path / "p.conll"), "auto", False, "p.conll")
+    plain, scheme, _, _ = prepare_tags(read_conll(tmp_path / "p.conll"), "auto", False, "p.conll")
     assert scheme == "none" and plain[0].tags == ["NOUN"]
 
 

@@ -174,6 +174,38 @@ def test_ner_end_to_end_with_crf(tmp_path, capsys):
     assert len(lines) == sum(1 for line in valid.read_text().splitlines() if line and not line.startswith("-DOC"))
 
 
+def test_iob1_files_are_learnt_as_bio_and_written_back_as_iob1(tmp_path, capsys):
+    def as_iob1(path):
+        lines = []
+        sentence = []
+        for line in path.read_text().splitlines() + [""]:
+            if line and not line.startswith("-DOC"):
+                sentence.append(line.split("\t"))
+                continue
+            if sentence:
+                tags = convert([t for _, t in sentence], "iob1")
+                lines += [f"{w}\t{t}" for (w, _), t in zip(sentence, tags, strict=True)]
+                sentence = []
+            lines.append(line)
+        path.write_text("\n".join(lines), encoding="utf-8")
+        return path
+
+    train, valid = as_iob1(ner_file(tmp_path / "t.conll", 80, 0)), as_iob1(ner_file(tmp_path / "v.conll", 20, 1))
+    assert "B-" not in train.read_text()  # no two adjacent entities of one type: IOB1 has I- only
+    run = tmp_path / "run"
+    assert main(["train", "tag", "--train", str(train), "--valid", str(valid), "--out", str(run), *fast()]) == 0
+    assert "tags found in IOB1; learnt in BIO" in capsys.readouterr().err
+    vocab = json.loads((run / "tag_vocab.json").read_text())
+    assert vocab["scheme"] == "bio" and vocab["file_scheme"] == "iob1" and "B-PER" in vocab["tags"]
+    assert main(["evaluate", str(run), "--data", str(valid), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["f1"] > 0.9
+    raw = tmp_path / "raw.txt"
+    raw.write_text("Omar Diaz visited Oslo today .\n", encoding="utf-8")
+    assert main(["predict", str(run), "--input", str(raw), "--format", "conll"]) == 0
+    tags = [line.split("\t")[1] for line in capsys.readouterr().out.splitlines() if line]
+    assert tags == ["I-PER", "I-PER", "O", "I-LOC", "O", "O"]
+
+
 def test_pos_end_to_end_on_conllu_and_resume(tmp_path, capsys):
     rows, text = [], []
     rng = random.Random(0)
@@ -201,7 +233,8 @@ def test_pos_end_to_end_on_conllu_and_resume(tmp_path, capsys):
 
 @pytest.mark.parametrize("text, extra, message", [
     ("EU\tB-ORG\nrejects\n", [], r"bad\.conll: line 2: found 1 column"),
-    ("a\tO\nb\tI-PER\n", [], r"bad\.conll: line 2: tag 'I-PER' follows 'O'"),
+    ("a\tB-PER\nb\tO\nc\tI-PER\n", [], r"bad\.conll: line 3: tag 'I-PER' follows 'O'; under BIO"),
+    ("a\tB-PER\nb\tO\n", ["--scheme", "iob1"], r"bad\.conll: line 1: tag 'B-PER' starts the sentence; under IOB1"),
     ("", [], r"bad\.conll: the file is empty"),
     ("a\tNOUN\n", ["--scheme", "bio"], r"not entity tags"),
 ])

@@ -1,4 +1,4 @@
-"""Tagged sentences on disk: CoNLL and CoNLL-U readers, tag schemes (BIO, BIOES), and a simple tokenizer.
+"""Tagged sentences on disk: CoNLL and CoNLL-U readers, tag schemes (IOB1, BIO, BIOES), and a simple tokenizer.
 
 What is here: `read_conll` and `parse_conll` (CoNLL: whitespace- or tab-separated columns, token first, tag last, blank
 lines between sentences, `-DOCSTART-` lines skipped wherever they stand; CoNLL-U: a chosen tag column,
@@ -20,8 +20,8 @@ from rnnkit.data.text import read_text
 DOCSTART = "-DOCSTART-"
 CONLLU_COLUMNS = {"upos": 3, "xpos": 4, "deprel": 7}
 CONLL_SUFFIXES = (".conll", ".conllu", ".conllx", ".bio", ".iob", ".bioes", ".iobes")
-SCHEMES = ("bio", "bioes", "none")
-_PREFIXES = {"bio": ("B", "I"), "bioes": ("B", "I", "E", "S")}
+SCHEMES = ("iob1", "bio", "bioes", "none")
+_PREFIXES = {"iob1": ("B", "I"), "bio": ("B", "I"), "bioes": ("B", "I", "E", "S")}
 
 
 @dataclass
@@ -147,18 +147,39 @@ def split_tag(tag: str) -> tuple[str, str]:
     return "O", ""
 
 
+def _opens(tags: list[str], i: int) -> bool:
+    """Whether the entity tag at `i` begins a span by position alone: it starts the sentence or follows O or
+    a tag of another type."""
+    if i == 0:
+        return True
+    prev_p, prev_kind = split_tag(tags[i - 1])
+    return prev_p == "O" or prev_kind != split_tag(tags[i])[1]
+
+
 def detect_scheme(tag_lists: list[list[str]]) -> str:
-    """`bioes` when every tag is O or X-TYPE and some have E- or S-, `bio` when only B-/I-, else `none`."""
+    """The entity-tag scheme of a file's tags.
+
+    `none` when some tag is not O or X-TYPE; `bioes` when some have E- or S-; `iob1` when only B- and I-
+    occur, some I- opens an entity (after O, another type or at the start) and every B- follows a tag of its
+    own type (IOB1, the CoNLL-2003 release's scheme: I- opens, B- only separates two adjacent entities of one
+    type); `bio` otherwise (an invalid BIO file stays `bio`, so that it is reported or repaired as such).
+    """
     prefixes: set[str] = set()
+    i_opens = b_opens = False
     for tags in tag_lists:
-        for tag in tags:
+        for i, tag in enumerate(tags):
             if tag == "O":
                 continue
             p, kind = split_tag(tag)
             if p == "O" or not kind:
                 return "none"
             prefixes.add(p)
-    return "bioes" if prefixes & {"E", "S"} else "bio"
+            if p in ("B", "I") and _opens(tags, i):
+                i_opens |= p == "I"
+                b_opens |= p == "B"
+    if prefixes & {"E", "S"}:
+        return "bioes"
+    return "iob1" if i_opens and not b_opens else "bio"
 
 
 def find_invalid(tags: list[str], scheme: str) -> tuple[int, str] | None:
@@ -169,6 +190,12 @@ def find_invalid(tags: list[str], scheme: str) -> tuple[int, str] | None:
         prev_p, prev_kind = split_tag(tags[i - 1]) if i else ("O", "")
         if tag != "O" and p not in allowed:
             return i, f"tag {tag!r} has a prefix that {scheme.upper()} does not use"
+        if scheme == "iob1":
+            if p == "B" and _opens(tags, i):
+                before = f"follows {tags[i - 1]!r}" if i else "starts the sentence"
+                return i, (f"tag {tag!r} {before}; under IOB1 an entity begins with I-{kind}, and B-{kind} only "
+                           f"separates two adjacent {kind} entities")
+            continue
         open_before = prev_p in ("B", "I") and prev_kind == kind
         if p in ("I", "E") and not open_before:
             before = f"follows {tags[i - 1]!r}" if i else "starts the sentence"
@@ -195,48 +222,63 @@ def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
 
 
 def spans_to_tags(spans: list[tuple[str, int, int]], length: int, scheme: str) -> list[str]:
-    """Write entity spans as BIO or BIOES tags over `length` tokens."""
+    """Write entity spans as IOB1, BIO or BIOES tags over `length` tokens."""
     tags = ["O"] * length
-    for kind, start, end in spans:
+    ends: dict[int, str] = {}  # where an entity ends (exclusive) -> its type
+    for kind, start, end in sorted(spans, key=lambda span: span[1]):
         for i in range(start, end):
             tags[i] = f"I-{kind}"
-        tags[start] = f"B-{kind}"
+        if scheme == "iob1":
+            if ends.get(start) == kind:  # touches an entity of its own type: B- separates the two
+                tags[start] = f"B-{kind}"
+        else:
+            tags[start] = f"B-{kind}"
         if scheme == "bioes":
             if end - start == 1:
                 tags[start] = f"S-{kind}"
             else:
                 tags[end - 1] = f"E-{kind}"
+        ends[end] = kind
     return tags
 
 
 def convert(tags: list[str], scheme: str) -> list[str]:
-    """The same entities in another scheme (invalid input is read as conlleval reads it)."""
+    """The same entities in another scheme (invalid input is read as conlleval reads it, which is also how
+    IOB1 reads)."""
     return spans_to_tags(entity_spans(tags), len(tags), scheme)
 
 
 def prepare_tags(
     sentences: list[Sentence], scheme: str, repair: bool, source: str
-) -> tuple[list[Sentence], str, int]:
+) -> tuple[list[Sentence], str, int, str]:
     """Check (and convert) the tags of labelled sentences under a scheme.
 
     Args:
         sentences: sentences with tags.
-        scheme: `auto` (keep the scheme detected in the file), `bio` or `bioes` (convert to it), `none`
-            (plain tags, taken as they are).
-        repair: rewrite sequences invalid under the detected scheme (as conlleval reads them) instead of
+        scheme: `auto` (keep the scheme detected in the file; IOB1 is read into BIO), `iob1` (the file is
+            IOB1, whatever its tags look like; read into BIO), `bio` or `bioes` (convert to it), `none` (plain
+            tags, taken as they are).
+        repair: rewrite sequences invalid under the file's scheme (as conlleval reads them) instead of
             raising.
         source: the file name for messages.
     Returns:
-        (sentences with checked tags, the scheme they are in, how many sentences were repaired).
+        (sentences with checked tags, the scheme they are now in, how many sentences were repaired, the scheme
+        the file was found in).
     """
     detected = detect_scheme([s.tags or [] for s in sentences])
     if scheme == "none" or (scheme == "auto" and detected == "none"):
-        return sentences, "none", 0
+        return sentences, "none", 0, "none"
     if detected == "none":
         example = next(t for s in sentences for t in s.tags or [] if t != "O" and split_tag(t)[0] == "O")
         raise UserError(f"{source}: --scheme {scheme}: the tags are not entity tags (found {example!r}; expected "
                         "O or B-/I-/E-/S- followed by a type); use --scheme none or auto for plain tags")
-    target = detected if scheme == "auto" else scheme
+    if scheme == "iob1":
+        if detected == "bioes":
+            example = next(t for s in sentences for t in s.tags or [] if split_tag(t)[0] in ("E", "S"))
+            raise UserError(f"{source}: --scheme iob1: found {example!r}; IOB1 has only B-, I- and O tags")
+        detected = "iob1"
+    target = {"auto": detected, "iob1": "bio"}.get(scheme, scheme)
+    target = "bio" if target == "iob1" else target  # IOB1 is read, never learnt: BIO marks every beginning
     repaired = 0
     out = []
     for s in sentences:
@@ -245,12 +287,13 @@ def prepare_tags(
         if bad is not None:
             if not repair:
                 index, reason = bad
-                raise UserError(f"{source}: line {s.lines[index]}: {reason}; pass --repair to read such "
-                                "sequences as conlleval does (an I- after O begins an entity), or fix the file")
+                raise UserError(f"{source}: line {s.lines[index]}: {reason}; pass --scheme iob1 if the file is "
+                                "IOB1, --repair to read such sequences as conlleval does (an I- after O begins an "
+                                "entity), or fix the file")
             repaired += 1
         new = convert(tags, target) if (bad is not None or target != detected) else tags
         out.append(Sentence(s.tokens, new, s.lines))
-    return out, target, repaired
+    return out, target, repaired, detected
 
 
 # ------------------------------------------------------------------------------------- raw text

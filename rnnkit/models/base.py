@@ -2,7 +2,8 @@
 
 What is here: `LossOutput` (the one thing a model's `loss(batch, state)` returns to the trainer),
 `SequenceDropout` (dropout on (B, T, F) with an optional single mask per sequence) and `check_choice`
-(a named option must be one of a few values). What is not: any particular task.
+(a named option must be one of a few values), `layer_groups` (a model's parameters from input to output, for
+discriminative learning rates and gradual unfreezing). What is not: any particular task.
 """
 
 from __future__ import annotations
@@ -37,6 +38,27 @@ class LossOutput:
     stats: dict[str, float] = field(default_factory=dict)
     state: Any = None
     weight: float | None = None
+
+
+def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+    """A model's parameters in groups from the input side to the output side.
+
+    A model may say its own (a `layer_groups()` method); otherwise one with an `embedding` and a recurrent
+    stack `rnn` (a `layers.Recurrent`) has: the embedding, each recurrent layer in turn, then everything else
+    (the head: pooling, attention, output layers). Other models are one group. Every parameter is in exactly
+    one group.
+    """
+    own = getattr(model, "layer_groups", None)
+    if callable(own):
+        return own()
+    embedding, rnn = getattr(model, "embedding", None), getattr(model, "rnn", None)
+    if rnn is None or not hasattr(rnn, "layer_parameters"):
+        return [list(model.parameters())]
+    groups = [list(embedding.parameters())] if isinstance(embedding, nn.Module) else []
+    groups += [rnn.layer_parameters(layer) for layer in range(rnn.num_layers)]
+    taken = {id(p) for group in groups for p in group}
+    groups.append([p for p in model.parameters() if id(p) not in taken])
+    return [group for group in groups if group]
 
 
 def check_choice(name: str, value: Any, choices: Collection[str]) -> None:

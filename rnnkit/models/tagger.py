@@ -8,7 +8,9 @@ task, tasks/tag.py, turns those into ids and hands the model a function that fin
 tag-id sequence), nor the CRF algorithms themselves (crf.py).
 
 Batch keys (all int64): `words` (B, T) with 0 = padding and 1 = unknown, `shapes` (B, T), `chars`
-(B, T, C) with 0 = padding, `lengths` (B,), and for the loss `tags` (B, T) with IGNORE_INDEX at padding.
+(B, T, C) with 0 = padding, `lengths` (B,), and for the loss `tags` (B, T) with IGNORE_INDEX at padding. A
+tagger made with `context_size` F > 0 also reads `context` (B, T, F) float32: vectors given from outside (the
+states of frozen language models), joined to each token's own features.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class Tagger(nn.Module):
         span_finder: maps one sentence's tag ids to its entities; when given, evaluation counts
             entities and the model reports precision, recall and F1 and is selected by F1.
         fused: passed to `Recurrent`.
+        context_size: F, the size of the outside vectors in `context` (0: none).
     """
 
     def __init__(
@@ -118,9 +121,11 @@ class Tagger(nn.Module):
         allowed: tuple[Tensor, Tensor, Tensor] | None = None,
         span_finder: SpanFinder | None = None,
         fused: bool | None = None,
+        context_size: int = 0,
     ) -> None:
         super().__init__()
         self.num_tags = num_tags
+        self.context_size = int(context_size)
         self.word_dropout = float(word_dropout)
         self.embedding = nn.Embedding(vocab_size, embedding_size, padding_idx=PAD)
         features = embedding_size
@@ -132,6 +137,7 @@ class Tagger(nn.Module):
         if char_encoder != "none" and num_chars:
             self.char_encoder = CharEncoder(num_chars, char_embedding_size, char_hidden_size, char_encoder)
             features += char_hidden_size
+        features += self.context_size
         self.embedding_dropout = SequenceDropout(embedding_dropout)
         self.rnn = Recurrent(cell, features, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
                              dropout=dropout, fused=fused)
@@ -171,6 +177,8 @@ class Tagger(nn.Module):
             out = vectors.new_zeros(B, T, vectors.shape[1])
             out[mask] = vectors
             parts.append(out)  # (B, T, Hc)
+        if self.context_size:
+            parts.append(batch["context"].to(parts[0].dtype))  # (B, T, F)
         x = self.embedding_dropout(torch.cat(parts, dim=2))  # (B, T, F)
         h, _ = self.rnn(x, lengths=lengths)  # (B, T, D*H)
         return self.output(self.output_dropout(h))  # (B, T, K)

@@ -239,3 +239,137 @@ def text_inputs(inputs: list[Any], max_chars: int | None = None) -> list[str]:
         if max_chars is not None and len(x) > max_chars:
             raise UserError(f"inputs.{i}: the text has {len(x):,} characters; at most {max_chars:,} are accepted")
     return inputs
+
+
+def source_record(run_dir: str | Path) -> dict[str, Any]:
+    """Where a run's starting weights came from, as its config.json records it (`init_from`): the source run's
+    directory and the SHA-256 of that run's config.json, so a later reader can tell whether the source has
+    changed since."""
+    import hashlib
+
+    from rnnkit.checkpoint import CONFIG_FILE
+
+    data = (Path(run_dir) / CONFIG_FILE).read_bytes()
+    return {"run": str(run_dir), "config_sha256": hashlib.sha256(data).hexdigest()}
+
+
+STRUCTURE = ("cell", "embedding_size", "hidden_size", "num_layers", "tie_weights", "adaptive_softmax")
+
+
+def check_structure(cfg: RunConfig, source: RunConfig, source_dir: str | Path, names: Sequence[str],
+                    default: RunConfig) -> None:
+    """Take a source run's model structure into `cfg`, refusing what the user set otherwise.
+
+    A field of `names` that still holds the task's default follows the source run; one the user changed and
+    that differs from the source is a one-line error saying what differs.
+    """
+    from rnnkit.config import ModelConfig, flag_of
+
+    differ = []
+    for name in names:
+        ours, theirs, plain = (getattr(c.model, name) for c in (cfg, source, default))
+        if ours != theirs and ours != plain:
+            differ.append(f"{flag_of(ModelConfig, name)} {ours} (the run has {theirs})")
+        setattr(cfg.model, name, theirs)
+    if differ:
+        raise UserError(f"--init-from {source_dir}: the sizes must match the language model's: " + "; ".join(differ)
+                        + "; drop these options to take the run's own")
+
+
+def load_source_lm(cfg: RunConfig, run_dir: str | Path, task: str, say: Say, one_direction: bool = True) -> Any:
+    """A language-model run whose embedding and recurrent layers start another task's encoder.
+
+    The encoder takes the run's cell, sizes, layer count and tokenizer kind, reads left to right (a
+    language model has one direction; with `one_direction` False a bidirectional encoder stays so, its forward
+    direction from the run) and refuses a backward run; options the user set otherwise are a
+    one-line error saying what differs.
+    """
+    from rnnkit.tasks import runner
+
+    lm = runner.load(run_dir, task="lm")
+    check_structure(cfg, lm.config, run_dir, ("cell", "embedding_size", "hidden_size", "num_layers"),
+                    RunConfig.create(task))
+    if lm.config.options is not None and lm.config.options.reverse:
+        raise UserError(f"--init-from {run_dir}: a backward (--reverse) language model cannot start an encoder "
+                        "that reads left to right; give a forward run")
+    plain = RunConfig.create(task).data.tokenizer
+    if cfg.data.tokenizer not in (plain, lm.tokenizer.kind):
+        raise UserError(f"--init-from {run_dir}: --tokenizer {cfg.data.tokenizer} differs from the language "
+                        f"model's {lm.tokenizer.kind}; drop --tokenizer to take the run's own")
+    cfg.data.tokenizer = lm.tokenizer.kind
+    if cfg.model.bidirectional and one_direction:
+        say(f"--init-from {run_dir}: the encoder reads left to right, as the language model does "
+            "(not bidirectional)")
+        cfg.model.bidirectional = False
+    m = lm.config.model
+    say(f"--init-from {run_dir}: {m.cell} {m.num_layers}x{m.hidden_size}, embeddings {m.embedding_size}, taken "
+        "from the language model")
+    return lm
+
+
+def extend_tokenizer(base: Tokenizer, texts: list[str], min_freq: int) -> Tokenizer:
+    """A word/space tokenizer holding `base`'s tokens (same ids) and then the new words of `texts` (those seen
+    at least `min_freq` times); other kinds (characters, bytes, BPE) already spell every text: `base` itself."""
+    from collections import Counter
+
+    if base.kind not in ("word", "space"):
+        return base
+    known = set(base.tokens)
+    split = type(base).split  # type: ignore[attr-defined]
+    counts = Counter(t for text in texts for t in split(text) if t not in known and t != "<unk>")
+    new = sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
+    return type(base)([*base.tokens, *new])  # type: ignore[call-arg]
+
+
+def initialise_from_lm(embedding: nn.Embedding, rnn: nn.Module, words: Sequence[str], lm: Any, say: Say,
+                       same_ids: int = 0, skip: int | None = None) -> None:
+    """Start an encoder's embedding and recurrent layers from a language-model run.
+
+    Rows below `same_ids` are the language model's own tokens (an extended tokenizer keeps their ids) and are
+    copied as they are. Every other row (from `skip`, the task's special rows before it) looks its word up in
+    the language model: as written, then capitalised, title-cased, upper-cased or lower-cased ("paris" from
+    "Paris"); a word it lacks starts from the mean of the language model's token embeddings (ULMFiT's choice:
+    an average word, not noise). Recurrent tensors are copied where name and shape fit: a bidirectional
+    encoder takes the forward direction; a first layer that reads more than the embedding (word shapes,
+    characters) takes the language model's input weights in the columns that read the embedding, which come
+    first.
+    """
+    lm_emb = lm.model.embedding.weight.detach()
+    specials = len(SPECIAL_TOKENS)
+    skip = specials if skip is None else skip
+    lookup = lm.tokenizer.encode
+    found = fallback = 0
+    with torch.no_grad():
+        rows = min(same_ids, embedding.weight.shape[0])
+        if rows:
+            embedding.weight[:rows].copy_(lm_emb[:rows])
+        mean = lm_emb[specials:].mean(0)
+        for i in range(max(rows, skip), len(words)):
+            word = words[i]
+            for variant in dict.fromkeys((word, word.capitalize(), word.title(), word.upper(), word.lower())):
+                ids = lookup(variant)
+                if len(ids) == 1 and ids[0] >= specials:
+                    embedding.weight[i].copy_(lm_emb[ids[0]])
+                    found += 1
+                    break
+            else:
+                embedding.weight[i].copy_(mean)
+                fallback += 1
+        if embedding.padding_idx is not None:
+            embedding.weight[embedding.padding_idx].zero_()
+        ours = dict(rnn.named_parameters())
+        copied, partial = [], []
+        for name, p in lm.model.rnn.named_parameters():
+            mine = ours.get(name)
+            if mine is None:
+                continue
+            if mine.shape == p.shape:
+                mine.copy_(p)
+                copied.append(name)
+            elif p.dim() == 2 and mine.shape[0] == p.shape[0] and mine.shape[1] > p.shape[1] and name.endswith("l0"):
+                mine[:, :p.shape[1]].copy_(p)
+                partial.append(name)
+    layers = ", ".join(sorted({n.rsplit("_", 1)[-1] for n in copied + partial}))
+    say(f"initialised from the language model: {rows} embedding rows as they are, {found} words found in it, "
+        f"{fallback} from its mean embedding; {len(copied)} recurrent tensors ({layers})"
+        + (f", and the embedding's columns of {', '.join(partial)}" if partial else ""))

@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,6 @@ from torch import Tensor, nn
 from rnnkit.config import RunConfig, UserError
 from rnnkit.data import (
     PAD_ID,
-    SPECIAL_TOKENS,
     UNK_ID,
     BucketedSource,
     Tokenizer,
@@ -53,7 +51,11 @@ from rnnkit.tasks.base import (
     Task,
     add_vector_words,
     check_size,
+    extend_tokenizer,
     fit_tokenizer,
+    initialise_from_lm,
+    load_source_lm,
+    source_record,
     start_embeddings,
     text_inputs,
 )
@@ -99,48 +101,6 @@ def _sorted_labels(labels: Sequence[str]) -> list[str]:
 def _token_tensor(tokenizer: Tokenizer, text: str) -> torch.Tensor:
     ids = tokenizer.encode(text) or [UNK_ID]  # a text of symbols the tokenizer drops still gets one step
     return torch.tensor(ids, dtype=torch.long)
-
-
-def _extend_tokenizer(base: Tokenizer, texts: list[str], min_freq: int) -> Tokenizer:
-    """A word/space tokenizer holding `base`'s tokens (same ids) and then the new training words."""
-    if base.kind not in ("word", "space"):
-        return base
-    known = set(base.tokens)
-    counts = Counter(t for text in texts for t in type(base).split(text) if t not in known and t != "<unk>")
-    new = sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
-    return type(base)([*base.tokens, *new])
-
-
-def _initialise_from_lm(model: SequenceClassifier, lm_model: torch.nn.Module, lm_tokenizer: Tokenizer,
-                        tokenizer: Tokenizer, say: Callable[[str], None]) -> None:
-    """Copy the language model's embedding rows and every recurrent weight whose name and shape fit.
-
-    A training word the language model lacks starts from the embedding of its capitalised or upper-case
-    form when the language model has that ("paris" from "Paris"), else from random values.
-    """
-    assert model.embedding is not None
-    rows = lm_model.embedding.weight.shape[0]
-    borrowed = 0
-    with torch.no_grad():
-        model.embedding.weight[:rows].copy_(lm_model.embedding.weight)
-        for i in range(rows, tokenizer.vocab_size):
-            word = tokenizer.token_text(i)
-            for variant in (word.capitalize(), word.title(), word.upper()):
-                ids = lm_tokenizer.encode(variant)
-                if len(ids) == 1 and ids[0] >= len(SPECIAL_TOKENS):
-                    model.embedding.weight[i].copy_(lm_model.embedding.weight[ids[0]])
-                    borrowed += 1
-                    break
-        model.embedding.weight[PAD_ID].zero_()
-        ours = dict(model.rnn.named_parameters())
-        copied = []
-        for name, p in lm_model.rnn.named_parameters():
-            if name in ours and ours[name].shape == p.shape:
-                ours[name].copy_(p)
-                copied.append(name)
-    layers = ", ".join(sorted({n.rsplit("_", 1)[-1] for n in copied}))
-    say(f"initialised from the language model: embeddings of {rows} tokens (and {borrowed} new words from their "
-        f"capitalised forms), {len(copied)} recurrent tensors ({layers})")
 
 
 def _audio_spec(cfg: RunConfig) -> FeatureSpec:
@@ -271,6 +231,7 @@ class ClassifyTask(Task):
                      f"{len(labels)} classes, {{params}} parameters; {len(train_in)} training sequences, "
                      f"{len(train_src)} batches per epoch",
             meta={"labels": labels, "vocab_size": tokenizer.vocab_size if tokenizer else None,
+                  **({"init_from": state["init_from"]} if "init_from" in state else {}),
                   "input_size": None if tokenizer else assets["spec"].size},
             state=state)
 
@@ -283,16 +244,12 @@ class ClassifyTask(Task):
         if resume:
             return load_tokenizer(out)
         if opts.init_from:
-            lm = runner.load(opts.init_from, task="lm")
-            lm_cfg = lm.config.model
-            tokenizer = _extend_tokenizer(lm.tokenizer, texts, cfg.data.min_freq)
-            cfg.data.tokenizer = lm.tokenizer.kind
-            cfg.model.cell, cfg.model.embedding_size, cfg.model.hidden_size = (
-                lm_cfg.cell, lm_cfg.embedding_size, lm_cfg.hidden_size)
-            say(f"--init-from {opts.init_from}: {lm_cfg.cell}, embeddings {lm_cfg.embedding_size}, hidden "
-                f"{lm_cfg.hidden_size} taken from the language model; {lm.tokenizer.kind} vocabulary "
-                f"{lm.tokenizer.vocab_size} + {tokenizer.vocab_size - lm.tokenizer.vocab_size} training words")
+            lm = load_source_lm(cfg, opts.init_from, "classify", say)
+            tokenizer = extend_tokenizer(lm.tokenizer, texts, cfg.data.min_freq)
+            say(f"--init-from {opts.init_from}: {lm.tokenizer.kind} vocabulary {lm.tokenizer.vocab_size} + "
+                f"{tokenizer.vocab_size - lm.tokenizer.vocab_size} training words")
             state["lm"] = lm
+            state["init_from"] = source_record(opts.init_from)
             return tokenizer
         tokenizer = fit_tokenizer(cfg.data.tokenizer, texts, cfg)
         if cfg.model.embeddings and tokenizer.kind in ("word", "space"):
@@ -317,7 +274,8 @@ class ClassifyTask(Task):
         tokenizer = prepared.assets.get("tokenizer")
         lm = prepared.state.get("lm")
         if lm is not None:
-            _initialise_from_lm(model, lm.model, lm.tokenizer, tokenizer, say)
+            words = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
+            initialise_from_lm(model.embedding, model.rnn, words, lm, say, same_ids=lm.tokenizer.vocab_size)
         if cfg.model.embeddings:
             if model.embedding is None:
                 raise UserError("--embeddings: audio runs read features, not words; drop the option")

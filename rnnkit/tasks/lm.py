@@ -34,7 +34,19 @@ from rnnkit.data import (
 from rnnkit.data.split import hold_out
 from rnnkit.evaluation import evaluate_model
 from rnnkit.models.language_model import IGNORE_INDEX, LanguageModel
-from rnnkit.tasks.base import GraphModule, LoadedRun, Prepared, Say, Task, check_size, fit_tokenizer, start_embeddings
+from rnnkit.tasks.base import (
+    STRUCTURE,
+    GraphModule,
+    LoadedRun,
+    Prepared,
+    Say,
+    Task,
+    check_size,
+    check_structure,
+    fit_tokenizer,
+    source_record,
+    start_embeddings,
+)
 from rnnkit.tasks.runner import ensure_loaded
 
 EVAL_ROWS = 10  # rows of the stream when evaluating: long contexts, as is usual for perplexity
@@ -73,8 +85,10 @@ class LineSource(BucketedSource):
             yield {"inputs": inputs, "targets": targets, "lengths": lengths}
 
 
-def _encode(tokenizer: Tokenizer, text: str) -> torch.Tensor:
-    return torch.tensor(tokenizer.encode(text), dtype=torch.long)
+def _encode(tokenizer: Tokenizer, text: str, reverse: bool = False) -> torch.Tensor:
+    """The token ids of a text; `reverse`: in reverse order, the text read from its end (a backward model)."""
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    return ids.flip(0) if reverse else ids
 
 
 def _eval_source(ids: torch.Tensor, bptt: int, name: str) -> StreamSource:
@@ -87,8 +101,16 @@ def _eval_source(ids: torch.Tensor, bptt: int, name: str) -> StreamSource:
     return StreamSource(ids, rows, min(bptt, n // rows - 1))
 
 
-def _lines(tokenizer: Tokenizer, text: str) -> list[list[int]]:
+def _lines(tokenizer: Tokenizer, text: str, reverse: bool = False) -> list[list[int]]:
+    """Each non-blank line's ids with its line break; `reverse`: the line's tokens from its end, then the break."""
+    if reverse:
+        return [tokenizer.encode(line)[::-1] + tokenizer.encode("\n") for line in text.split("\n") if line.strip()]
     return [tokenizer.encode(line + "\n") for line in text.split("\n") if line.strip()]
+
+
+def is_reversed(cfg: RunConfig) -> bool:
+    """Whether a language-model run reads text from its end."""
+    return bool(cfg.options is not None and cfg.options.reverse)
 
 
 def build_model(cfg: RunConfig, vocab_size: int) -> LanguageModel:
@@ -128,33 +150,61 @@ class LanguageModelTask(Task):
         else:
             text, valid_text = hold_out(text, cfg.data.valid_fraction, "tail", source=str(train_path),
                                         unit="characters")
+        o, state, meta = cfg.options, {}, {}
         if resume:
             tokenizer = load_tokenizer(out)
+        elif o.init_from:
+            source = state["source"] = self._source(cfg, o.init_from, say)
+            tokenizer = source.tokenizer
+            meta["init_from"] = source_record(o.init_from)
         else:
             tokenizer = fit_tokenizer(cfg.data.tokenizer, [text], cfg)
-        tc = cfg.train
+        tc, reverse = cfg.train, o.reverse
         try:
             if tc.bptt > 0:
-                train_src: Any = StreamSource(_encode(tokenizer, text), tc.batch_size, tc.bptt)
+                train_src: Any = StreamSource(_encode(tokenizer, text, reverse), tc.batch_size, tc.bptt)
             else:
-                train_src = LineSource(_lines(tokenizer, text), tc.batch_size, shuffle=True, seed=tc.seed)
+                train_src = LineSource(_lines(tokenizer, text, reverse), tc.batch_size, shuffle=True, seed=tc.seed)
         except UserError as e:
             raise UserError(f"{train_path}: {e}") from None
-        valid_src = _eval_source(_encode(tokenizer, valid_text), tc.bptt, str(valid_path or "validation text"))
+        valid_src = _eval_source(_encode(tokenizer, valid_text, reverse), tc.bptt,
+                                 str(valid_path or "validation text"))
         if valid_path is None:
             say(f"no --valid given: holding out the last {cfg.data.valid_fraction:.0%} of {train_path} for "
                 "validation")
         m = cfg.model
         return Prepared(train_src, valid_src, {"tokenizer": tokenizer},
-                        describe=f"language model: {m.cell} {m.num_layers}x{m.hidden_size}, {tokenizer.kind} "
+                        describe=f"language model{' (backward: the text read from its end)' if reverse else ''}: "
+                                 f"{m.cell} {m.num_layers}x{m.hidden_size}, {tokenizer.kind} "
                                  f"vocabulary {tokenizer.vocab_size}, {{params}} parameters; {len(train_src)} "
                                  "batches per epoch",
-                        meta={"vocab_size": tokenizer.vocab_size})
+                        meta={"vocab_size": tokenizer.vocab_size, **meta}, state=state)
+
+    @staticmethod
+    def _source(cfg: RunConfig, run_dir: str, say: Say) -> LoadedLM:
+        """The language-model run to continue: its structure and direction become this run's."""
+        from rnnkit.tasks import runner
+
+        source = runner.load(run_dir, task="lm")
+        check_structure(cfg, source.config, run_dir, STRUCTURE, RunConfig.create("lm"))
+        if is_reversed(source.config) != cfg.options.reverse:
+            said = "backward (--reverse)" if is_reversed(source.config) else "forward"
+            raise UserError(f"--init-from {run_dir}: that run is a {said} model; "
+                            + ("add --reverse" if is_reversed(source.config) else "drop --reverse"))
+        cfg.data.tokenizer = source.tokenizer.kind
+        say(f"--init-from {run_dir}: continuing its {source.config.model.cell} "
+            f"{source.config.model.num_layers}x{source.config.model.hidden_size} on new text, with its "
+            f"{source.tokenizer.kind} vocabulary of {source.tokenizer.vocab_size}")
+        return source
 
     def build_model(self, cfg: RunConfig, tokenizer: Tokenizer) -> LanguageModel:
         return build_model(cfg, tokenizer.vocab_size)
 
     def initialise(self, model: nn.Module, cfg: RunConfig, prepared: Prepared, say: Say) -> None:
+        source = prepared.state.get("source")
+        if source is not None:
+            model.load_state_dict(source.model.state_dict())
+            return
         tokenizer = prepared.assets["tokenizer"]
         words = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
         start_embeddings(model.embedding, words, cfg, say, unit="tokens")
@@ -169,7 +219,7 @@ class LanguageModelTask(Task):
 
     def evaluate(self, run: LoadedLM, data_path: str | Path) -> dict[str, float]:
         """Loss, perplexity and bits per token of a run on a text file (bits per character for char models)."""
-        ids = _encode(run.tokenizer, read_text(data_path))
+        ids = _encode(run.tokenizer, read_text(data_path), is_reversed(run.config))
         figures = evaluate_model(run.model, _eval_source(ids, run.config.train.bptt, str(data_path)), run.device)
         if run.tokenizer.kind == "char":
             figures["bits_per_character"] = figures["bits_per_token"]
@@ -254,6 +304,14 @@ def _prompt_ids(lm: LoadedLM, prompt: str) -> list[int]:
     return ids
 
 
+def _forward_model(lm: LoadedLM) -> LoadedLM:
+    """The run, refused when it reads text backwards: its next token is the one before, not after."""
+    if is_reversed(lm.config):
+        raise UserError(f"{lm.run_dir}: a backward language model (--reverse) reads text from its end; it gives "
+                        "scores ('rnnkit evaluate') and features ('train tag --lm-features'), not continuations")
+    return lm
+
+
 def generate(
     run_dir: str | Path | LoadedLM,
     prompt: str = "",
@@ -270,7 +328,7 @@ def generate(
     With `on_text`, each new piece of text is passed on as soon as it is made (streaming).
     Returns the generated continuation (without the prompt).
     """
-    lm = ensure_loaded(run_dir, "lm")
+    lm = _forward_model(ensure_loaded(run_dir, "lm"))
     if max_tokens < 1:
         raise UserError(f"--max-tokens: expected an integer >= 1; got {max_tokens}")
     if beam < 1:
@@ -371,7 +429,7 @@ def complete(
     Returns:
         best first, [{"text": the completed word, "completion": what to append, "probability": p}].
     """
-    lm = ensure_loaded(run_dir, "lm")
+    lm = _forward_model(ensure_loaded(run_dir, "lm"))
 
     def read(ids: list[int]) -> tuple[torch.Tensor, Any]:
         if reader is not None:

@@ -40,7 +40,20 @@ from rnnkit.data.split import hold_out
 from rnnkit.evaluation import evaluate_model
 from rnnkit.io import write_output
 from rnnkit.models.seq2seq import IGNORE_INDEX, Seq2Seq, Seq2SeqState
-from rnnkit.tasks.base import GraphModule, LoadedRun, Prepared, Say, Task, check_size, fit_tokenizer, text_inputs
+from rnnkit.tasks.base import (
+    GraphModule,
+    LoadedRun,
+    Prepared,
+    Say,
+    Task,
+    check_size,
+    extend_tokenizer,
+    fit_tokenizer,
+    initialise_from_lm,
+    load_source_lm,
+    source_record,
+    text_inputs,
+)
 
 if TYPE_CHECKING:
     from rnnkit.serve.config import ServeConfig
@@ -124,8 +137,23 @@ class Seq2SeqTask(Task):
             say(f"no --valid given: holding out {len(valid_pairs)} random pairs of {train_path} (seed {tc.seed}) "
                 "for validation")
 
+        state: dict[str, Any] = {}
+        meta: dict[str, Any] = {}
         if resume:
             source_tok, target_tok = load_tokenizer(out / SOURCE_DIR), load_tokenizer(out / TARGET_DIR)
+        elif o.init_from:
+            if o.shared_vocab:
+                raise UserError("--init-from starts the encoder with the language model's vocabulary; drop "
+                                "--shared-vocab")
+            lm = state["lm"] = load_source_lm(cfg, o.init_from, "seq2seq", say, one_direction=False)
+            plain = RunConfig.create("seq2seq").options.source_tokenizer
+            if o.source_tokenizer not in (plain, lm.tokenizer.kind):
+                raise UserError(f"--init-from {o.init_from}: --source-tokenizer {o.source_tokenizer} differs from "
+                                f"the language model's {lm.tokenizer.kind}; drop --source-tokenizer")
+            o.source_tokenizer = lm.tokenizer.kind
+            source_tok = extend_tokenizer(lm.tokenizer, [p.source for p in pairs], cfg.data.min_freq)
+            target_tok = fit_tokenizer(o.target_tokenizer, [p.target for p in pairs], cfg)
+            meta["init_from"] = source_record(o.init_from)
         elif o.shared_vocab:
             source_tok = target_tok = fit_tokenizer(o.source_tokenizer,
                                                     [t for p in pairs for t in (p.source, p.target)], cfg)
@@ -153,8 +181,16 @@ class Seq2SeqTask(Task):
                      f"{target_tok.kind} {target_tok.vocab_size}, {{params}} parameters; {len(train_src)} batches "
                      "per epoch",
             meta={"source_vocab_size": source_tok.vocab_size, "target_vocab_size": target_tok.vocab_size,
-                  "max_source_length": max(len(s) - 1 for s, _ in kept), "pairs_dropped": dropped},
-            result={"pairs_dropped": dropped})
+                  "max_source_length": max(len(s) - 1 for s, _ in kept), "pairs_dropped": dropped, **meta},
+            result={"pairs_dropped": dropped}, state=state)
+
+    def initialise(self, model: Seq2Seq, cfg: RunConfig, prepared: Prepared, say: Say) -> None:
+        lm = prepared.state.get("lm")
+        if lm is not None:
+            tok = prepared.assets["source_tokenizer"]
+            words = [tok.token_text(i) for i in range(tok.vocab_size)]
+            initialise_from_lm(model.source_embedding, model.encoder, words, lm, say,
+                               same_ids=lm.tokenizer.vocab_size)
 
     def build_model(self, cfg: RunConfig, source_tokenizer: Tokenizer, target_tokenizer: Tokenizer) -> Seq2Seq:
         return build_model(cfg, source_tokenizer.vocab_size, target_tokenizer.vocab_size)
