@@ -374,11 +374,71 @@ class ForecastConfig:
         return values if ok else ()
 
 
+SPEECH_UNITS = ("char", "word", "bpe")
+SPEECH_NORMALISATIONS = ("none", "utterance", "running")
+
+
+@dataclass
+class TranscribeConfig:
+    """Speech to text with CTC: recordings in, their transcripts out."""
+
+    units: str = _opt("char", "output units: characters, words (split at spaces) or byte-level BPE pieces "
+                              "(--vocab-size)", choices=SPEECH_UNITS)
+    sample_rate: int = _opt(16000, "resample every recording to this rate (Hz)")
+    n_mels: int = _opt(40, "mel bands of the log-mel features")
+    stack: int = _opt(3, "frames stacked into one recurrent step (10 ms frames: 3 gives 30 ms steps)")
+    normalise: str = _opt("running", "per-recording normalisation of the features after the training-set "
+                                     "scaler: utterance (each recording's mean, whole recordings only), running "
+                                     "(the mean so far: streams) or none", choices=SPEECH_NORMALISATIONS)
+    speed_perturb: str = _opt("", "extra training copies of every recording at these speeds, e.g. 0.9,1.1 "
+                                  "(tempo and pitch together)")
+    pitch_perturb: str = _opt("", "extra training copies shifted by these semitones, e.g. -2,2 (pitch alone)")
+    freq_masks: int = _opt(0, "SpecAugment: mel bands masked per training recording")
+    freq_mask_width: int = _opt(6, "SpecAugment: widest mel band mask")
+    time_masks: int = _opt(0, "SpecAugment: time spans masked per training recording")
+    time_mask_width: int = _opt(8, "SpecAugment: longest time mask (frames)")
+    lowercase: bool = _opt(True, "transcripts in lower case")
+    skip_unreadable: bool = _opt(False, "skip audio files that cannot be read (counted) instead of stopping")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check(self.units in SPEECH_UNITS, "--units", self.units, f"one of {', '.join(SPEECH_UNITS)}")
+        _check(self.normalise in SPEECH_NORMALISATIONS, "--normalise", self.normalise,
+               f"one of {', '.join(SPEECH_NORMALISATIONS)}")
+        for name in ("sample_rate", "n_mels", "stack"):
+            value = getattr(self, name)
+            _check(value >= 1, flag_of(TranscribeConfig, name), value, "an integer >= 1")
+        for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
+            value = getattr(self, name)
+            _check(value >= 0, flag_of(TranscribeConfig, name), value, "an integer >= 0")
+        speeds = self.speeds()
+        _check(speeds is not None and all(0.5 <= v <= 2 for v in speeds), "--speed-perturb", self.speed_perturb,
+               "speeds in [0.5, 2] separated by commas, e.g. 0.9,1.1")
+        _check(self.semitones() is not None, "--pitch-perturb", self.pitch_perturb,
+               "semitones separated by commas, e.g. -2,2")
+
+    @staticmethod
+    def _numbers(text: str) -> list[float] | None:
+        try:
+            return [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            return None
+
+    def speeds(self) -> list[float] | None:
+        """--speed-perturb as numbers (None when malformed)."""
+        return self._numbers(self.speed_perturb)
+
+    def semitones(self) -> list[float] | None:
+        """--pitch-perturb as numbers (None when malformed)."""
+        return self._numbers(self.pitch_perturb)
+
+
 TASK_SECTIONS: dict[str, type] = {
     "classify": ClassifyConfig,
     "tag": TagConfig,
     "seq2seq": Seq2SeqConfig,
     "forecast": ForecastConfig,
+    "transcribe": TranscribeConfig,
 }
 
 # Where a task's sensible default differs from the shared one: {task: {section: {field: value}}}.
@@ -391,6 +451,8 @@ TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
             "train": {"batch_size": 16, "lr": 1e-3, "epochs": 30, "early_stopping": 5, "clip": 5.0}},
     "seq2seq": {"model": {"bidirectional": True, "num_layers": 1}, "train": {"bptt": 0}},
     "forecast": {"model": {"hidden_size": 64, "num_layers": 1}, "train": {"batch_size": 64}},
+    "transcribe": {"model": {"bidirectional": True, "num_layers": 3, "hidden_size": 192},
+                   "train": {"bptt": 0, "batch_size": 16, "epochs": 30, "clip": 5.0, "early_stopping": 8}},
 }
 
 TASKS = tuple(TASK_DEFAULTS)

@@ -134,6 +134,12 @@ class Task:
 
     limits_input_chars: ClassVar[bool] = True  # the service bounds each text input (`--max-input-chars`)
 
+    streams_audio: ClassVar[bool] = False
+    """The service offers `POST /transcribe` and the audio stream `/transcribe/stream` (serve/speech.py),
+    through `open_stream(run)`: an object with `push(samples) -> text so far` and `finish() -> text`."""
+
+    page: ClassVar[str] = "index.html"  # the service's web page for this task's runs (in serve/static)
+
     def describe_run(self, run: LoadedRun) -> dict[str, Any]:
         """What the service's /info and web page show about a run beyond its network."""
         return {}
