@@ -176,26 +176,29 @@ class TranscribeTask(Task):
                 resume: bool, say: Say) -> Prepared:
         opts, tc = cfg.options, cfg.train
         spec = feature_spec(cfg)
+        # Every file is read before anything else, so that a bad one stops the run before anything is written.
+        started = time.perf_counter()
         train_items = self._items(train_path, opts.lowercase)
-        if valid_path is not None:
-            valid_items = self._items(valid_path, opts.lowercase)
+        valid_items = self._items(valid_path, opts.lowercase) if valid_path is not None else None
+        train_x, train_items = read_recordings(train_items, spec, opts.skip_unreadable, opts.speeds(),
+                                               opts.semitones(), say, str(train_path))
+        if valid_items is not None:
+            valid_x, valid_items = read_recordings(valid_items, spec, opts.skip_unreadable, say=say,
+                                                   source=str(valid_path))
         else:
-            train_items, valid_items = hold_out(train_items, cfg.data.valid_fraction, "random", seed=tc.seed,
-                                                source=str(train_path), unit="recordings")
+            train, valid = hold_out(list(zip(train_x, train_items, strict=True)), cfg.data.valid_fraction, "random",
+                                    seed=tc.seed, source=str(train_path), unit="recordings")
+            train_x, train_items = [x for x, _ in train], [it for _, it in train]
+            valid_x, valid_items = [x[:1] for x, _ in valid], [it for _, it in valid]
             say(f"no --valid given: holding out a random {cfg.data.valid_fraction:.0%} of {train_path} "
                 f"({len(valid_items)} recordings) for validation")
+        say(f"features of {len(train_x) + len(valid_x)} recordings ({sum(len(v) for v in train_x)} training "
+            f"versions) in {time.perf_counter() - started:.1f} s")
         if resume:
             tokenizer = load_tokenizer(out)
         else:
             tokenizer = fit_tokenizer(TOKENIZER_KINDS[opts.units], [it.text for it in train_items], cfg)
         check_alphabet(tokenizer, [(it.where, it.text) for it in valid_items], valid_path or train_path)
-        started = time.perf_counter()
-        train_x, train_items = read_recordings(train_items, spec, opts.skip_unreadable, opts.speeds(),
-                                               opts.semitones(), say, str(train_path))
-        valid_x, valid_items = read_recordings(valid_items, spec, opts.skip_unreadable, say=say,
-                                               source=str(valid_path or train_path))
-        say(f"features of {len(train_x) + len(valid_x)} recordings ({sum(len(v) for v in train_x)} training "
-            f"versions) in {time.perf_counter() - started:.1f} s")
         scaler = FeatureScaler.load(out)[0] if resume else FeatureScaler.fit([v[0] for v in train_x])
         train_in = [[torch.from_numpy(scaler(x)) for x in v] for v in train_x]
         valid_in = [[torch.from_numpy(scaler(v[0]))] for v in valid_x]
