@@ -1,11 +1,14 @@
-"""Audio for classification: WAV manifests, reading and resampling, log-mel/MFCC features, normalisation.
+"""Audio for classification and speech recognition: manifests, reading, resampling, features, normalisation.
 
 What is here: `read_manifest` (a CSV with columns `path` and `label`; paths relative to the manifest or
 absolute), `load_wav` (soundfile, mixed to mono, resampled with scipy's polyphase filter),
 `FeatureSpec` and `compute_features` (librosa's mel spectrogram and MFCC: 25 ms windows every 10 ms;
 optionally less each recording's own mean),
 `FeatureScaler` (per-feature mean and standard deviation fitted on training frames, saved as JSON), and
-`load_features` (all of it for a list of files, with an explicit choice to skip unreadable files).
+`load_features` (all of it for a list of files, with an explicit choice to skip unreadable files); for
+speech recognition, `read_transcripts` (a CSV with columns `path` and `text`, errors naming the line),
+`perturb` (speed and pitch perturbation) and `FeatureStream` / `stream_features` (log-mel frames of audio
+pushed in pieces, equal to those of the whole recording).
 What is not: models, batching and any hand-written signal processing.
 """
 
