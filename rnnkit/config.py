@@ -49,6 +49,14 @@ def _check(ok: bool, flag: str, value: Any, expected: str) -> None:
         raise UserError(f"{flag}: expected {expected}; got {value!r}")
 
 
+def _numbers(text: str) -> list[float] | None:
+    """Numbers separated by commas ("0.9,1.1"; empty: none), or None when one is not a number."""
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        return None
+
+
 def _check_types(obj: Any) -> None:
     """Every field holds a value of its annotated type (ints are accepted where floats are expected)."""
     hints = typing.get_type_hints(type(obj))
@@ -246,6 +254,9 @@ class ClassifyConfig:
     recording_mean: bool = _opt(False, "audio: subtract each recording's mean per feature (cepstral mean "
                                         "normalisation; helps with unseen speakers and microphones)")
     skip_unreadable: bool = _opt(False, "audio: skip WAV files that cannot be read (counted) instead of stopping")
+    speed_perturb: str = _opt("", "audio: extra training copies of every recording at these speeds, e.g. 0.9,1.1 "
+                                  "(tempo and pitch together; helps with unseen speakers)")
+    pitch_perturb: str = _opt("", "audio: extra training copies shifted by these semitones, e.g. -2,2 (pitch alone)")
     init_from: str | None = _opt(None, "text: start from a language-model run's vocabulary, embeddings and "
                                        "recurrent weights (cell and sizes follow that run)", flag="--init-from")
     freeze_embeddings: bool = _opt(False, "text: keep the token embeddings fixed (useful with --init-from)")
@@ -257,6 +268,11 @@ class ClassifyConfig:
         for name in ("sample_rate", "n_mels", "n_mfcc"):
             value = getattr(self, name)
             _check(value >= 1, flag_of(ClassifyConfig, name), value, "an integer >= 1")
+        speeds = _numbers(self.speed_perturb)
+        _check(speeds is not None and all(0.5 <= v <= 2 for v in speeds), "--speed-perturb", self.speed_perturb,
+               "speeds in [0.5, 2] separated by commas, e.g. 0.9,1.1")
+        _check(_numbers(self.pitch_perturb) is not None, "--pitch-perturb", self.pitch_perturb,
+               "semitones separated by commas, e.g. -2,2")
 
 
 TAG_SCHEMES = ("auto", "bio", "bioes", "none")
@@ -417,20 +433,13 @@ class TranscribeConfig:
         _check(self.semitones() is not None, "--pitch-perturb", self.pitch_perturb,
                "semitones separated by commas, e.g. -2,2")
 
-    @staticmethod
-    def _numbers(text: str) -> list[float] | None:
-        try:
-            return [float(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            return None
-
     def speeds(self) -> list[float] | None:
         """--speed-perturb as numbers (None when malformed)."""
-        return self._numbers(self.speed_perturb)
+        return _numbers(self.speed_perturb)
 
     def semitones(self) -> list[float] | None:
         """--pitch-perturb as numbers (None when malformed)."""
-        return self._numbers(self.pitch_perturb)
+        return _numbers(self.pitch_perturb)
 
 
 TASK_SECTIONS: dict[str, type] = {

@@ -523,3 +523,43 @@ def test_espeak_speech_reads_as_a_manifest(tmp_path):
 def test_user_error_type_is_raised_from_python(tmp_path):
     with pytest.raises(UserError, match="no such manifest"):
         read_transcripts(tmp_path / "none.csv")
+
+
+# ------------------------------------------------------------------------------ speaker robustness
+
+
+def test_speed_and_pitch_perturbation():
+    from rnnkit.data.audio import perturb
+
+    rng = np.random.default_rng(0)
+    wave = tones("a b", rng)
+    fast = perturb(wave, RATE, speed=1.25)
+    assert len(fast) == pytest.approx(len(wave) / 1.25, abs=2)  # shorter, as played faster
+    shifted = perturb(wave, RATE, semitones=12.0)
+    assert len(shifted) == len(wave)  # pitch alone keeps the length
+    spectrum = np.abs(np.fft.rfft(shifted[: RATE // 2]))
+    peak = np.fft.rfftfreq(RATE // 2, 1 / RATE)[spectrum.argmax()]
+    assert peak == pytest.approx(2 * 440.0, rel=0.05)  # an octave up
+
+
+def test_classify_audio_adds_perturbed_training_copies(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "d"
+    folder.mkdir()
+    rows = []
+    for i in range(8):
+        word = "ab"[i % 2]
+        sf.write(folder / f"w{i}.wav", tones(word, rng), RATE)
+        rows.append((f"w{i}.wav", word))
+    train = folder / "train.csv"
+    train.write_text("path,label\n" + "".join(f"{p},{y}\n" for p, y in rows[:6]), encoding="utf-8")
+    valid = folder / "valid.csv"
+    valid.write_text("path,label\n" + "".join(f"{p},{y}\n" for p, y in rows[6:]), encoding="utf-8")
+    assert main(["train", "classify", "--audio", "--train", str(train), "--valid", str(valid), "--out",
+                 str(tmp_path / "run"), "--sample-rate", str(RATE), "--speed-perturb", "0.9,1.1", "--pitch-perturb",
+                 "2", "--hidden", "8", "--layers", "1", "--epochs", "1", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "18 perturbed copies added to the 6 training recordings" in err
+    assert "24 training sequences" in err
+    assert "--speed-perturb" in _error(capsys, ["train", "classify", "--audio", "--train", str(train), "--out",
+                                                 str(tmp_path / "r2"), "--speed-perturb", "3"])
