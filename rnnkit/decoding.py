@@ -502,6 +502,20 @@ def ctc_collapse(path: Sequence[int], blank: int = 0, previous: int | None = Non
     return out
 
 
+def ctc_segments(path: Sequence[int], blank: int = 0) -> list[tuple[int, int, int]]:
+    """The units a frame path reads as, each with the frames it spans: (unit, first frame, last frame + 1)."""
+    out: list[tuple[int, int, int]] = []
+    previous = blank
+    for t, u in enumerate(path):
+        if u != blank and u == previous:
+            unit, start, _ = out[-1]
+            out[-1] = (unit, start, t + 1)
+        elif u != blank:
+            out.append((int(u), t, t + 1))
+        previous = u
+    return out
+
+
 def ctc_greedy(log_probs: Tensor, lengths: Tensor | None = None, blank: int = 0) -> list[list[int]]:
     """Best-path decoding of a batch.
 

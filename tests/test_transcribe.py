@@ -188,6 +188,7 @@ def test_narrow_beam_keeps_the_greedy_answer_on_a_peaked_distribution():
 
 def test_greedy_merges_repeats_and_drops_blanks():
     assert decoding.ctc_collapse([0, 1, 1, 0, 1, 2, 2, 2, 0, 0]) == [1, 1, 2]
+    assert decoding.ctc_segments([0, 1, 1, 0, 1, 2, 2, 2, 0, 0]) == [(1, 1, 3), (1, 4, 5), (2, 5, 8)]
     assert decoding.ctc_collapse([2, 2, 0, 3], previous=2) == [3]  # a repeat across chunks is one unit
     assert decoding.ctc_collapse([]) == []
     scores = torch.full((2, 4, 3), -5.0)
@@ -298,6 +299,11 @@ def test_cli_train_evaluate_predict(trained, capsys, tmp_path):
     assert main(["predict", str(trained["run"]), "--input", str(paths), "--format", "jsonl"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["text"] == lines[0] and answer["seconds"] > 0
+    # each word with the time it is heard, in order, inside the recording
+    words = answer["words"]
+    assert [w["word"] for w in words] == answer["text"].split()
+    assert all(0 <= w["start"] < w["end"] <= answer["seconds"] + 0.03 for w in words)
+    assert all(a["end"] <= b["start"] for a, b in zip(words, words[1:], strict=False))
 
 
 def test_char_units_and_a_language_model_fuse(tmp_path, capsys):

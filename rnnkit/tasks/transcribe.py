@@ -481,6 +481,33 @@ def decoder(run: LoadedTranscriber, beam: int | None = None, lm: str | None = No
     return search
 
 
+def word_times(run: LoadedTranscriber, log_probs: torch.Tensor) -> list[dict[str, Any]]:
+    """The words of the best path with the time each is heard: [{"word", "start", "end"}] in seconds (the
+    frames where the path emits its units; CTC emits a unit near, not across, its sound)."""
+    step = run.model.stack * 0.01  # seconds per step: stacked 10 ms frames
+    words: list[dict[str, Any]] = []
+    fresh = True
+    for unit, start, end in decoding.ctc_segments(log_probs.argmax(dim=-1).tolist()):
+        if unit < len(SPECIAL_TOKENS):
+            continue
+        piece = run.tokenizer.token_text(unit)
+        if run.tokenizer.kind == "space":
+            words.append({"word": piece, "start": start * step, "end": end * step})
+            continue
+        if piece.startswith(" "):
+            fresh = True
+        piece = piece.strip()
+        if not piece:
+            continue
+        if fresh or not words:
+            words.append({"word": piece, "start": start * step, "end": end * step})
+            fresh = False
+        else:
+            words[-1]["word"] += piece
+            words[-1]["end"] = end * step
+    return [{"word": w["word"], "start": round(w["start"], 3), "end": round(w["end"], 3)} for w in words]
+
+
 @dataclass
 class _Input:
     path: Path
@@ -523,7 +550,8 @@ def transcribe(run: str | Path | LoadedTranscriber, paths: Sequence[str | Path],
         paths: WAV or FLAC files (any sample rate).
         beam, lm, lm_weight, lexicon, unit_bonus: the search (`decoder`).
     Returns:
-        [{"path", "text", "seconds"}] in the order of `paths`.
+        [{"path", "text", "seconds"}] in the order of `paths`; with the greedy search also "words", each word
+        with its `start` and `end` in seconds.
     """
     tr = runner.ensure_loaded(run, "transcribe")
     decode = decoder(tr, beam, lm, lm_weight, lexicon, unit_bonus)
@@ -535,8 +563,14 @@ def transcribe(run: str | Path | LoadedTranscriber, paths: Sequence[str | Path],
             at = where[i] if where is not None else f"input {i + 1}"
             raise UserError(f"{source}: {at}: {e}") from None
     log_probs, _ = _log_probs(tr, inputs)
-    return [{"path": str(p), "text": tr.text(decode(lp)), "seconds": round(x.shape[0] / 100, 2)}
-            for p, x, lp in zip(paths, inputs, log_probs, strict=True)]
+    greedy = (beam is None or beam == 1) and lm is None and lexicon is None
+    answers = []
+    for p, x, lp in zip(paths, inputs, log_probs, strict=True):
+        answer = {"path": str(p), "text": tr.text(decode(lp)), "seconds": round(x.shape[0] / 100, 2)}
+        if greedy:
+            answer["words"] = word_times(tr, lp)
+        answers.append(answer)
+    return answers
 
 
 @dataclass
