@@ -569,3 +569,14 @@ def test_classify_audio_adds_perturbed_training_copies(tmp_path, capsys):
     assert "24 training sequences" in err
     assert "--speed-perturb" in _error(capsys, ["train", "classify", "--audio", "--train", str(train), "--out",
                                                  str(tmp_path / "r2"), "--speed-perturb", "3"])
+
+
+def test_export_to_onnx_matches_pytorch(trained, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    capsys.readouterr()
+    assert main(["export", str(trained["run"]), "--format", "onnx", "--out", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    graph = report["graphs"]["transcribe"]
+    assert graph["outputs"] == ["log_probs", "steps"] and graph["max_abs_diff"] < 1e-4  # on sizes never traced
+    assert report["blank"] == 0 and report["units"][0] == "<pad>" and report["features"]["sample_rate"] == RATE

@@ -112,11 +112,15 @@ class Transcriber(nn.Module):
         return torch.div(lengths + self.stack - 1, self.stack, rounding_mode="floor")
 
     def _stacked(self, x: Tensor) -> Tensor:
-        B, T, F_ = x.shape
-        pad = (-T) % self.stack
-        if pad:
-            x = F.pad(x, (0, 0, 0, pad))  # zero frames after the end
-        return x.reshape(B, (T + pad) // self.stack, F_ * self.stack)  # (B, T', k*F)
+        if self.stack == 1:
+            return x
+        B, _, F_ = x.shape
+        # Zero frames after the end fill the last step; padding by k - 1 and taking whole windows keeps one
+        # exported graph for every T.
+        x = F.pad(x, (0, 0, 0, self.stack - 1))  # (B, T + k - 1, F)
+        steps = torch.arange(0, x.shape[1] - self.stack + 1, self.stack, device=x.device)  # (T',) first frames
+        index = steps.unsqueeze(1) + torch.arange(self.stack, device=x.device)  # (T', k)
+        return x[:, index].reshape(B, steps.shape[0], F_ * self.stack)  # (B, T', k*F)
 
     def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Per-step log-probabilities (B, T', V) and the steps of each row (B,)."""

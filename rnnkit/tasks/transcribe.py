@@ -53,7 +53,7 @@ from rnnkit.data.split import hold_out
 from rnnkit.io import write_output
 from rnnkit.models.transcriber import Transcriber
 from rnnkit.tasks import runner
-from rnnkit.tasks.base import LoadedRun, Prepared, Say, Task, check_size, fit_tokenizer
+from rnnkit.tasks.base import GraphModule, LoadedRun, Prepared, Say, Task, check_size, fit_tokenizer
 
 EVAL_BATCH = 32
 TOKENIZER_KINDS = {"char": "char", "word": "space", "bpe": "bpe"}
@@ -342,6 +342,29 @@ class TranscribeTask(Task):
         return {"units": run.config.options.units, "sample_rate": run.spec.sample_rate,
                 "streaming": not run.model.bidirectional and run.config.options.normalise != "utterance"}
 
+    def export_graphs(self, run: LoadedTranscriber) -> list[Any]:
+        """One graph: scaled log-mel features (B, T, F) and their lengths to per-step log-probabilities
+        (B, T', V) and the steps of each row; the units and feature settings go to export.json."""
+        from rnnkit.export import Graph
+
+        model = run.model.eval()
+
+        def make(sizes: dict[str, int]) -> tuple[torch.Tensor, ...]:
+            B, T = sizes["B"], sizes["T"]
+            lengths = torch.randint(1, T + 1, (B,))
+            lengths[0] = T  # the longest row fills the batch, as in a padded batch
+            return torch.randn(B, T, run.spec.size), lengths
+
+        return [Graph("transcribe", _TranscribeGraph(model), make({"B": 3, "T": 12}), ["features", "lengths"],
+                      ["log_probs", "steps"], {"features": {0: "B", 1: "T"}, "lengths": {0: "B"}}, make,
+                      check_sizes=[{"B": 1, "T": 5}, {"B": 4, "T": 31}], smallest={"T": model.stack + 1})]
+
+    def export_extras(self, run: LoadedTranscriber) -> dict[str, Any]:
+        return {"units": [run.tokenizer.token_text(i) if i >= len(SPECIAL_TOKENS) else SPECIAL_TOKENS[i]
+                          for i in range(run.tokenizer.vocab_size)], "blank": 0,
+                "features": {"sample_rate": run.spec.sample_rate, "n_mels": run.spec.n_mels, "window_s": 0.025,
+                             "hop_s": 0.010, "mean": run.scaler.mean.tolist(), "std": run.scaler.std.tolist()}}
+
     def open_stream(self, run: LoadedTranscriber) -> TranscriptStream:
         """A stream for one recording at a time (`TranscriptStream`)."""
         return TranscriptStream(run)
@@ -371,6 +394,13 @@ class TranscribeTask(Task):
 
 
 TASK = TranscribeTask()
+
+
+class _TranscribeGraph(GraphModule):
+    """Export: features (B, T, F), lengths (B,) -> log_probs (B, T', V), steps (B,)."""
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model(inputs[0], inputs[1])
 
 
 # ------------------------------------------------------------------------------------ inference
