@@ -200,7 +200,8 @@ def main() -> None:
         "run": str(run),
         "command": "python benchmarks/voice_commands.py " + " ".join(
             f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(args).items()
-            if k != "bidirectional" and v is not None) + ("" if args.bidirectional else " --no-bidirectional"),
+            if k not in ("bidirectional", "build_only") and v is not None)
+        + ("" if args.bidirectional else " --no-bidirectional"),
         **environment(),
     }
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
