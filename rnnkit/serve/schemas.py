@@ -104,6 +104,10 @@ class Info(BaseModel):
     lookback: int | None = Field(None, description="forecast: rows of history read")
     horizon: int | None = Field(None, description="forecast: steps forecast")
     columns: list[str] | None = Field(None, description="forecast: the columns an input CSV has")
+    units: str | None = Field(None, description="transcribe: the output units (char, word, bpe)")
+    sample_rate: int | None = Field(None, description="transcribe: the rate (Hz) the run hears audio at")
+    streaming: bool | None = Field(None, description="transcribe: the run transcribes while audio arrives "
+                                                     "(/transcribe/stream)")
 
 
 class Completion(BaseModel):
