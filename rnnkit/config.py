@@ -406,9 +406,10 @@ class TranscribeConfig:
     normalise: str = _opt("running", "per-recording normalisation of the features after the training-set "
                                      "scaler: utterance (each recording's mean, whole recordings only), running "
                                      "(the mean so far: streams) or none", choices=SPEECH_NORMALISATIONS)
-    speed_perturb: str = _opt("", "extra training copies of every recording at these speeds, e.g. 0.9,1.1 "
-                                  "(tempo and pitch together)")
-    pitch_perturb: str = _opt("", "extra training copies shifted by these semitones, e.g. -2,2 (pitch alone)")
+    speed_perturb: str = _opt("", "versions of every training recording at these speeds, e.g. 0.9,1.1 (tempo and "
+                                  "pitch together); each epoch draws one version of each recording")
+    pitch_perturb: str = _opt("", "versions of every training recording shifted by these semitones, e.g. -2,2 "
+                                  "(pitch alone)")
     freq_masks: int = _opt(0, "SpecAugment: mel bands masked per training recording")
     freq_mask_width: int = _opt(6, "SpecAugment: widest mel band mask")
     time_masks: int = _opt(0, "SpecAugment: time spans masked per training recording")
