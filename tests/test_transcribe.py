@@ -317,7 +317,9 @@ def test_char_units_and_a_language_model_fuse(tmp_path, capsys):
                                                 "bidirectional": True},
                            train={"epochs": 1, "batch_size": 8, "threads": 1, "log_every": 1000},
                            transcribe={"units": "char", "sample_rate": RATE, "n_mels": 16, "stack": 2})
-    train(cfg, data, tmp_path / "run", valid_path=data, log=lambda s: None)
+    said = []
+    train(cfg, data, tmp_path / "run", log=said.append)  # without --valid: a random part is held out
+    assert any("holding out a random 5%" in line and "(1 recordings)" in line for line in said), said
     (tmp_path / "lm.txt").write_text("\n".join(["a b c", "c b a", "a a b"] * 30) + "\n", encoding="utf-8")
     lm_cfg = RunConfig(task="lm", model=ModelConfig(embedding_size=8, hidden_size=16, num_layers=1),
                        train=TrainConfig(epochs=1, batch_size=4, bptt=16, log_every=10_000))
