@@ -181,6 +181,13 @@ class ForecastPrediction(BaseModel):
     upper: list[float] | None = None
 
 
+class Transcript(BaseModel):
+    """The answer of `POST /transcribe`."""
+
+    text: str = Field(description="the transcript")
+    seconds: float = Field(description="the recording's duration")
+
+
 PREDICTIONS: dict[str, type[BaseModel]] = {"classify": ClassifyPrediction, "tag": TagPrediction,
                                             "seq2seq": TranslationPrediction, "forecast": ForecastPrediction}
 

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from rnnkit.config import UserError
 from rnnkit.serve.config import ServeConfig
+from rnnkit.serve.schemas import ERRORS, Transcript
 
 ENCODINGS = {"s16": ("<i2", 1 / 32768.0), "f32": ("<f4", 1.0)}
 
@@ -52,7 +53,8 @@ def add_speech_routes(app: FastAPI, task: Any, loaded: Any, config: ServeConfig)
     """Add `POST /transcribe` and the WebSocket `/transcribe/stream` for a loaded run of `task`."""
     rate = loaded.spec.sample_rate
 
-    @app.post("/transcribe", responses={422: {"description": "the body is not audio"}},
+    @app.post("/transcribe", response_model=Transcript, responses={**ERRORS, 422: {
+        "model": ERRORS[422]["model"], "description": "the body is not a readable WAV or FLAC file"}},
               openapi_extra={"requestBody": {"content": {"audio/wav": {"schema": {"type": "string",
                                                                                   "format": "binary"}}},
                                              "required": True}})
