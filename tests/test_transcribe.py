@@ -330,6 +330,16 @@ def test_char_units_and_a_language_model_fuse(tmp_path, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 24
     assert main(["predict", str(tmp_path / "run"), "--input", str(data), "--lm", str(tmp_path / "run")]) == 2
     assert "'lm'" in capsys.readouterr().err
+    # a bidirectional run reads whole recordings: the service takes files, and refuses the stream plainly
+    from fastapi.testclient import TestClient
+
+    from rnnkit.serve import create_app
+
+    client = TestClient(create_app(tmp_path / "run"))
+    assert client.get("/info").json()["streaming"] is False
+    assert "text" in client.post("/transcribe", content=(tmp_path / "d" / "u0.wav").read_bytes()).json()
+    with client.websocket_connect("/transcribe/stream") as ws:
+        assert "streaming needs a unidirectional run" in ws.receive_json()["error"]
 
 
 # ---------------------------------------------------------------------------------------- bad input
