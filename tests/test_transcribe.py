@@ -430,6 +430,7 @@ def test_service_streams_partial_transcripts_and_the_final_one(trained):
     assert info["task"] == "transcribe" and info["streaming"] is True and info["sample_rate"] == RATE
     wav = trained["root"] / "valid" / "u5.wav"
     whole = client.post("/transcribe", content=wav.read_bytes()).json()
+    assert [w["word"] for w in whole["words"]] == whole["text"].split()
     wave, _ = sf.read(wav, dtype="float32")
     pcm = (np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes()
     with client.websocket_connect(f"/transcribe/stream?sample_rate={RATE}") as ws:

@@ -186,6 +186,8 @@ class Transcript(BaseModel):
 
     text: str = Field(description="the transcript")
     seconds: float = Field(description="the recording's duration")
+    words: list[dict[str, Any]] = Field(description="each word with the time it is heard: {word, start, end} "
+                                                    "in seconds")
 
 
 PREDICTIONS: dict[str, type[BaseModel]] = {"classify": ClassifyPrediction, "tag": TagPrediction,

@@ -75,11 +75,8 @@ def add_speech_routes(app: FastAPI, task: Any, loaded: Any, config: ServeConfig)
         wave = _resampler(int(file_rate), rate)(data.mean(axis=1))
 
         def work() -> dict[str, Any]:
-            stream = task.open_stream(loaded)
             with torch.no_grad():
-                stream.push(wave)
-                seconds = stream.seconds
-                return {"text": stream.finish(), "seconds": round(seconds, 3)}
+                return task.transcribe_samples(loaded, wave)
 
         return await run_in_threadpool(work)
 

@@ -366,8 +366,17 @@ class TranscribeTask(Task):
                              "hop_s": 0.010, "mean": run.scaler.mean.tolist(), "std": run.scaler.std.tolist()}}
 
     def open_stream(self, run: LoadedTranscriber) -> TranscriptStream:
-        """A stream for one recording at a time (`TranscriptStream`)."""
+        """A stream for one recording at a time (`TranscriptStream`; unidirectional runs)."""
         return TranscriptStream(run)
+
+    def transcribe_samples(self, run: LoadedTranscriber, samples: np.ndarray) -> dict[str, Any]:
+        """The greedy transcript of a whole recording given as mono float32 samples at the run's rate:
+        {"text", "seconds", "words"} (any run, bidirectional included)."""
+        x = run.frames(samples)
+        log_probs, _ = _log_probs(run, [x])
+        units = decoding.ctc_collapse(log_probs[0].argmax(dim=-1).tolist())
+        return {"text": run.text(units), "seconds": round(len(samples) / run.spec.sample_rate, 3),
+                "words": word_times(run, log_probs[0])}
 
     def encoder_sequences(self, run: LoadedTranscriber, data_path: str | Path
                           ) -> tuple[Any, list[Any], Callable[..., Any]]:
