@@ -239,12 +239,22 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         _add_config_options(t, task)
 
 
+# The search of transcribe runs, for both evaluate and predict.
+SPEECH_SEARCH_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("--lm", {"metavar": "RUN", "help": "transcribe: fuse a language-model run into the beam search"}),
+    ("--lm-weight", {"type": float, "metavar": "W", "help": "transcribe: weight of --lm (default: 0.5)"}),
+    ("--lexicon", {"metavar": "FILE", "help": "transcribe: only words of this list (one per line)"}),
+    ("--unit-bonus", {"type": float, "metavar": "B", "help": "transcribe: score added per output unit in the "
+                                                             "beam search (default: 0)"}),
+]
+
 # Task-specific options of `evaluate` and `predict`: (flag, argparse keywords). Each reaches the task's
 # function as a keyword argument when given; a task that does not take it refuses it by name.
 EVALUATE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--plot", {"metavar": "PNG", "help": "classify: the confusion matrix as PNG; forecast: forecasts against "
                                           "the truth"}),
-    ("--beam", {"type": int, "metavar": "N", "help": "seq2seq: beam width (default: greedy)"}),
+    ("--beam", {"type": int, "metavar": "N", "help": "seq2seq, transcribe: beam width (default: greedy)"}),
+    *SPEECH_SEARCH_OPTIONS,
     ("--stride", {"type": int, "metavar": "N", "help": "forecast: steps between forecast origins "
                                                        "(default: the horizon)"}),
     ("--season", {"type": int, "metavar": "N", "help": "forecast: season length in steps for seasonal-naive "
@@ -257,8 +267,10 @@ EVALUATE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
 
 PREDICT_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--format", {"metavar": "FORMAT", "help": "output format: classify csv|jsonl (default: from --output's "
-                                               "extension, else csv); tag conll|jsonl (spans with offsets)"}),
-    ("--beam", {"type": int, "metavar": "N", "help": "seq2seq: beam width (default: greedy)"}),
+                                               "extension, else csv); tag conll|jsonl (spans with offsets); "
+                                               "transcribe text|jsonl"}),
+    ("--beam", {"type": int, "metavar": "N", "help": "seq2seq, transcribe: beam width (default: greedy)"}),
+    *SPEECH_SEARCH_OPTIONS,
     ("--attention-plot", {"metavar": "DIR", "help": "seq2seq: write an attention heatmap per input into DIR"}),
     ("--plot", {"metavar": "PNG", "help": "forecast: history, forecast and interval as PNG"}),
     ("--anomalies", {"action": "store_true", "default": None,

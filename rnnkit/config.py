@@ -50,6 +50,14 @@ def _check(ok: bool, flag: str, value: Any, expected: str) -> None:
         raise UserError(f"{flag}: expected {expected}; got {value!r}")
 
 
+def _numbers(text: str) -> list[float] | None:
+    """Numbers separated by commas ("0.9,1.1"; empty: none), or None when one is not a number."""
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        return None
+
+
 def _check_types(obj: Any) -> None:
     """Every field holds a value of its annotated type (ints are accepted where floats are expected)."""
     hints = typing.get_type_hints(type(obj))
@@ -267,6 +275,9 @@ class ClassifyConfig:
     recording_mean: bool = _opt(False, "audio: subtract each recording's mean per feature (cepstral mean "
                                         "normalisation; helps with unseen speakers and microphones)")
     skip_unreadable: bool = _opt(False, "audio: skip WAV files that cannot be read (counted) instead of stopping")
+    speed_perturb: str = _opt("", "audio: extra training copies of every recording at these speeds, e.g. 0.9,1.1 "
+                                  "(tempo and pitch together; helps with unseen speakers)")
+    pitch_perturb: str = _opt("", "audio: extra training copies shifted by these semitones, e.g. -2,2 (pitch alone)")
     init_from: str | None = _opt(None, "text: start from a language-model run's vocabulary, embeddings and "
                                        "recurrent weights (cell and sizes follow that run)", flag="--init-from")
     freeze_embeddings: bool = _opt(False, "text: keep the token embeddings fixed (useful with --init-from)")
@@ -278,6 +289,11 @@ class ClassifyConfig:
         for name in ("sample_rate", "n_mels", "n_mfcc"):
             value = getattr(self, name)
             _check(value >= 1, flag_of(ClassifyConfig, name), value, "an integer >= 1")
+        speeds = _numbers(self.speed_perturb)
+        _check(speeds is not None and all(0.5 <= v <= 2 for v in speeds), "--speed-perturb", self.speed_perturb,
+               "speeds in [0.5, 2] separated by commas, e.g. 0.9,1.1")
+        _check(_numbers(self.pitch_perturb) is not None, "--pitch-perturb", self.pitch_perturb,
+               "semitones separated by commas, e.g. -2,2")
 
 
 TAG_SCHEMES = ("auto", "iob1", "bio", "bioes", "none")
@@ -405,12 +421,66 @@ class ForecastConfig:
         return values if ok else ()
 
 
+SPEECH_UNITS = ("char", "word", "bpe")
+SPEECH_NORMALISATIONS = ("none", "utterance", "running")
+
+
+@dataclass
+class TranscribeConfig:
+    """Speech to text with CTC: recordings in, their transcripts out."""
+
+    units: str = _opt("char", "output units: characters, words (split at spaces) or byte-level BPE pieces "
+                              "(--vocab-size)", choices=SPEECH_UNITS)
+    sample_rate: int = _opt(16000, "resample every recording to this rate (Hz)")
+    n_mels: int = _opt(40, "mel bands of the log-mel features")
+    stack: int = _opt(3, "frames stacked into one recurrent step (10 ms frames: 3 gives 30 ms steps)")
+    normalise: str = _opt("running", "per-recording normalisation of the features after the training-set "
+                                     "scaler: utterance (each recording's mean, whole recordings only), running "
+                                     "(the mean so far: streams) or none", choices=SPEECH_NORMALISATIONS)
+    speed_perturb: str = _opt("", "versions of every training recording at these speeds, e.g. 0.9,1.1 (tempo and "
+                                  "pitch together); each epoch draws one version of each recording")
+    pitch_perturb: str = _opt("", "versions of every training recording shifted by these semitones, e.g. -2,2 "
+                                  "(pitch alone)")
+    freq_masks: int = _opt(0, "SpecAugment: mel bands masked per training recording")
+    freq_mask_width: int = _opt(6, "SpecAugment: widest mel band mask")
+    time_masks: int = _opt(0, "SpecAugment: time spans masked per training recording")
+    time_mask_width: int = _opt(8, "SpecAugment: longest time mask (frames)")
+    lowercase: bool = _opt(True, "transcripts in lower case")
+    skip_unreadable: bool = _opt(False, "skip audio files that cannot be read (counted) instead of stopping")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check(self.units in SPEECH_UNITS, "--units", self.units, f"one of {', '.join(SPEECH_UNITS)}")
+        _check(self.normalise in SPEECH_NORMALISATIONS, "--normalise", self.normalise,
+               f"one of {', '.join(SPEECH_NORMALISATIONS)}")
+        for name in ("sample_rate", "n_mels", "stack"):
+            value = getattr(self, name)
+            _check(value >= 1, flag_of(TranscribeConfig, name), value, "an integer >= 1")
+        for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
+            value = getattr(self, name)
+            _check(value >= 0, flag_of(TranscribeConfig, name), value, "an integer >= 0")
+        speeds = self.speeds()
+        _check(speeds is not None and all(0.5 <= v <= 2 for v in speeds), "--speed-perturb", self.speed_perturb,
+               "speeds in [0.5, 2] separated by commas, e.g. 0.9,1.1")
+        _check(self.semitones() is not None, "--pitch-perturb", self.pitch_perturb,
+               "semitones separated by commas, e.g. -2,2")
+
+    def speeds(self) -> list[float] | None:
+        """--speed-perturb as numbers (None when malformed)."""
+        return _numbers(self.speed_perturb)
+
+    def semitones(self) -> list[float] | None:
+        """--pitch-perturb as numbers (None when malformed)."""
+        return _numbers(self.pitch_perturb)
+
+
 TASK_SECTIONS: dict[str, type] = {
     "lm": LMConfig,
     "classify": ClassifyConfig,
     "tag": TagConfig,
     "seq2seq": Seq2SeqConfig,
     "forecast": ForecastConfig,
+    "transcribe": TranscribeConfig,
 }
 
 # Where a task's sensible default differs from the shared one: {task: {section: {field: value}}}.
@@ -423,6 +493,8 @@ TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
             "train": {"batch_size": 16, "lr": 1e-3, "epochs": 30, "early_stopping": 5, "clip": 5.0}},
     "seq2seq": {"model": {"bidirectional": True, "num_layers": 1}, "train": {"bptt": 0}},
     "forecast": {"model": {"hidden_size": 64, "num_layers": 1}, "train": {"batch_size": 64}},
+    "transcribe": {"model": {"bidirectional": True, "num_layers": 3, "hidden_size": 192},
+                   "train": {"bptt": 0, "batch_size": 16, "epochs": 30, "clip": 5.0, "early_stopping": 8}},
 }
 
 TASKS = tuple(TASK_DEFAULTS)

@@ -14,7 +14,7 @@ Not in this file: feeding the prompt, encoders, tokenizers, detokenisation, and 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Protocol
@@ -473,3 +473,291 @@ def complete(
         merged.sort(key=by_prob, reverse=True)
         results.append(merged)
     return results
+
+
+# ---------------------------------------------------------------------------------------------- CTC
+#
+# A CTC model emits, at every frame, a distribution over the output units and a blank. A labelling is
+# read from a frame path by merging repeated units and dropping blanks; its probability is the sum over
+# every path that reads as it (Graves et al. 2006). Greedy decoding reads the most probable path; prefix
+# beam search keeps the most probable labellings frame by frame, each with the probability of its paths
+# that end in a blank and of those that end in its last unit, so that the sum over paths stays exact
+# for the prefixes kept (Hannun et al. 2014). Shallow fusion adds, as each unit is appended, weighted
+# log-scores from `PrefixScorer`s: a language model, a lexicon.
+
+
+def ctc_collapse(path: Sequence[int], blank: int = 0, previous: int | None = None) -> list[int]:
+    """The labelling a frame path reads as: repeats merged, blanks dropped.
+
+    Args:
+        path: one unit (or blank) per frame.
+        blank: the blank's id.
+        previous: the unit of the frame before `path` (streaming: a repeat across chunks is merged).
+    """
+    out = []
+    for u in path:
+        if u != blank and u != previous:
+            out.append(int(u))
+        previous = u
+    return out
+
+
+def ctc_segments(path: Sequence[int], blank: int = 0) -> list[tuple[int, int, int]]:
+    """The units a frame path reads as, each with the frames it spans: (unit, first frame, last frame + 1)."""
+    out: list[tuple[int, int, int]] = []
+    previous = blank
+    for t, u in enumerate(path):
+        if u != blank and u == previous:
+            unit, start, _ = out[-1]
+            out[-1] = (unit, start, t + 1)
+        elif u != blank:
+            out.append((int(u), t, t + 1))
+        previous = u
+    return out
+
+
+def ctc_greedy(log_probs: Tensor, lengths: Tensor | None = None, blank: int = 0) -> list[list[int]]:
+    """Best-path decoding of a batch.
+
+    Args:
+        log_probs: (B, T, V) per-frame scores (log-probabilities or logits: only the argmax counts).
+        lengths: (B,) valid frames per row, or None when all are full.
+    Returns:
+        B labellings (lists of unit ids).
+    """
+    best = log_probs.argmax(dim=-1).tolist()  # (B, T)
+    T = log_probs.shape[1]
+    ends = lengths.tolist() if lengths is not None else [T] * len(best)
+    return [ctc_collapse(row[:n], blank) for row, n in zip(best, ends, strict=True)]
+
+
+class PrefixScorer(Protocol):
+    """A score for each way of extending a labelling by one unit (shallow fusion in CTC prefix search)."""
+
+    def next_scores(self, prefixes: list[tuple[int, ...]]) -> list[Any]:
+        """For each prefix, (V,) log-scores of appending each unit (numpy or a list; -inf forbids it)."""
+        ...
+
+    def end_score(self, prefix: tuple[int, ...]) -> float:
+        """The log-score of the labelling ending after `prefix`."""
+        ...
+
+
+@dataclass
+class CTCHypothesis:
+    """One labelling found by CTC prefix search."""
+
+    units: list[int]
+    log_prob: float  # log P(labelling | audio): the sum over its paths (with the fused scores when fused)
+    score: float  # log_prob plus the scorers' end scores and the unit bonus: the ranking key
+
+
+def _logaddexp(a: float, b: float) -> float:
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    if a > b:
+        return a + math.log1p(math.exp(b - a))
+    return b + math.log1p(math.exp(a - b))
+
+
+def _add(table: dict[tuple[int, ...], list[float]], prefix: tuple[int, ...], which: int, value: float) -> None:
+    entry = table.get(prefix)
+    if entry is None:
+        entry = table[prefix] = [-math.inf, -math.inf]
+    entry[which] = _logaddexp(entry[which], value)
+
+
+def ctc_prefix_beam_search(
+    log_probs: Any,
+    beam_size: int = 8,
+    blank: int = 0,
+    scorers: Sequence[tuple[PrefixScorer, float]] = (),
+    unit_bonus: float = 0.0,
+    prune: float | None = math.log(1e-4),
+    n_best: int = 1,
+) -> list[CTCHypothesis]:
+    """CTC prefix beam search over one utterance.
+
+    Args:
+        log_probs: (T, V) log-probabilities per frame (a tensor or a numpy array), blank included.
+        beam_size: labellings kept after each frame.
+        blank: the blank's id.
+        scorers: (scorer, weight) pairs; each appended unit adds weight * the scorer's log-score, and a
+            finished labelling weight * its end score.
+        unit_bonus: added per unit of a labelling (balances a language model's preference for short ones).
+        prune: at each frame, only units at least this log-probable are tried (the best one always);
+            None tries every unit (exact search when the beam holds every prefix).
+        n_best: how many labellings to return.
+    Returns:
+        Up to `n_best` hypotheses, best first.
+    """
+    import numpy as np
+
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    lp = log_probs.detach().float().cpu().numpy() if isinstance(log_probs, Tensor) else np.asarray(log_probs)
+    T, V = lp.shape
+    fused: dict[tuple[int, ...], Any] = {}
+
+    def extension_scores(prefixes: list[tuple[int, ...]]) -> None:
+        todo = [p for p in prefixes if p not in fused]
+        if not todo:
+            return
+        total = np.full((len(todo), V), unit_bonus, dtype=np.float64)
+        for scorer, weight in scorers:
+            rows = scorer.next_scores(todo)
+            for i, row in enumerate(rows):
+                row = np.asarray(row, dtype=np.float64)
+                total[i] += np.where(np.isneginf(row), -np.inf, weight * row)
+        for p, row in zip(todo, total, strict=True):
+            fused[p] = row
+
+    # beam: prefix -> [log P(paths ending in blank), log P(paths ending in the prefix's last unit)]
+    beam: dict[tuple[int, ...], list[float]] = {(): [0.0, -math.inf]}
+    for t in range(T):
+        frame = lp[t]
+        if prune is None:
+            candidates = [u for u in range(V) if u != blank]
+        else:
+            keep = np.nonzero(frame >= prune)[0].tolist()
+            best = int(frame.argmax())
+            candidates = [u for u in dict.fromkeys([*keep, best]) if u != blank]
+        extension_scores(list(beam))
+        nxt: dict[tuple[int, ...], list[float]] = {}
+        for prefix, (pb, pnb) in beam.items():
+            total = _logaddexp(pb, pnb)
+            _add(nxt, prefix, 0, total + float(frame[blank]))
+            last = prefix[-1] if prefix else None
+            if last is not None:  # the last unit again, without a blank between: the same labelling
+                _add(nxt, prefix, 1, pnb + float(frame[last]))
+            ext = fused[prefix]
+            for u in candidates:
+                bonus = float(ext[u])
+                if bonus == -math.inf:
+                    continue
+                # after the same unit, only paths through a blank make a new unit
+                start = pb if u == last else total
+                _add(nxt, (*prefix, u), 1, start + float(frame[u]) + bonus)
+        ranked = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]), reverse=True)
+        beam = dict(ranked[:beam_size])
+
+    found = []
+    for prefix, (pb, pnb) in beam.items():
+        log_prob = _logaddexp(pb, pnb)
+        score = log_prob + sum(weight * scorer.end_score(prefix) for scorer, weight in scorers)
+        if score > -math.inf:
+            found.append(CTCHypothesis(list(prefix), log_prob, score))
+    found.sort(key=attrgetter("score"), reverse=True)
+    return found[:n_best]
+
+
+class StepScorer:
+    """A language model as a `PrefixScorer`: log P(unit | labelling so far), through the model's `step`.
+
+    Args:
+        model: provides `step(tokens (B,), state) -> (logits (B, W), state)` (batch dim 1 in the state).
+        logits, state: the model's next-token logits (1, W) and state after its start (a line start).
+        unit_tokens: for each output unit, the model's token id for it (-1: a unit the model cannot
+            score, such as the blank or a special, which gets log-score 0).
+        end_token: the token that ends a labelling (a newline), or None for no end score.
+    """
+
+    def __init__(self, model: Any, logits: Tensor, state: Any, unit_tokens: Sequence[int],
+                 end_token: int | None = None) -> None:
+        self.model = model
+        self.unit_tokens = torch.tensor(list(unit_tokens), dtype=torch.long)
+        self.mapped = self.unit_tokens >= 0
+        self.end_token = end_token
+        self.cache: dict[tuple[int, ...], tuple[Any, float, Any]] = {}
+        self._store((), logits, state, 0)
+
+    def _store(self, prefix: tuple[int, ...], logits: Tensor, state: Any, row: int) -> None:
+        import numpy as np
+
+        lp = _log_softmax(logits[row:row + 1].float())[0].cpu()  # (W,)
+        scores = torch.where(self.mapped, lp[self.unit_tokens.clamp(min=0)], torch.zeros(()))
+        end = float(lp[self.end_token]) if self.end_token is not None else 0.0
+        kept = _row_state(state, row)
+        self.cache[prefix] = (np.asarray(scores, dtype=np.float64), end, kept)
+
+    @torch.no_grad()
+    def next_scores(self, prefixes: list[tuple[int, ...]]) -> list[Any]:
+        todo = [p for p in dict.fromkeys(prefixes) if p not in self.cache]
+        # every prefix asked for extends one already scored (search grows labellings a unit at a time)
+        for start in range(0, len(todo), 256):
+            group = todo[start:start + 256]
+            states = [self.cache[p[:-1]][2] for p in group]
+            state = _cat_states(states)
+            tokens = torch.tensor([max(int(self.unit_tokens[p[-1]]), 0) for p in group], dtype=torch.long,
+                                  device=_state_device(state))
+            logits, state = self.model.step(tokens, state)
+            for i, p in enumerate(group):
+                if self.unit_tokens[p[-1]] < 0:  # a unit the model does not see: its state stays
+                    self.cache[p] = self.cache[p[:-1]]
+                else:
+                    self._store(p, logits, state, i)
+        return [self.cache[p][0] for p in prefixes]
+
+    def end_score(self, prefix: tuple[int, ...]) -> float:
+        self.next_scores([prefix])
+        return self.cache[prefix][1]
+
+
+def _cat_states(states: list[Any]) -> Any:
+    if isinstance(states[0], Tensor):
+        return torch.cat(states, dim=1)
+    return type(states[0])(_cat_states([s[i] for s in states]) for i in range(len(states[0])))
+
+
+def _row_state(state: Any, row: int) -> Any:
+    if isinstance(state, Tensor):
+        return state[:, row:row + 1]
+    return type(state)(_row_state(s, row) for s in state)
+
+
+def _state_device(state: Any) -> torch.device:
+    return state.device if isinstance(state, Tensor) else _state_device(state[0])
+
+
+class LexiconScorer:
+    """A word list as a `PrefixScorer`: a unit may be appended only where the text stays on words of the
+    list (each finished word one of them, the word being spelt the start of one); log-score 0 or -inf.
+
+    Args:
+        words: the allowed words.
+        decode: unit ids to text (words separated by single spaces).
+        vocab_size: V, the number of unit ids (blank included).
+    """
+
+    def __init__(self, words: Sequence[str], decode: Callable[[Sequence[int]], str], vocab_size: int) -> None:
+        self.words = set(words)
+        self.starts = {w[:i] for w in self.words for i in range(len(w) + 1)}
+        self.decode = decode
+        self.vocab_size = vocab_size
+        self.cache: dict[tuple[int, ...], Any] = {}
+
+    def _allowed(self, text: str, final: bool) -> bool:
+        parts = text.split(" ")
+        if parts and parts[0] == "":
+            parts = parts[1:]
+        *done, current = parts or [""]
+        if any(w not in self.words for w in done if w):
+            return False
+        return current in self.words or (not final and current in self.starts) or current == ""
+
+    def next_scores(self, prefixes: list[tuple[int, ...]]) -> list[Any]:
+        import numpy as np
+
+        for p in prefixes:
+            if p not in self.cache:
+                row = np.zeros(self.vocab_size)
+                for u in range(self.vocab_size):
+                    if not self._allowed(self.decode([*p, u]), final=False):
+                        row[u] = -np.inf
+                self.cache[p] = row
+        return [self.cache[p] for p in prefixes]
+
+    def end_score(self, prefix: tuple[int, ...]) -> float:
+        return 0.0 if self._allowed(self.decode(list(prefix)), final=True) else -math.inf

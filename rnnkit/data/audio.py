@@ -1,11 +1,14 @@
-"""Audio for classification: WAV manifests, reading and resampling, log-mel/MFCC features, normalisation.
+"""Audio for classification and speech recognition: manifests, reading, resampling, features, normalisation.
 
 What is here: `read_manifest` (a CSV with columns `path` and `label`; paths relative to the manifest or
 absolute), `load_wav` (soundfile, mixed to mono, resampled with scipy's polyphase filter),
 `FeatureSpec` and `compute_features` (librosa's mel spectrogram and MFCC: 25 ms windows every 10 ms;
 optionally less each recording's own mean),
 `FeatureScaler` (per-feature mean and standard deviation fitted on training frames, saved as JSON), and
-`load_features` (all of it for a list of files, with an explicit choice to skip unreadable files).
+`load_features` (all of it for a list of files, with an explicit choice to skip unreadable files); for
+speech recognition, `read_transcripts` (a CSV with columns `path` and `text`, errors naming the line),
+`perturb` (speed and pitch perturbation) and `FeatureStream` / `stream_features` (log-mel frames of audio
+pushed in pieces, equal to those of the whole recording).
 What is not: models, batching and any hand-written signal processing.
 """
 
@@ -185,3 +188,127 @@ def load_features(items: list[AudioItem], spec: FeatureSpec, skip_unreadable: bo
         features.append(compute_features(wave, spec))
         kept.append(item)
     return features, kept, skipped
+
+
+# ----------------------------------------------------------------------------- speech recognition
+
+
+@dataclass
+class Utterance:
+    """One row of a transcript manifest: the resolved audio path, its transcript and its line."""
+
+    path: Path
+    text: str
+    where: str
+
+
+def read_transcripts(path: str | Path, text_required: bool = True) -> list[Utterance]:
+    """Read a transcript manifest: CSV with a header holding `path` and `text` (other columns ignored).
+
+    Paths are relative to the manifest's folder or absolute; each must exist. Errors name the manifest's
+    line (the header is line 1).
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such manifest (expected a CSV with a header path,text)")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: the manifest is empty (expected a header path,text and one row per file)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a valid CSV manifest: {e}") from None
+    needed = ["path", "text"] if text_required else ["path"]
+    for name in needed:
+        if name not in frame.columns:
+            found = ", ".join(repr(c) for c in frame.columns)
+            raise UserError(f"{path}: line 1: no column '{name}'; the header has: {found} (expected path,text)")
+    has_text = "text" in frame.columns
+    items = []
+    for i, row in enumerate(frame.itertuples(index=False), start=2):  # line 1 is the header
+        where = f"line {i}"
+        wav = str(row.path).strip()
+        if not wav:
+            if not any(str(v).strip() for v in row):
+                continue  # a blank line
+            raise UserError(f"{path}: {where}: the path is empty; expected an audio file (WAV or FLAC)")
+        resolved = Path(wav) if Path(wav).is_absolute() else path.parent / wav
+        if not resolved.is_file():
+            raise UserError(f"{path}: {where}: no such file {wav!r} (looked for {resolved})")
+        text = " ".join(str(row.text).split()) if has_text else ""
+        if text_required and not text:
+            raise UserError(f"{path}: {where}: the transcript is empty; expected the words spoken in {wav}")
+        items.append(Utterance(resolved, text, where))
+    if not items:
+        raise UserError(f"{path}: the manifest has a header but no rows")
+    return items
+
+
+def perturb(wave: np.ndarray, sample_rate: int, speed: float = 1.0, semitones: float = 0.0) -> np.ndarray:
+    """A recording spoken faster or slower (`speed`, which shifts the pitch too, as a tape would) and
+    shifted in pitch alone (`semitones`, librosa's phase vocoder)."""
+    import librosa
+    from scipy.signal import resample_poly
+
+    out = wave
+    if semitones:
+        out = librosa.effects.pitch_shift(out, sr=sample_rate, n_steps=semitones).astype(np.float32)
+    if speed != 1.0:
+        up, down = 100, int(round(100 * speed))
+        g = math.gcd(up, down)
+        out = resample_poly(out, up // g, down // g).astype(np.float32)
+    return out
+
+
+class FeatureStream:
+    """Log-mel frames of audio that arrives in pieces, equal to the frames of the whole recording.
+
+    The analysis does not centre frames on reflected padding (which needs the end of the recording):
+    the signal starts after half a window of zeros, and `finish` adds half a window of zeros at its end,
+    so that whole-file features (`stream_features`) and features pushed piece by piece are the same
+    frames. Each frame is librosa's mel spectrogram of one window.
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        if spec.kind != "logmel" or spec.recording_mean:
+            raise ValueError("FeatureStream computes plain log-mel features")
+        self.spec = spec
+        self.win = int(round(WINDOW_S * spec.sample_rate))
+        self.hop = int(round(HOP_S * spec.sample_rate))
+        self.n_fft = 1 << (self.win - 1).bit_length()
+        self.buffer = np.zeros(self.n_fft // 2, dtype=np.float32)
+        self.samples = 0  # samples received
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Add samples (N,) float32; returns the frames (T, F) they complete (T may be 0)."""
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self.samples += samples.shape[0]
+        self.buffer = np.concatenate([self.buffer, samples])
+        return self._frames()
+
+    def finish(self) -> np.ndarray:
+        """The last frames (T, F), once the recording has ended."""
+        self.buffer = np.concatenate([self.buffer, np.zeros(self.n_fft // 2, dtype=np.float32)])
+        return self._frames()
+
+    def _frames(self) -> np.ndarray:
+        import librosa
+
+        count = 0 if self.buffer.shape[0] < self.n_fft else 1 + (self.buffer.shape[0] - self.n_fft) // self.hop
+        if count == 0:
+            return np.zeros((0, self.spec.n_mels), dtype=np.float32)
+        used = self.n_fft + (count - 1) * self.hop
+        mel = librosa.feature.melspectrogram(y=self.buffer[:used], sr=self.spec.sample_rate, n_fft=self.n_fft,
+                                             hop_length=self.hop, win_length=self.win, n_mels=self.spec.n_mels,
+                                             power=2.0, center=False)  # (M, T)
+        self.buffer = self.buffer[count * self.hop:]
+        log_mel = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)  # (M, T)
+        return np.ascontiguousarray(log_mel.T, dtype=np.float32)  # (T, F)
+
+
+def stream_features(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Log-mel frames (T, F) of a whole recording, as `FeatureStream` computes them piece by piece."""
+    stream = FeatureStream(spec)
+    first = stream.push(wave)
+    return np.concatenate([first, stream.finish()], axis=0)

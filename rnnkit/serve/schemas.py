@@ -104,6 +104,10 @@ class Info(BaseModel):
     lookback: int | None = Field(None, description="forecast: rows of history read")
     horizon: int | None = Field(None, description="forecast: steps forecast")
     columns: list[str] | None = Field(None, description="forecast: the columns an input CSV has")
+    units: str | None = Field(None, description="transcribe: the output units (char, word, bpe)")
+    sample_rate: int | None = Field(None, description="transcribe: the rate (Hz) the run hears audio at")
+    streaming: bool | None = Field(None, description="transcribe: the run transcribes while audio arrives "
+                                                     "(/transcribe/stream)")
 
 
 class Completion(BaseModel):
@@ -175,6 +179,15 @@ class ForecastPrediction(BaseModel):
     series: dict[str, list[float]] = Field(description="the forecast of every target column")
     lower: list[float] | None = None
     upper: list[float] | None = None
+
+
+class Transcript(BaseModel):
+    """The answer of `POST /transcribe`."""
+
+    text: str = Field(description="the transcript")
+    seconds: float = Field(description="the recording's duration")
+    words: list[dict[str, Any]] = Field(description="each word with the time it is heard: {word, start, end} "
+                                                    "in seconds")
 
 
 PREDICTIONS: dict[str, type[BaseModel]] = {"classify": ClassifyPrediction, "tag": TagPrediction,

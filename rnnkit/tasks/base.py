@@ -134,6 +134,13 @@ class Task:
 
     limits_input_chars: ClassVar[bool] = True  # the service bounds each text input (`--max-input-chars`)
 
+    streams_audio: ClassVar[bool] = False
+    """The service offers `POST /transcribe` (through `transcribe_samples(run, samples) -> {"text", ...}`) and
+    the audio stream `/transcribe/stream` (through `open_stream(run)`: an object with `push(samples) -> text so
+    far` and `finish() -> text`); serve/speech.py."""
+
+    page: ClassVar[str] = "index.html"  # the service's web page for this task's runs (in serve/static)
+
     def describe_run(self, run: LoadedRun) -> dict[str, Any]:
         """What the service's /info and web page show about a run beyond its network."""
         return {}

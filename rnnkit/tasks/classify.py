@@ -130,6 +130,30 @@ def _examples(cfg: RunConfig, path: str | Path, say: Say) -> list[tuple[Any, str
     return [(r.text, r.label, r.where) for r in read_labelled(path, opts.text_column, opts.label_column)]
 
 
+def _perturbed(cfg: RunConfig, train: list[tuple[Any, str, str]], path: str | Path, say: Say
+               ) -> list[tuple[Any, str, str]]:
+    """Extra training examples: each recording of `train` at every --speed-perturb speed and shifted by every
+    --pitch-perturb step (speaker robustness)."""
+    from rnnkit.data.audio import compute_features, load_wav, perturb
+
+    spec = _audio_spec(cfg)
+    speeds = [float(s) for s in cfg.options.speed_perturb.split(",") if s.strip() and float(s) != 1.0]
+    steps = [float(p) for p in cfg.options.pitch_perturb.split(",") if p.strip() and float(p) != 0.0]
+    items = {it.where: it for it in read_manifest(path)}
+    extra = []
+    for _, label, where in train:
+        if where not in items:  # a held-out part's label, not a manifest row
+            continue
+        wave = load_wav(items[where].path, spec.sample_rate)
+        for speed in speeds:
+            extra.append((compute_features(perturb(wave, spec.sample_rate, speed=speed), spec), label, where))
+        for step in steps:
+            extra.append((compute_features(perturb(wave, spec.sample_rate, semitones=step), spec), label, where))
+    say(f"--speed-perturb/--pitch-perturb: {len(extra)} perturbed copies added to the {len(train)} training "
+        "recordings")
+    return extra
+
+
 # --------------------------------------------------------------------------------------- model
 
 
@@ -187,6 +211,8 @@ class ClassifyTask(Task):
                 f"({len(valid)} {unit}) for validation")
             if opts.audio:
                 valid = [(x, y, "held-out part") for x, y, _ in valid]
+        if opts.audio and (opts.speed_perturb or opts.pitch_perturb):
+            train = train + _perturbed(cfg, train, train_path, say)
         train_x, train_y = [x for x, _, _ in train], [y for _, y, _ in train]
         valid_x = [x for x, _, _ in valid]
 
