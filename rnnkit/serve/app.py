@@ -118,8 +118,8 @@ def _user_error(exc: UserError) -> tuple[str, str | None]:
     return message, match.group(1) if match else None
 
 
-def _page() -> str:
-    return resources.files("rnnkit.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+def _page(name: str = "index.html") -> str:
+    return resources.files("rnnkit.serve").joinpath(f"static/{name}").read_text(encoding="utf-8")
 
 
 class _Stopped(Exception):
@@ -281,7 +281,7 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, device: s
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        return _page()
+        return _page(kind.page)
 
     if kind.generates_text:
         from rnnkit.tasks import lm

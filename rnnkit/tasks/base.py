@@ -123,6 +123,10 @@ class Task:
 
     predict_hint: ClassVar[str] = ""  # said when `rnnkit predict` does not apply
 
+    compose: Callable[..., dict[str, Any]] | None = None
+    """`compose(run, out, **options, say=...)`: `rnnkit generate` for a task that writes a file rather than text
+    (music: a MIDI file); returns what was written. None: `generate` is for text (`generates_text`)."""
+
     # ------------------------------------------------------------------ serving, export, inspect
 
     generates_text: ClassVar[bool] = False
@@ -133,6 +137,7 @@ class Task:
     (`config` is the service's `ServeConfig`: input limits)."""
 
     limits_input_chars: ClassVar[bool] = True  # the service bounds each text input (`--max-input-chars`)
+    page: ClassVar[str] = "index.html"  # the service's web page for this task's runs (serve/static/)
 
     def describe_run(self, run: LoadedRun) -> dict[str, Any]:
         """What the service's /info and web page show about a run beyond its network."""
