@@ -268,6 +268,17 @@ def test_train_and_evaluate(capsys, music_run):
     assert config["music"]["frames_per_beat"] == 2 and config["n_keys"] == 88
 
 
+def test_inspect_follows_the_gradient_back_from_the_last_frame(capsys, music_run, tmp_path):
+    capsys.readouterr()
+    assert main(["inspect", str(music_run / "run"), "--data", str(music_run / "test.json"), "--out",
+                 str(tmp_path), "--rows", "2"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["task"] == "music" and figures["rows"] == 2
+    flow = figures["gradient_norm_by_distance"]
+    assert flow["0"] > 0 and len(flow) == max(len(p) for p in _pieces(2, 4))
+    assert (tmp_path / "gradient_flow.png").exists()
+
+
 def test_generate_writes_the_same_midi_for_the_same_seed(capsys, music_run, tmp_path):
     run = str(music_run / "run")
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):

@@ -248,6 +248,24 @@ class MusicTask(Task):
             result["audio"] = str(audio)
         return result
 
+    def encoder_sequences(self, run: LoadedRun, data_path: str | Path) -> tuple[Any, list[Any], Any]:
+        """Every piece of the file (each step labelled by the frame it reads); the loss is the last frame's
+        negative log-likelihood given the frames before it."""
+        from rnnkit.diagnostics import InspectSequence
+
+        pieces = read_music(run.config, data_path, _warn)
+        found = [InspectSequence({"rolls": torch.from_numpy(p.roll.astype(np.float32))[None]},
+                                 ["start"] + [str(t) for t in range(len(p.roll) - 1)]) for p in pieces]
+
+        def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            rolls = batch["rolls"]  # (1, T, 88)
+            features, _ = run.model.time_features(rolls)
+            previous = rolls[:, -2] if rolls.shape[1] > 1 else torch.zeros_like(rolls[:, -1])
+            logits = run.model.frame_logits(features[:, -1], previous, rolls[:, -1])
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, rolls[:, -1], reduction="sum")
+
+        return run.model.rnn, found, loss
+
 
 TASK = MusicTask()
 
