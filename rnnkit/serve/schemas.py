@@ -177,8 +177,19 @@ class ForecastPrediction(BaseModel):
     upper: list[float] | None = None
 
 
+class MusicPrediction(BaseModel):
+    frames: list[list[int]] = Field(description="the piece: the prompt, then the frames composed; each frame the "
+                                                "MIDI pitches sounding")
+    prompt_frames: int = Field(description="how many first frames are the prompt")
+    frames_per_beat: int
+    tempo: float = Field(description="beats per minute")
+    lowest_pitch: int = Field(description="the MIDI pitch of the keyboard's lowest key (21, A0)")
+    midi: str = Field(description="the piece as a standard MIDI file, base64")
+
+
 PREDICTIONS: dict[str, type[BaseModel]] = {"classify": ClassifyPrediction, "tag": TagPrediction,
                                             "seq2seq": TranslationPrediction, "forecast": ForecastPrediction}
+PREDICTIONS["music"] = MusicPrediction
 
 
 def predict_response(task: str) -> type[BaseModel]:

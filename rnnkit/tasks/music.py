@@ -175,6 +175,7 @@ class MusicTask(Task):
         all optional. The answer has the frames, the grid and tempo, and the MIDI file (base64)."""
         o = run.config.options
         out = []
+        total = 0
         for i, request in enumerate(inputs):
             where = f"inputs.{i}"
             request = {} if request is None else request
@@ -191,6 +192,10 @@ class MusicTask(Task):
             _check_number(f"{where}.steps", steps, int, 1, MAX_SERVE_STEPS)
             _check_number(f"{where}.temperature", temperature, (int, float), 0, 100)
             _check_number(f"{where}.seed", seed, int, 0, 2**63 - 1)
+            total += steps
+            if total > MAX_SERVE_STEPS:
+                raise UserError(f"{where}.steps: the request asks for {total:,} frames so far; at most "
+                                f"{MAX_SERVE_STEPS:,} are composed per request")
             prompt = frames_to_roll(request["prompt"], f"{where}.prompt") if request.get("prompt") else None
             roll = compose_roll(run, steps, prompt, float(temperature), seed)
             out.append({"frames": roll_to_frames(roll), "prompt_frames": 0 if prompt is None else len(prompt),
