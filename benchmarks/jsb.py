@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -106,6 +107,12 @@ def main() -> None:
     seconds = train_seconds(out / "run")
     records = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     epochs = max((r.get("epoch", 0) for r in records), default=0)
+    scored = [r for r in records if "valid_nll" in r]
+    best_epoch = min(scored, key=lambda r: r["valid_nll"])["epoch"] if scored else None
+    # frames per second of each epoch (its training and its validation pass), median and range
+    per_epoch = [result["train_frames"] * (b["epoch"] - a["epoch"]) / (b["elapsed_s"] - a["elapsed_s"])
+                 for a, b in zip([{"epoch": 0.0, "elapsed_s": 0.0}, *scored], scored, strict=False)
+                 if b["elapsed_s"] > a["elapsed_s"]]
     test = runner.evaluate(out / "run", paths["test"])
     valid = runner.evaluate(out / "run", paths["valid"])
     frames_seen = result["train_frames"] * epochs
@@ -127,7 +134,10 @@ def main() -> None:
         "steps": result["steps"],
         "train_seconds": round(seconds, 1),
         "wall_seconds": round(wall, 1),
+        "best_epoch": best_epoch,
         "train_frames_per_second": round(frames_seen / seconds, 1) if seconds else None,
+        "epoch_frames_per_second": {"median": round(statistics.median(per_epoch), 1), "min": round(min(per_epoch), 1),
+                                    "max": round(max(per_epoch), 1)} if per_epoch else None,
         "model": f"{args.cell} 1x{args.hidden}" if args.layers == 1 else f"{args.cell} {args.layers}x{args.hidden}",
         "config": {k: v for k, v in vars(args).items() if k not in ("data", "out", "results", "force")},
         "cpu": _cpu(),
