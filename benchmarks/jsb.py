@@ -65,28 +65,28 @@ def main() -> None:
     ap.add_argument("--cell", default="lstm")
     ap.add_argument("--hidden", type=int, default=None, help="default: 300 (independent), 200 (autoregressive)")
     ap.add_argument("--layers", type=int, default=1)
-    ap.add_argument("--dropout", type=float, default=None, help="default: 0.5 (independent), 0.3 (autoregressive)")
+    ap.add_argument("--dropout", type=float, default=None, help="default: 0.4 (independent), 0.3 (autoregressive)")
     ap.add_argument("--input-dropout", type=float, default=0.0)
     ap.add_argument("--weight-drop", type=float, default=None, help="DropConnect on the recurrent weights "
-                                                                     "(default: 0.3 independent, 0 autoregressive)")
+                                                                     "(default: 0.7 independent, 0 autoregressive)")
     ap.add_argument("--pitch-hidden", type=int, default=64)
     ap.add_argument("--pitch-window", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=500)
     ap.add_argument("--max-minutes", type=float, default=30.0, help="training time limit (the target's budget)")
     ap.add_argument("--early-stopping", type=int, default=20)
     ap.add_argument("--lr-patience", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=None, help="default: 4 (independent), 16 (autoregressive)")
-    ap.add_argument("--lr", type=float, default=None, help="default: 3e-3 (independent), 2e-3 (autoregressive)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: 8 (independent), 16 (autoregressive)")
+    ap.add_argument("--lr", type=float, default=None, help="default: 5e-3 (independent), 2e-3 (autoregressive)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="replace an existing --out")
     args = ap.parse_args()
     independent = args.output == "independent"
     args.hidden = args.hidden or (300 if independent else 200)
-    args.dropout = args.dropout if args.dropout is not None else (0.5 if independent else 0.3)
-    args.weight_drop = args.weight_drop if args.weight_drop is not None else (0.3 if independent else 0.0)
-    args.batch_size = args.batch_size or (4 if independent else 16)
-    args.lr = args.lr or (3e-3 if independent else 2e-3)
+    args.dropout = args.dropout if args.dropout is not None else (0.4 if independent else 0.3)
+    args.weight_drop = args.weight_drop if args.weight_drop is not None else (0.7 if independent else 0.0)
+    args.batch_size = args.batch_size or (8 if independent else 16)
+    args.lr = args.lr or (5e-3 if independent else 2e-3)
 
     out = Path(args.out or f"runs/bench-jsb-{args.output}")
     if out.exists():
@@ -143,7 +143,7 @@ def main() -> None:
         "cpu": _cpu(),
         **environment(),
         "command": "python benchmarks/jsb.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                                                          if k in ("output", "seed")),
+                                                          if k in ("output", "max_minutes", "seed")),
     }
     results = Path(args.results or Path(__file__).parent / "results" / f"jsb_{args.output}.json")
     results.parent.mkdir(parents=True, exist_ok=True)
