@@ -271,7 +271,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 EVALUATE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--plot", {"metavar": "PNG", "help": "classify: the confusion matrix as PNG; forecast: forecasts against "
                                           "the truth"}),
-    ("--beam", {"type": int, "metavar": "N", "help": "seq2seq: beam width (default: greedy)"}),
+    ("--beam", {"type": int, "metavar": "N", "help": "seq2seq: beam width (default: greedy); music: beam over the "
+                                                     "keys of a frame for frame_accuracy (default: greedy)"}),
     ("--stride", {"type": int, "metavar": "N", "help": "forecast: steps between forecast origins "
                                                        "(default: the horizon)"}),
     ("--season", {"type": int, "metavar": "N", "help": "forecast: season length in steps for seasonal-naive "

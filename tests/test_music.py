@@ -82,6 +82,31 @@ def test_greedy_choice_agrees_with_the_teacher_forced_conditionals():
     assert torch.equal(chosen.bool(), logits > 0)
 
 
+def test_a_wide_beam_finds_the_most_likely_frame_and_a_narrow_one_does_no_worse_than_greedy():
+    K = 5
+    model = MusicModel(K, hidden_size=8, pitch_hidden=6, pitch_window=2).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():  # strong ties between the keys, so that greedy choices go wrong
+            p.normal_(0, 1.5)
+        model.key_logits.weight.zero_()
+        model.key_logits.bias.zero_()
+        model.pitch_out.weight.mul_(3)
+    features, previous = torch.randn(30, 8, dtype=torch.float64), (torch.rand(30, K) < 0.4).double()
+    frames = _all_frames(K).double()
+
+    def log_p(chosen):
+        logits = model.frame_logits(features, previous, chosen)
+        return -F.binary_cross_entropy_with_logits(logits, chosen, reduction="none").sum(-1)
+
+    every = torch.stack([log_p(f.expand(30, K)) for f in frames], dim=1)  # (30, 32)
+    exact = model.beam_choose(features, previous, beam=2 ** (K - 1))
+    assert torch.equal(exact, frames[every.argmax(1)])
+    greedy, narrow = model.beam_choose(features, previous, 1), model.beam_choose(features, previous, 3)
+    assert torch.equal(greedy, model.choose(features, previous))
+    assert bool((log_p(narrow) >= log_p(greedy) - 1e-12).all())
+    assert bool((log_p(greedy) < every.max(1).values - 1e-9).any())  # greedy misses some: the test can tell
+
+
 def test_sampling_follows_the_seed():
     model = MusicModel(10, hidden_size=8, pitch_hidden=6, pitch_window=3).eval()
     a = model.generate(12, temperature=1.0, generator=torch.Generator().manual_seed(5))

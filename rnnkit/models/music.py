@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.layers import Recurrent
+from rnnkit.layers import Recurrent, select_state
 from rnnkit.models.base import LossOutput, SequenceDropout, check_choice
 
 OUTPUTS = ("autoregressive", "independent")
@@ -197,12 +197,44 @@ class MusicModel(nn.Module):
         return chosen[:, W:]
 
     @torch.no_grad()
-    def most_likely(self, rolls: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """The model's most likely frame (greedy key by key for the autoregressive head) at every step given
-        the true frames before it: (N, K) over the real frames of the batch, in order."""
+    def beam_choose(self, features: Tensor, previous: Tensor, beam: int) -> Tensor:
+        """The most likely frames (N, K) found by a beam search over the keys, from the lowest: after each key the
+        `beam` likeliest partial frames are kept. With a beam of 2^(K-1) or more the search is exact; with 1 it is
+        the greedy choice. The independent head's most likely frame is exact at any beam (keys above one half).
+
+        Args:
+            features: (N, H) time features; previous: (N, K) the frames before.
+        """
+        if self.output == "independent" or beam <= 1:
+            return self.choose(features, previous)
+        fixed, base = self._pitch_inputs(features, previous)  # (N, K, P), (N, K)
+        N, K = previous.shape
+        W = max(self.pitch_window, 1)
+        below = self.below_window.weight  # (P, W)
+        chosen = features.new_zeros(N, 1, K + W)  # (N, b, W + K): the partial frames of each row's beam
+        score = features.new_zeros(N, 1)  # (N, b) their log-probabilities
+        state = None
+        for k in range(K):
+            b = chosen.shape[1]
+            x = fixed[:, k, None, :] + (chosen[:, :, k:k + W] @ below.T if self.pitch_window else 0.0)  # (N, b, P)
+            out, state = self.pitch_rnn.step(x.reshape(N * b, -1), state)
+            logits = base[:, k, None] + self.pitch_out(out).view(N, b)  # (N, b)
+            candidates = torch.cat([score + F.logsigmoid(-logits), score + F.logsigmoid(logits)], dim=1)  # (N, 2b)
+            score, index = candidates.topk(min(beam, 2 * b), dim=1)  # (N, b')
+            parent = index % b
+            chosen = chosen.gather(1, parent[..., None].expand(-1, -1, K + W)).clone()
+            chosen[:, :, W + k] = (index >= b).to(chosen.dtype)
+            rows = (torch.arange(N, device=parent.device)[:, None] * b + parent).flatten()
+            state = select_state(state, rows)
+        return chosen[:, 0, W:]
+
+    @torch.no_grad()
+    def most_likely(self, rolls: Tensor, lengths: Tensor | None = None, beam: int = 1) -> Tensor:
+        """The model's most likely frame at every step given the true frames before it: (N, K) over the real frames
+        of the batch, in order. The autoregressive head searches key by key: greedily (beam 1) or with a beam."""
         features, previous, _, _ = self._flat({"rolls": rolls, **({"lengths": lengths} if lengths is not None
                                                                    else {})})
-        return self.choose(features, previous)
+        return self.beam_choose(features, previous, beam)
 
     @torch.no_grad()
     def generate(self, steps: int, prompt: Tensor | None = None, temperature: float = 1.0,

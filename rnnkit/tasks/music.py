@@ -152,21 +152,25 @@ class MusicTask(Task):
             raise UserError(f"{run_dir}: config.json says {meta['n_keys']} keys; music runs have {N_KEYS}")
         return {}
 
-    def evaluate(self, run: LoadedRun, data_path: str | Path) -> dict[str, Any]:
+    def evaluate(self, run: LoadedRun, data_path: str | Path, beam: int | None = None) -> dict[str, Any]:
         """`nll`: nats per frame summed over the 88 keys; `frame_accuracy`: TP / (TP + FP + FN) over all frames
-        with the model's most likely frame given the true past (greedy key by key for the autoregressive head)."""
+        with the model's most likely frame given the true past (for the autoregressive head: searched key by key,
+        greedily or with a beam of `beam` partial frames)."""
+        if beam is not None and beam < 1:
+            raise UserError(f"--beam: expected an integer >= 1; got {beam}")
+        beam = beam or 1
         pieces = read_music(run.config, data_path, _warn)
         source = PieceSource([p.roll for p in pieces], EVAL_BATCH)
         figures = evaluate_model(run.model, source, run.device)
         tp = fp = fn = 0
         for batch in source.batches(0):
             rolls, lengths = batch["rolls"].to(run.device), batch["lengths"].to(run.device)
-            chosen = run.model.most_likely(rolls, lengths).cpu().numpy()
+            chosen = run.model.most_likely(rolls, lengths, beam).cpu().numpy()
             keep = (torch.arange(rolls.shape[1])[None, :] < batch["lengths"][:, None]).numpy()
             counts = metrics.frame_counts(batch["rolls"].numpy()[keep], chosen)
             tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
         return {"nll": figures["nll"], "frame_accuracy": metrics.frame_accuracy(tp, fp, fn),
-                "frames": source.frames, "pieces": len(pieces), "decoding": _decoding(run)}
+                "frames": source.frames, "pieces": len(pieces), "decoding": _decoding(run, beam)}
 
     # ------------------------------------------------------------------------ serving, composing
 
@@ -281,8 +285,10 @@ def _warn(line: str) -> None:
     print(f"rnnkit: warning: {line}", file=sys.stderr)
 
 
-def _decoding(run: LoadedRun) -> str:
-    return "greedy key by key" if run.config.options.output == "autoregressive" else "each key above 0.5"
+def _decoding(run: LoadedRun, beam: int = 1) -> str:
+    if run.config.options.output == "independent":
+        return "each key above 0.5"
+    return "greedy key by key" if beam == 1 else f"beam {beam} key by key"
 
 
 def _check_number(name: str, value: Any, kind: Any, low: float, high: float) -> None:
