@@ -233,8 +233,10 @@ class MusicTask(Task):
                 raise UserError(f"--audio {audio}: expected a .wav file name")
         prompt_roll = None
         if prompt:
-            pieces = read_music(run.config, prompt)
-            prompt_roll = np.concatenate([p.roll for p in pieces])
+            pieces = read_music(run.config, prompt, say)
+            prompt_roll = pieces[0].roll
+            if len(pieces) > 1 and say:
+                say(f"--prompt {prompt}: {len(pieces)} pieces; continuing the first ({pieces[0].name})")
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
             if say:
