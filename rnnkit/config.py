@@ -423,8 +423,9 @@ TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
             "train": {"batch_size": 16, "lr": 1e-3, "epochs": 30, "early_stopping": 5, "clip": 5.0}},
     "seq2seq": {"model": {"bidirectional": True, "num_layers": 1}, "train": {"bptt": 0}},
     "forecast": {"model": {"hidden_size": 64, "num_layers": 1}, "train": {"batch_size": 64}},
-    "music": {"model": {"hidden_size": 256, "num_layers": 1, "output_dropout": 0.3},
-              "train": {"batch_size": 16, "bptt": 0, "lr": 1e-3, "epochs": 100, "early_stopping": 10}},
+    "music": {"model": {"hidden_size": 200, "num_layers": 1, "output_dropout": 0.3},
+              "train": {"batch_size": 16, "bptt": 0, "lr": 2e-3, "epochs": 200, "early_stopping": 20,
+                        "lr_patience": 5}},
 }
 
 TASKS = tuple(TASK_DEFAULTS)
