@@ -285,7 +285,8 @@ EVALUATE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
 
 PREDICT_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--format", {"metavar": "FORMAT", "help": "output format: classify csv|jsonl (default: from --output's "
-                                               "extension, else csv); tag conll|jsonl (spans with offsets)"}),
+                                               "extension, else csv); tag conll|jsonl (spans with offsets); music "
+                                               "csv|jsonl"}),
     ("--beam", {"type": int, "metavar": "N", "help": "seq2seq: beam width (default: greedy)"}),
     ("--attention-plot", {"metavar": "DIR", "help": "seq2seq: write an attention heatmap per input into DIR"}),
     ("--plot", {"metavar": "PNG", "help": "forecast: history, forecast and interval as PNG"}),

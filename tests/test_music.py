@@ -353,9 +353,24 @@ def test_generate_refuses_bad_options(capsys, music_run, tmp_path, argv, expecte
     assert expected in capsys.readouterr().err
 
 
-def test_predict_points_to_generate_and_lm_refuses_music_options(capsys, music_run, tmp_path):
+def test_predict_scores_each_piece_and_lm_refuses_music_options(capsys, music_run, tmp_path):
+    from rnnkit.tasks import runner
+
+    run = runner.load(music_run / "run")
+    assert main(["predict", str(music_run / "run"), "--input", str(music_run / "test.json"), "--output",
+                 str(tmp_path / "scores.csv")]) == 0
+    lines = (tmp_path / "scores.csv").read_text().splitlines()
+    assert lines[0] == "piece,frames,nll,log_likelihood" and len(lines) == 5
+    name, frames, nll, total = lines[1].split(",")
+    roll = torch.from_numpy(read_roll_json(music_run / "test.json")[0].roll).float()[None]
+    assert name == "test.json#0" and int(frames) == roll.shape[1]
+    assert float(total) == pytest.approx(float(run.model.log_likelihood(roll)), abs=1e-4)
+    assert float(nll) == pytest.approx(-float(total) / int(frames), abs=1e-5)
+    figures = runner.evaluate(music_run / "run", music_run / "test.json")
+    totals = [float(line.split(",")[3]) for line in lines[1:]]
+    assert -sum(totals) / figures["frames"] == pytest.approx(figures["nll"], rel=1e-5)  # the same likelihood
     assert main(["predict", str(music_run / "run")]) == 2
-    assert "compose with 'rnnkit generate RUN --out FILE.mid'" in capsys.readouterr().err
+    assert "--input: music runs read MIDI, MusicXML or piano-roll JSON files" in capsys.readouterr().err
     (tmp_path / "t.txt").write_text("la la la\n" * 40)
     assert main(["train", "lm", "--train", str(tmp_path / "t.txt"), "--out", str(tmp_path / "lm"), "--embed", "4",
                  "--hidden", "8", "--layers", "1", "--epochs", "1", "--bptt", "16", "--batch-size", "4"]) == 0

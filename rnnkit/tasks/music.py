@@ -2,9 +2,10 @@
 
 What is here: the piece batch source, the `music` task (pieces read on the run's grid, a random hold-out
 of whole pieces, the model built, `evaluate`'s negative log-likelihood and frame accuracy, its answers over
-HTTP and its page), `compose` (behind `rnnkit generate` for music runs: a MIDI or piano-roll JSON file, a
-picture of the roll and, through FluidSynth, audio) and `render_audio`. What is not: reading and writing
-MIDI (data/music.py), the network (models/music.py), the metrics and the plot (metrics.py, viz.py).
+HTTP and its page), `predict` (each piece's likelihood), `compose` (behind `rnnkit generate` for music runs:
+a MIDI or piano-roll JSON file, a picture of the roll and, through FluidSynth, audio) and `render_audio`.
+What is not: reading and writing MIDI (data/music.py), the network (models/music.py), the metrics and the
+plot (metrics.py, viz.py).
 
 A run directory holds nothing beyond the usual files: the grid, the tempo and the program of the files
 it writes are in config.json's [music] section.
@@ -13,6 +14,7 @@ it writes are in config.json's [music] section.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import subprocess
@@ -39,7 +41,7 @@ from rnnkit.data.music import (
 )
 from rnnkit.data.split import hold_out
 from rnnkit.evaluation import evaluate_model
-from rnnkit.io import atomic_write
+from rnnkit.io import atomic_write, write_output
 from rnnkit.models.music import MusicModel
 from rnnkit.tasks.base import LoadedRun, Prepared, Say, Task
 
@@ -108,7 +110,6 @@ class MusicTask(Task):
 
     name = "music"
     summary = "polyphonic music model over the 88 piano keys (MIDI, MusicXML or piano-roll JSON)"
-    predict_hint = "; compose with 'rnnkit generate RUN --out FILE.mid', score with 'rnnkit evaluate'"
     limits_input_chars = False
     page: ClassVar[str] = "music.html"
 
@@ -171,6 +172,35 @@ class MusicTask(Task):
             tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
         return {"nll": figures["nll"], "frame_accuracy": metrics.frame_accuracy(tp, fp, fn),
                 "frames": source.frames, "pieces": len(pieces), "decoding": _decoding(run, beam)}
+
+    def predict(self, run: LoadedRun, input_path: str | Path, output_path: str | Path,
+                format: str | None = None) -> list[dict[str, Any]]:
+        """Score each piece of a file or folder by its likelihood: CSV (or JSON lines) with the piece, its frames,
+        its NLL per frame (nats, summed over the keys) and its total log-likelihood."""
+        if str(input_path) == "-":
+            raise UserError("--input: music runs read MIDI, MusicXML or piano-roll JSON files; give a file or folder")
+        kind = format or ("jsonl" if str(output_path).endswith((".json", ".jsonl")) else "csv")
+        if kind not in ("csv", "jsonl"):
+            raise UserError(f"--format {format}: expected csv or jsonl for music runs")
+        pieces = read_music(run.config, input_path, _warn)
+        rows = []
+        for i in range(0, len(pieces), EVAL_BATCH):
+            part = pieces[i:i + EVAL_BATCH]
+            lengths = torch.tensor([len(p.roll) for p in part])
+            rolls = torch.zeros(len(part), int(lengths.max()), N_KEYS)  # (B, T, 88), in the file's order
+            for row, p in enumerate(part):
+                rolls[row, :len(p.roll)] = torch.from_numpy(p.roll.astype(np.float32))
+            log_p = run.model.log_likelihood(rolls.to(run.device), lengths.to(run.device))
+            for piece, value in zip(part, log_p.cpu().tolist(), strict=True):
+                rows.append({"piece": piece.name, "frames": len(piece.roll), "nll": -value / len(piece.roll),
+                             "log_likelihood": value})
+        if kind == "csv":
+            text = "piece,frames,nll,log_likelihood\n" + "".join(
+                f"{_csv_field(r['piece'])},{r['frames']},{r['nll']:.6f},{r['log_likelihood']:.6f}\n" for r in rows)
+        else:
+            text = "".join(json.dumps(r) + "\n" for r in rows)
+        write_output(output_path, text)
+        return rows
 
     # ------------------------------------------------------------------------ serving, composing
 
@@ -279,6 +309,10 @@ class MusicTask(Task):
 
 
 TASK = MusicTask()
+
+
+def _csv_field(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
 def _warn(line: str) -> None:
