@@ -144,6 +144,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from rnnkit.tasks import runner
+
+    task = runner.task_of(args.run_dir)
+    if task.compose is not None:
+        return _compose(task, args)
+    wrong = [flag for flag, _ in GENERATE_OPTIONS if getattr(args, flag[2:].replace("-", "_")) is not None]
+    if wrong:
+        raise UserError(f"{', '.join(wrong)}: not an option for {task.name} runs")
+    if args.max_tokens is None:
+        args.max_tokens = 200
+    if args.beam is None:
+        args.beam = 1
     from rnnkit.tasks import lm
 
     model = _text_generator(args.run_dir, "generate", "; other runs answer 'rnnkit predict'")
@@ -158,6 +170,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     lm.generate(model, args.prompt, args.max_tokens, args.temperature, args.top_k, args.top_p, args.beam,
                 args.seed, on_text=show)
     sys.stdout.write((pending.pop() if pending else "") + "\n")
+    return 0
+
+
+def _compose(task: Any, args: argparse.Namespace) -> int:
+    """`generate` for a task that writes a file (music): its options, then the task's `compose`."""
+    from rnnkit.tasks import runner
+
+    wrong = [flag for flag, value in (("--max-tokens", args.max_tokens), ("--top-k", args.top_k),
+                                      ("--top-p", args.top_p), ("--beam", args.beam)) if value is not None]
+    if wrong:
+        raise UserError(f"{', '.join(wrong)}: not an option for {task.name} runs")
+    options = _task_options(args, GENERATE_OPTIONS)
+    result = task.compose(runner.load(args.run_dir), prompt=args.prompt or None, temperature=args.temperature,
+                          seed=args.seed, say=lambda line: print(line, file=sys.stderr), **options)
+    print(json.dumps(result))
     return 0
 
 
@@ -253,7 +280,9 @@ SPEECH_SEARCH_OPTIONS: list[tuple[str, dict[str, Any]]] = [
 EVALUATE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--plot", {"metavar": "PNG", "help": "classify: the confusion matrix as PNG; forecast: forecasts against "
                                           "the truth"}),
-    ("--beam", {"type": int, "metavar": "N", "help": "seq2seq, transcribe: beam width (default: greedy)"}),
+    ("--beam", {"type": int, "metavar": "N", "help": "seq2seq, transcribe: beam width (default: greedy); music: "
+                                                     "beam over the keys of a frame for frame_accuracy (default: "
+                                                     "greedy)"}),
     *SPEECH_SEARCH_OPTIONS,
     ("--stride", {"type": int, "metavar": "N", "help": "forecast: steps between forecast origins "
                                                        "(default: the horizon)"}),
@@ -268,7 +297,7 @@ EVALUATE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
 PREDICT_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--format", {"metavar": "FORMAT", "help": "output format: classify csv|jsonl (default: from --output's "
                                                "extension, else csv); tag conll|jsonl (spans with offsets); "
-                                               "transcribe text|jsonl"}),
+                                               "transcribe text|jsonl; music csv|jsonl"}),
     ("--beam", {"type": int, "metavar": "N", "help": "seq2seq, transcribe: beam width (default: greedy)"}),
     *SPEECH_SEARCH_OPTIONS,
     ("--attention-plot", {"metavar": "DIR", "help": "seq2seq: write an attention heatmap per input into DIR"}),
@@ -296,16 +325,30 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
         group.add_argument(flag, **kwargs)
 
 
+# Options of `generate` for tasks that compose a file (music), passed to `Task.compose` when given.
+GENERATE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("--out", {"metavar": "FILE", "help": "music: the MIDI file to write (.mid), or piano-roll JSON (.json)"}),
+    ("--steps", {"type": int, "metavar": "N", "help": "music: frames to compose (default: 32 beats)"}),
+    ("--plot", {"metavar": "PNG", "help": "music: a picture of the piano roll"}),
+    ("--audio", {"metavar": "WAV", "help": "music: render audio through FluidSynth and a General MIDI soundfont"}),
+]
+
+
 def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--prompt", default="", help="text to continue (default: start a new line)")
-    p.add_argument("--max-tokens", type=int, default=200, metavar="N", help="tokens to generate (default: 200)")
+    p.add_argument("--prompt", default="", help="text to continue (default: start a new line); music: a MIDI, "
+                                                "MusicXML or piano-roll JSON file to continue")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N", help="tokens to generate (default: 200)")
     p.add_argument("--temperature", type=float, default=1.0, metavar="T",
                    help="sampling temperature; 0 is greedy (default: 1.0)")
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K most likely tokens")
     p.add_argument("--top-p", type=float, default=None, metavar="P", help="sample within the nucleus of mass P")
-    p.add_argument("--beam", type=int, default=1, metavar="N", help="beam search with N beams instead of sampling")
+    p.add_argument("--beam", type=int, default=None, metavar="N",
+                   help="beam search with N beams instead of sampling (default: 1)")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="seed for reproducible sampling")
+    group = p.add_argument_group("music options")
+    for flag, kwargs in GENERATE_OPTIONS:
+        group.add_argument(flag, **kwargs)
 
 
 def _complete_args(p: argparse.ArgumentParser) -> None:
@@ -362,7 +405,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "train": ("train a model for a task", _train_args, cmd_train),
     "evaluate": ("score a trained run on a data file", _evaluate_args, cmd_evaluate),
     "predict": ("apply a trained run to inputs", _predict_args, cmd_predict),
-    "generate": ("write text with a language model", _generate_args, cmd_generate),
+    "generate": ("write text with a language model, or music with a music run", _generate_args, cmd_generate),
     "complete": ("complete the word being typed", _complete_args, cmd_complete),
     "serve": ("serve a run over HTTP: JSON API and a web page", _serve_args, cmd_serve),
     "export": ("export a run to ONNX or torch.export, with a parity check", _export_args, cmd_export),

@@ -472,6 +472,35 @@ class TranscribeConfig:
     def semitones(self) -> list[float] | None:
         """--pitch-perturb as numbers (None when malformed)."""
         return _numbers(self.pitch_perturb)
+MUSIC_OUTPUTS = ("autoregressive", "independent")
+
+
+@dataclass
+class MusicConfig:
+    """Polyphonic music: piano rolls over the 88 keys, a distribution over each frame's keys."""
+
+    frames_per_beat: int = _opt(4, "frames per beat (a quarter note) of the time grid used to read and write MIDI "
+                                   "and MusicXML; piano-roll JSON has its frames already")
+    output: str = _opt("autoregressive", "autoregressive: the keys of a frame one after another from the lowest, "
+                                         "each given the keys below; independent: a Bernoulli per key",
+                       choices=MUSIC_OUTPUTS)
+    pitch_hidden: int = _opt(64, "autoregressive: size of the recurrence over the keys of a frame")
+    pitch_window: int = _opt(12, "autoregressive: keys either side read from the previous frame, and keys below "
+                                 "read from the frame being chosen")
+    input_dropout: float = _opt(0.0, "dropout on the previous frame read by the recurrence over time")
+    tempo: float = _opt(120.0, "beats per minute of the MIDI files written")
+    program: int = _opt(0, "General MIDI program of the MIDI files written (0: acoustic grand piano)")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check(self.output in MUSIC_OUTPUTS, "--output", self.output, f"one of {', '.join(MUSIC_OUTPUTS)}")
+        for name in ("frames_per_beat", "pitch_hidden"):
+            value = getattr(self, name)
+            _check(value >= 1, flag_of(MusicConfig, name), value, "an integer >= 1")
+        _check(0 <= self.pitch_window <= 87, "--pitch-window", self.pitch_window, "an integer in 0..87")
+        _check(0 <= self.input_dropout < 1, "--input-dropout", self.input_dropout, "a probability in [0, 1)")
+        _check(0 < self.tempo <= 1000, "--tempo", self.tempo, "beats per minute in (0, 1000]")
+        _check(0 <= self.program <= 127, "--program", self.program, "a General MIDI program in 0..127")
 
 
 TASK_SECTIONS: dict[str, type] = {
@@ -481,6 +510,7 @@ TASK_SECTIONS: dict[str, type] = {
     "seq2seq": Seq2SeqConfig,
     "forecast": ForecastConfig,
     "transcribe": TranscribeConfig,
+    "music": MusicConfig,
 }
 
 # Where a task's sensible default differs from the shared one: {task: {section: {field: value}}}.
@@ -495,6 +525,9 @@ TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "forecast": {"model": {"hidden_size": 64, "num_layers": 1}, "train": {"batch_size": 64}},
     "transcribe": {"model": {"bidirectional": True, "num_layers": 3, "hidden_size": 192},
                    "train": {"bptt": 0, "batch_size": 16, "epochs": 30, "clip": 5.0, "early_stopping": 8}},
+    "music": {"model": {"hidden_size": 200, "num_layers": 1, "output_dropout": 0.3},
+              "train": {"batch_size": 16, "bptt": 0, "lr": 2e-3, "epochs": 200, "early_stopping": 20,
+                        "lr_patience": 5}},
 }
 
 TASKS = tuple(TASK_DEFAULTS)

@@ -223,3 +223,19 @@ def forecast_scores(truth: np.ndarray, forecast: np.ndarray, scale: np.ndarray, 
     scaled_err = (forecast - truth) / std
     return {**forecast_errors(truth, forecast, scale), "mse_scaled": float((scaled_err ** 2).mean()),
             "mae_scaled": float(np.abs(scaled_err).mean())}
+
+
+# ------------------------------------------------------------------------------------------- music
+
+
+def frame_counts(truth: np.ndarray, predicted: np.ndarray) -> tuple[int, int, int]:
+    """True positives, false positives and false negatives of predicted piano-roll frames (N, K) of 0/1."""
+    truth, predicted = np.asarray(truth).astype(bool), np.asarray(predicted).astype(bool)
+    return (int((truth & predicted).sum()), int((~truth & predicted).sum()), int((truth & ~predicted).sum()))
+
+
+def frame_accuracy(tp: int, fp: int, fn: int) -> float:
+    """Frame-level accuracy of Bay, Ehmann & Downie (2009): TP / (TP + FP + FN), counted over all frames
+    (1.0 when nothing sounds and nothing is predicted)."""
+    total = tp + fp + fn
+    return tp / total if total else 1.0

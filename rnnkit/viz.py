@@ -278,3 +278,36 @@ def plot_anomalies(path: str | Path, times: Any, targets: np.ndarray, rows: np.n
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     return _save_series_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------------------- music
+
+
+def plot_piano_roll(path: str | Path, roll: np.ndarray, frames_per_beat: int, lowest_pitch: int = 21,
+                    prompt_frames: int = 0, title: str = "") -> Path:
+    """A piano roll (T, K) of 0/1 as a picture: time in beats across, pitch up; the frames of a prompt
+    (the first `prompt_frames`) in grey, the composed ones in colour.
+
+    The pitch axis spans the keys that sound (with a little room), labelled at each C.
+    """
+    plt = pyplot()
+    roll = np.asarray(roll)
+    T, K = roll.shape
+    sounding = np.flatnonzero(roll.any(axis=0))
+    low, high = (int(sounding.min()), int(sounding.max())) if len(sounding) else (39, 51)
+    low, high = max(low - 2, 0), min(high + 2, K - 1)
+    picture = np.zeros((high - low + 1, max(T, 1)))  # (keys shown, T)
+    picture[:, :prompt_frames] = 0.45 * roll[:prompt_frames, low:high + 1].T
+    picture[:, prompt_frames:] = roll[prompt_frames:, low:high + 1].T
+    fig, ax = plt.subplots(figsize=(min(max(T / (4 * frames_per_beat), 6), 16), 4), dpi=110)
+    ax.imshow(picture, origin="lower", aspect="auto", cmap="Blues", vmin=0, vmax=1, interpolation="nearest",
+              extent=(0, T / frames_per_beat, low + lowest_pitch - 0.5, high + lowest_pitch + 0.5))
+    cs = [p for p in range(low + lowest_pitch, high + lowest_pitch + 1) if p % 12 == 0]
+    ax.set_yticks(cs, [f"C{p // 12 - 1}" for p in cs])
+    if prompt_frames:
+        ax.axvline(prompt_frames / frames_per_beat, color="C3", lw=1)
+    ax.set_xlabel("beat")
+    ax.set_ylabel("pitch")
+    ax.grid(axis="y", alpha=0.25)
+    ax.set_title(title or f"{T} frames, {frames_per_beat} per beat", fontsize=9)
+    return save_figure(fig, path)

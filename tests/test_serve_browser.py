@@ -1,5 +1,6 @@
 """The web page in a real browser: headless Chromium types into the autocomplete page and sees
-completions, and the tag and forecast pages show their predictions (coloured tags, a plot).
+completions, the tag and forecast pages show their predictions (coloured tags, a plot), and the music page
+composes, draws the piano roll and plays it.
 
 The service runs under uvicorn on a free loopback port; Selenium drives the system's Chromium through
 its ChromeDriver. Without a browser the tests are skipped, unless RNNKIT_REQUIRE_BROWSER is set (CI
@@ -184,3 +185,49 @@ def test_forecast_page_plots_history_and_forecast(task_runs, browser):
             "[l.getAttribute('stroke'), l.getAttribute('points').trim().split(' ').length])")
     # The history in grey, then the forecast in blue, one point per value.
     assert lines == [["#66707a", len(expected["history"])], ["#2463b5", len(expected["forecast"])]]
+
+
+def test_music_page_composes_draws_the_roll_and_plays_it(tmp_path, browser):
+    import json
+
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from rnnkit.config import MusicConfig
+
+    pieces = [[[48 + s, 52 + s, 55 + s] if t % 2 == 0 else [60 + s] for t in range(12)] for s in range(0, 12, 2)]
+    (tmp_path / "m.json").write_text(json.dumps(pieces))
+    cfg = RunConfig(task="music", model=ModelConfig(hidden_size=12, num_layers=1),
+                    train=TrainConfig(epochs=1, batch_size=4, bptt=0, log_every=10_000),
+                    options=MusicConfig(pitch_hidden=6, pitch_window=3, frames_per_beat=2))
+    train(cfg, tmp_path / "m.json", tmp_path / "run", log=lambda line: None)
+    with _serving(tmp_path / "run") as url:
+        expected = httpx.post(url + "/predict", json={"inputs": [{"steps": 20, "temperature": 1.0, "seed": 4}]}
+                              ).json()["predictions"][0]
+        browser.get(url + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(EC.text_to_be_present_in_element((By.ID, "about"), "music run"))
+        for name, value in (("steps", "20"), ("temperature", "1"), ("seed", "4")):
+            box = browser.find_element(By.ID, name)
+            box.clear()
+            box.send_keys(value)
+        browser.find_element(By.ID, "compose").click()
+        wait.until(lambda d: d.find_element(By.ID, "roll").get_attribute("data-frames") == "20")
+        drawn = int(browser.find_element(By.ID, "roll").get_attribute("data-notes"))
+        # the canvas holds blue note boxes: some pixel of the composed notes' colour
+        blue = browser.execute_script(
+            "const c = document.getElementById('roll'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height)"
+            ".data; let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] === 36 && d[i + 1] === 99 && "
+            "d[i + 2] === 181) n++; return n;")
+        browser.find_element(By.ID, "play").click()
+        wait.until(lambda d: d.find_element(By.ID, "play").get_attribute("data-scheduled") is not None)
+        scheduled = int(browser.find_element(By.ID, "play").get_attribute("data-scheduled"))
+        state = browser.execute_script("return audio && audio.state")
+        assert browser.find_element(By.ID, "download").get_attribute("href").startswith("data:audio/midi;base64,")
+    runs = sum(1 for t, frame in enumerate(expected["frames"]) for p in frame
+               if t == 0 or p not in expected["frames"][t - 1])  # a note starts where its pitch was silent
+    assert drawn == scheduled == runs > 0
+    assert blue > 0
+    assert state in ("running", "suspended")

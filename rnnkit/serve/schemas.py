@@ -188,10 +188,19 @@ class Transcript(BaseModel):
     seconds: float = Field(description="the recording's duration")
     words: list[dict[str, Any]] = Field(description="each word with the time it is heard: {word, start, end} "
                                                     "in seconds")
+class MusicPrediction(BaseModel):
+    frames: list[list[int]] = Field(description="the piece: the prompt, then the frames composed; each frame the "
+                                                "MIDI pitches sounding")
+    prompt_frames: int = Field(description="how many first frames are the prompt")
+    frames_per_beat: int
+    tempo: float = Field(description="beats per minute")
+    lowest_pitch: int = Field(description="the MIDI pitch of the keyboard's lowest key (21, A0)")
+    midi: str = Field(description="the piece as a standard MIDI file, base64")
 
 
 PREDICTIONS: dict[str, type[BaseModel]] = {"classify": ClassifyPrediction, "tag": TagPrediction,
-                                            "seq2seq": TranslationPrediction, "forecast": ForecastPrediction}
+                                            "seq2seq": TranslationPrediction, "forecast": ForecastPrediction,
+                                            "music": MusicPrediction}
 
 
 def predict_response(task: str) -> type[BaseModel]:

@@ -24,6 +24,7 @@ REGISTRY: dict[str, str] = {
     "seq2seq": "rnnkit.tasks.seq2seq",
     "forecast": "rnnkit.tasks.forecast",
     "transcribe": "rnnkit.tasks.transcribe",
+    "music": "rnnkit.tasks.music",
 }
 
 

@@ -123,6 +123,10 @@ class Task:
 
     predict_hint: ClassVar[str] = ""  # said when `rnnkit predict` does not apply
 
+    compose: Callable[..., dict[str, Any]] | None = None
+    """`compose(run, out, **options, say=...)`: `rnnkit generate` for a task that writes a file rather than text
+    (music: a MIDI file); returns what was written. None: `generate` is for text (`generates_text`)."""
+
     # ------------------------------------------------------------------ serving, export, inspect
 
     generates_text: ClassVar[bool] = False
@@ -133,13 +137,12 @@ class Task:
     (`config` is the service's `ServeConfig`: input limits)."""
 
     limits_input_chars: ClassVar[bool] = True  # the service bounds each text input (`--max-input-chars`)
+    page: ClassVar[str] = "index.html"  # the service's web page for this task's runs (serve/static/)
 
     streams_audio: ClassVar[bool] = False
     """The service offers `POST /transcribe` (through `transcribe_samples(run, samples) -> {"text", ...}`) and
     the audio stream `/transcribe/stream` (through `open_stream(run)`: an object with `push(samples) -> text so
     far` and `finish() -> text`); serve/speech.py."""
-
-    page: ClassVar[str] = "index.html"  # the service's web page for this task's runs (in serve/static)
 
     def describe_run(self, run: LoadedRun) -> dict[str, Any]:
         """What the service's /info and web page show about a run beyond its network."""
