@@ -23,6 +23,7 @@ REGISTRY: dict[str, str] = {
     "tag": "rnnkit.tasks.tag",
     "seq2seq": "rnnkit.tasks.seq2seq",
     "forecast": "rnnkit.tasks.forecast",
+    "recommend": "rnnkit.tasks.recommend",
 }
 
 

@@ -134,6 +134,9 @@ class Task:
 
     limits_input_chars: ClassVar[bool] = True  # the service bounds each text input (`--max-input-chars`)
 
+    def add_routes(self, app: Any, run: LoadedRun, config: Any) -> None:
+        """Add the task's own endpoints to the service's FastAPI `app` (beyond /predict); none by default."""
+
     def describe_run(self, run: LoadedRun) -> dict[str, Any]:
         """What the service's /info and web page show about a run beyond its network."""
         return {}
