@@ -50,14 +50,19 @@ def _times(values: Sequence[str], path: Path, wheres: Sequence[str], column: str
     """A time column as floats: numbers as they are, else dates parsed by pandas (as seconds)."""
     series = pd.Series(list(values), dtype=object)
     numbers = pd.to_numeric(series, errors="coerce")
-    if numbers.notna().all():
-        return numbers.astype(float).tolist()
-    dates = pd.to_datetime(series, errors="coerce", utc=True, format="mixed")
-    bad = dates.isna()
+    if pd.notna(numbers.iloc[0]):  # the first row says which kind the column holds
+        parsed, expected = numbers, "a number like the first row's"
+    else:
+        parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed")
+        expected = "a date/time such as 2018-05-01 12:00:00, like the first row's"
+    bad = parsed.isna().to_numpy()
     if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
+        i = int(np.flatnonzero(bad)[0])
         raise UserError(f"{path}: {wheres[i]}: time {values[i]!r} in column '{column}' (--time-column) does not "
-                        "parse; expected a number or a date/time such as 2018-05-01 12:00:00")
+                        f"parse; expected {expected}")
+    if parsed is numbers:
+        return numbers.astype(float).tolist()
+    dates = parsed
     return (dates.astype("int64") / 1e9).tolist()
 
 

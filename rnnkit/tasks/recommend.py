@@ -38,7 +38,7 @@ from rnnkit.data.recommend import (
     read_history_lines,
 )
 from rnnkit.io import write_json, write_output
-from rnnkit.metrics import ranking_scores, sample_negatives, sampled_ranks
+from rnnkit.metrics import hit_at_k, ndcg_at_k, ranking_scores, sample_negatives, sampled_ranks
 from rnnkit.models.recommender import Recommender
 from rnnkit.tasks import runner
 from rnnkit.tasks.base import GraphModule, LoadedRun, Prepared, Say, Task, check_size
@@ -346,8 +346,9 @@ class RecommendTask(Task):
             Graph("recommend", _HistoryGraph(model), history({"B": 3, "T": 7}), ["items", "lengths"], ["scores"],
                   {"items": {0: "B", 1: "T"}, "lengths": {0: "B"}}, history,
                   check_sizes=[{"B": 1, "T": 1}, {"B": 5, "T": 19}]),
-            Graph("step", _StepGraph(model), event({"B": 3}), ["item", *names], ["scores", *[n + "_out" for n in names]],
-                  {"item": {0: "B"}, **{n: {1: "B"} for n in names}}, event, check_sizes=[{"B": 1}, {"B": 6}]),
+            Graph("step", _StepGraph(model), event({"B": 3}), ["item", *names],
+                  ["scores", *[n + "_out" for n in names]], {"item": {0: "B"}, **{n: {1: "B"} for n in names}},
+                  event, check_sizes=[{"B": 1}, {"B": 6}]),
         ]
 
     def export_extras(self, run: LoadedRecommender) -> dict[str, Any]:
@@ -423,8 +424,7 @@ def _rank_cases(score_batches: Iterator[tuple[list[int], Tensor]], cases: Cases,
 
 def _figures(found: dict[str, Any], num_items: int) -> dict[str, Any]:
     out = ranking_scores(found["ranks"], found["tops"], num_items)
-    s = found["sampled"]
-    out["sampled"] = {"hit@10": float((s < 10).mean()), "ndcg@10": float(np.where(s < 10, 1 / np.log2(s + 2), 0).mean())}
+    out["sampled"] = {"hit@10": hit_at_k(found["sampled"], 10), "ndcg@10": ndcg_at_k(found["sampled"], 10)}
     return out
 
 
