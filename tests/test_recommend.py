@@ -367,3 +367,23 @@ def test_a_test_file_and_a_valid_file(tmp_path):
                            train={"epochs": 1, "batch_size": 8, "threads": 1})
     result = train(cfg, data, tmp_path / "run", valid_path=valid, test_path=valid, log=lambda s: None)
     assert set(result["test"]) >= {"hit@10", "sampled"} and not (tmp_path / "run" / "test.json").exists()
+
+
+def test_export_to_onnx_matches_the_model(rec_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnxruntime as ort
+
+    from rnnkit.cli import main
+    from rnnkit.tasks import runner
+
+    assert main(["export", str(rec_run["run"]), "--format", "onnx", "--out", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["graphs"]) == {"recommend", "step"}
+    assert all(g["max_abs_diff"] < 1e-4 for g in report["graphs"].values())
+    run = runner.load(rec_run["run"])
+    items = torch.tensor([[3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]])
+    session = ort.InferenceSession(str(tmp_path / "recommend.onnx"))
+    got = session.run(None, {"items": items.numpy(), "lengths": np.array([11])})[0]
+    expected = run.model(items).detach().numpy()
+    assert np.isneginf(got[0, 0]) and np.allclose(got[0, 1:], expected[0, 1:], atol=1e-4)

@@ -201,8 +201,9 @@ class Recommender(nn.Module):
 
     def sequence_loss(self, queries: Tensor, targets: Tensor) -> Tensor:
         """The training loss of query vectors (N, E) against their target items (N,): (N,) losses."""
-        if self.loss_name == "ce":
-            return full_softmax_loss(self.score(queries), targets)
+        if self.loss_name == "ce":  # over the items alone: the padding row never enters the softmax
+            scores = queries @ self.item_embedding.weight[1:].t() + self.item_bias[1:]  # (N, V-1)
+            return full_softmax_loss(scores, targets - 1)
         negatives = self._negatives(targets)  # (S,)
         weights = self.item_embedding.weight
         positive = (queries * weights[targets]).sum(dim=1) + self.item_bias[targets]  # (N,)

@@ -352,7 +352,8 @@ class RecommendTask(Task):
         ]
 
     def export_extras(self, run: LoadedRecommender) -> dict[str, Any]:
-        return {"items": ["<pad>", *run.vocab.items], "max_length": run.max_length}
+        return {"items_file": str(run.run_dir / "items.json"), "max_length": run.max_length,
+                "score_columns": "column 0 is padding; column i scores items[i - 1] of items_file"}
 
 
 TASK = RecommendTask()
