@@ -6,7 +6,9 @@ macro F1, per-class precision/recall/F1/support and the confusion matrix). Taggi
 semantics, through seqeval). Sequences: `edit_distance`, `token_error_rate` and `text_metrics` (BLEU and
 chrF through sacrebleu, exact match, token error rate). Forecasting: the naive and seasonal-naive
 baselines, `mase_scale`, `forecast_errors` (MAE, RMSE, MASE, sMAPE) and `forecast_scores` (those and the
-errors in standardised units). What is not: the per-batch figures the trainer logs (each model's
+errors in standardised units). Recommendation: `hit_at_k`, `ndcg_at_k`, `mean_reciprocal_rank`,
+`coverage_at_k`, `ranking_scores` (the full-ranking report), `sample_negatives` and `sampled_ranks` (SASRec's
+protocol of 100 sampled items). What is not: the per-batch figures the trainer logs (each model's
 `metrics`), plots (viz.py) and anything that reads files.
 """
 
