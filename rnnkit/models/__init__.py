@@ -8,4 +8,5 @@ from rnnkit.models.recommender import Recommender
 from rnnkit.models.seq2seq import Seq2Seq
 from rnnkit.models.tagger import Tagger
 
-__all__ = ["Forecaster", "LanguageModel", "LossOutput", "Recommender", "Seq2Seq", "SequenceClassifier", "SequenceDropout", "Tagger"]
+__all__ = ["Forecaster", "LanguageModel", "LossOutput", "Recommender", "Seq2Seq", "SequenceClassifier",
+           "SequenceDropout", "Tagger"]
