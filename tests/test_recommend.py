@@ -387,3 +387,26 @@ def test_export_to_onnx_matches_the_model(rec_run, tmp_path, capsys):
     got = session.run(None, {"items": items.numpy(), "lengths": np.array([11])})[0]
     expected = run.model(items).detach().numpy()
     assert np.isneginf(got[0, 0]) and np.allclose(got[0, 1:], expected[0, 1:], atol=1e-4)
+
+
+def test_the_tied_softmax_loss_equals_cross_entropy_and_its_gradients():
+    from rnnkit.models.recommender import TiedSoftmaxLoss
+
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 6, 2, 2, 4])
+    weights = torch.randn(5, generator=g, dtype=torch.float64)
+    got = TiedSoftmaxLoss.apply(q, w, b, t)
+    expected = F.cross_entropy(q @ w.t() + b, t, reduction="none")
+    torch.testing.assert_close(got, expected)
+    grads = torch.autograd.grad((got * weights).sum(), (q, w, b))
+    reference = torch.autograd.grad((expected * weights).sum(), (q, w, b))
+    for a, r in zip(grads, reference, strict=True):
+        torch.testing.assert_close(a, r)
+    # the backward reuses the scores' memory: a second backward through the same graph is refused, not wrong
+    again = TiedSoftmaxLoss.apply(q, w, b, t).sum()
+    again.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        again.backward()

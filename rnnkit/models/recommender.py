@@ -35,6 +35,42 @@ def full_softmax_loss(scores: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(scores, targets, reduction="none")
 
 
+class TiedSoftmaxLoss(torch.autograd.Function):
+    """`full_softmax_loss(queries @ weight.T + bias, targets)` in fewer passes over the (N, V) scores.
+
+    The scores are the largest tensor of a training step by far; autograd's composition reads and writes them
+    some eight times (the bias add, log-softmax and its backward, the zero-filled gradient of the target
+    pick). Here the forward turns the scores into exp(score - row max) in place and keeps them with their row
+    sums, and the backward scales them into the softmax times the incoming gradient in place, subtracts the
+    gradient at the targets and multiplies the result into the three gradients. The kept tensor is
+    overwritten, so the graph can be run backward once only.
+
+    forward(queries (N, E), weight (V, E), bias (V,), targets (N,) in [0, V)) -> (N,) losses.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, queries: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
+        # The bias rides along as one more column of the weight (and a column of ones in the queries): one
+        # product, no broadcast pass over the scores.
+        queries = torch.cat([queries, queries.new_ones(queries.shape[0], 1)], dim=1)  # (N, E+1)
+        weight = torch.cat([weight, bias.unsqueeze(1)], dim=1)  # (V, E+1)
+        scores = queries @ weight.t()  # (N, V)
+        target = scores.gather(1, targets.unsqueeze(1)).squeeze(1)  # (N,)
+        top = scores.amax(dim=1, keepdim=True)  # (N, 1)
+        exps = scores.sub_(top).exp_()  # (N, V) exp(score - max), in place of the scores
+        total = exps.sum(dim=1)  # (N,)
+        ctx.save_for_backward(queries, weight, exps, total, targets)
+        return total.log() + top.squeeze(1) - target
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        queries, weight, exps, total, targets = ctx.saved_tensors
+        d = exps.mul_((grad / total).unsqueeze(1))  # (N, V) grad * softmax, in place
+        d[torch.arange(d.shape[0], device=d.device), targets] -= grad
+        d_weight = d.t() @ queries  # (V, E+1): the last column is the bias's gradient
+        return (d @ weight)[:, :-1], d_weight[:, :-1], d_weight[:, -1], None
+
+
 def sampled_softmax_loss(positive: Tensor, negative: Tensor, log_q_positive: Tensor, log_q_negative: Tensor,
                          collision: Tensor) -> Tensor:
     """Softmax over the target and a sample of negatives, with the logQ correction (Bengio & Senecal 2008;
@@ -202,8 +238,7 @@ class Recommender(nn.Module):
     def sequence_loss(self, queries: Tensor, targets: Tensor) -> Tensor:
         """The training loss of query vectors (N, E) against their target items (N,): (N,) losses."""
         if self.loss_name == "ce":  # over the items alone: the padding row never enters the softmax
-            scores = queries @ self.item_embedding.weight[1:].t() + self.item_bias[1:]  # (N, V-1)
-            return full_softmax_loss(scores, targets - 1)
+            return TiedSoftmaxLoss.apply(queries, self.item_embedding.weight[1:], self.item_bias[1:], targets - 1)
         negatives = self._negatives(targets)  # (S,)
         weights = self.item_embedding.weight
         positive = (queries * weights[targets]).sum(dim=1) + self.item_bias[targets]  # (N,)
