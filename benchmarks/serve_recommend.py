@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per request in the server")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--note", default="", help="recorded with the result (e.g. how the run was trained)")
     ap.add_argument("--result", default=str(Path(__file__).resolve().parent / "results" / "serve_recommend.json"))
     args = ap.parse_args()
     load_average = [round(x, 2) for x in os.getloadavg()]
@@ -135,7 +136,8 @@ def main() -> None:
     result = {"benchmark": "serve_recommend", "run": str(args.run), "items": info["items"],
               "model": f"{info['cell']} {info['num_layers']}x{info['hidden_size']}", "single_client": single,
               "load": load, "target_p99_ms": TARGET_P99_MS, "target_met": single["session_p99_ms"] < TARGET_P99_MS,
-              "server_threads": args.threads, "cpu": cpu_name(), "load_average_before": load_average}
+              "server_threads": args.threads, "cpu": cpu_name(), "load_average_before": load_average,
+              "note": args.note}
     Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {args.result}")
 
