@@ -410,3 +410,15 @@ def test_the_tied_softmax_loss_equals_cross_entropy_and_its_gradients():
     again.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         again.backward()
+
+
+def test_inspect_reads_the_histories(rec_run, tmp_path):
+    from rnnkit.tasks import recommend, runner
+
+    run = runner.load(rec_run["run"])
+    layer, sequences, loss = recommend.TASK.encoder_sequences(run, rec_run["data"])
+    assert layer is run.model.rnn and len(sequences) == 60
+    first = sequences[0]
+    assert first.labels == [run.vocab.items[int(r) - 1] for r in first.batch["items"][0]]
+    assert (first.batch["targets"][0, :-1] == first.batch["items"][0, 1:]).all()  # the next item at each step
+    assert torch.isfinite(loss(first.batch))

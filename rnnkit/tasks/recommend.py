@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -350,6 +350,27 @@ class RecommendTask(Task):
                   ["scores", *[n + "_out" for n in names]], {"item": {0: "B"}, **{n: {1: "B"} for n in names}},
                   event, check_sizes=[{"B": 1}, {"B": 6}]),
         ]
+
+    def encoder_sequences(self, run: LoadedRecommender, data_path: str | Path
+                          ) -> tuple[Any, list[Any], Callable[..., Any]]:
+        """Every history of a data file (its latest --max-length + 1 known events), each step named by its item;
+        the loss is the next item's at every step."""
+        from rnnkit.diagnostics import InspectSequence
+
+        found = []
+        for evs in _read_groups(run.config, data_path).values():
+            rows = run.vocab.ids(e.item for e in evs)[0]
+            rows = rows[-(run.max_length + 1):] if run.max_length else rows
+            if len(rows) < 2:
+                continue
+            items, targets = torch.tensor([rows[:-1]]), torch.tensor([rows[1:]])
+            found.append(InspectSequence({"items": items, "lengths": torch.tensor([len(rows) - 1]),
+                                          "targets": targets}, [run.vocab.items[r - 1] for r in rows[:-1]]))
+
+        def loss(batch: dict[str, Tensor]) -> Tensor:
+            return run.model.loss(batch).loss
+
+        return run.model.rnn, found, loss
 
     def export_extras(self, run: LoadedRecommender) -> dict[str, Any]:
         return {"items_file": str(run.run_dir / "items.json"), "max_length": run.max_length,
