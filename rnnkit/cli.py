@@ -292,18 +292,26 @@ EVALUATE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
                                                          "after the first N rows of --data, taken as seen in "
                                                          "training (default: the first rows that repeat, value "
                                                          "for value, rows seen in training; never fewer)"}),
+    ("--allow-repeats", {"action": "store_true", "default": None,
+                         "help": "recommend: rank items the user already has too (default: they are excluded)"}),
+    ("--sample-seed", {"type": int, "metavar": "S", "help": "recommend: seed of the sampled protocol's 100 "
+                                                           "negatives per user (default: 0)"}),
 ]
 
 PREDICT_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--format", {"metavar": "FORMAT", "help": "output format: classify csv|jsonl (default: from --output's "
                                                "extension, else csv); tag conll|jsonl (spans with offsets); "
-                                               "transcribe text|jsonl; music csv|jsonl"}),
+                                               "transcribe text|jsonl; music csv|jsonl; recommend text|json (with "
+                                               "scores)"}),
     ("--beam", {"type": int, "metavar": "N", "help": "seq2seq, transcribe: beam width (default: greedy)"}),
     *SPEECH_SEARCH_OPTIONS,
     ("--attention-plot", {"metavar": "DIR", "help": "seq2seq: write an attention heatmap per input into DIR"}),
     ("--plot", {"metavar": "PNG", "help": "forecast: history, forecast and interval as PNG"}),
     ("--anomalies", {"action": "store_true", "default": None,
                      "help": "forecast: flag points whose one-step-ahead residual passes the learned threshold"}),
+    ("--top-k", {"type": int, "metavar": "K", "help": "recommend: items per history (default: 10)"}),
+    ("--allow-repeats", {"action": "store_true", "default": None,
+                         "help": "recommend: recommend items the history already holds"}),
 ]
 
 

@@ -502,6 +502,38 @@ class MusicConfig:
         _check(0 < self.tempo <= 1000, "--tempo", self.tempo, "beats per minute in (0, 1000]")
         _check(0 <= self.program <= 127, "--program", self.program, "a General MIDI program in 0..127")
 
+RECOMMEND_LOSSES = ("ce", "sampled", "bpr-max", "top1-max")
+
+
+@dataclass
+class RecommendConfig:
+    """Next-item recommendation: histories of item ids in, the items most likely next out."""
+
+    user_column: str = _opt("user", "CSV/TSV/JSONL: the column holding the user id")
+    item_column: str = _opt("item", "CSV/TSV/JSONL: the column holding the item id")
+    time_column: str | None = _opt(None, "CSV/TSV/JSONL: the column of times (numbers or dates) that orders each "
+                                         "user's events; default: file order")
+    session_column: str | None = _opt(None, "CSV/TSV/JSONL: group events by this column (sessions) instead of "
+                                            "by user")
+    max_length: int = _opt(50, "the most recent events a history is read with (training windows, evaluation "
+                               "and predict); 0: the whole history")
+    loss: str = _opt("ce", "ce: softmax over the whole catalogue; sampled: softmax over the batch's targets and "
+                           "popularity-drawn negatives with the logQ correction; bpr-max, top1-max: GRU4Rec's "
+                           "ranking losses over the same negatives", choices=RECOMMEND_LOSSES)
+    negatives: int = _opt(1024, "sampled losses: negatives drawn by popularity per batch (besides the batch's "
+                                "own targets)")
+    sample_alpha: float = _opt(0.75, "sampled losses: negatives are drawn with probability count ** alpha "
+                                     "(0: uniform, 1: by popularity)")
+    score_reg: float = _opt(1.0, "bpr-max: weight of the score regularisation")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check(self.loss in RECOMMEND_LOSSES, "--loss", self.loss, f"one of {', '.join(RECOMMEND_LOSSES)}")
+        _check(self.max_length >= 0, "--max-length", self.max_length, "an integer >= 0")
+        _check(self.negatives >= 1, "--negatives", self.negatives, "an integer >= 1")
+        _check(0 <= self.sample_alpha <= 1, "--sample-alpha", self.sample_alpha, "a number in [0, 1]")
+        _check(self.score_reg >= 0, "--score-reg", self.score_reg, "a number >= 0")
+
 
 TASK_SECTIONS: dict[str, type] = {
     "lm": LMConfig,
@@ -511,6 +543,7 @@ TASK_SECTIONS: dict[str, type] = {
     "forecast": ForecastConfig,
     "transcribe": TranscribeConfig,
     "music": MusicConfig,
+    "recommend": RecommendConfig,
 }
 
 # Where a task's sensible default differs from the shared one: {task: {section: {field: value}}}.
@@ -528,6 +561,9 @@ TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "music": {"model": {"hidden_size": 200, "num_layers": 1, "output_dropout": 0.3},
               "train": {"batch_size": 16, "bptt": 0, "lr": 2e-3, "epochs": 200, "early_stopping": 20,
                         "lr_patience": 5}},
+    "recommend": {"model": {"cell": "gru", "num_layers": 1, "embedding_size": 64, "hidden_size": 64,
+                            "embedding_dropout": 0.25, "output_dropout": 0.25},
+                  "train": {"batch_size": 128, "lr": 2e-3, "epochs": 20, "early_stopping": 3, "bptt": 0}},
 }
 
 TASKS = tuple(TASK_DEFAULTS)

@@ -6,7 +6,9 @@ macro F1, per-class precision/recall/F1/support and the confusion matrix). Taggi
 semantics, through seqeval). Sequences: `edit_distance`, `token_error_rate` and `text_metrics` (BLEU and
 chrF through sacrebleu, exact match, token error rate). Forecasting: the naive and seasonal-naive
 baselines, `mase_scale`, `forecast_errors` (MAE, RMSE, MASE, sMAPE) and `forecast_scores` (those and the
-errors in standardised units). What is not: the per-batch figures the trainer logs (each model's
+errors in standardised units). Recommendation: `hit_at_k`, `ndcg_at_k`, `mean_reciprocal_rank`,
+`coverage_at_k`, `ranking_scores` (the full-ranking report), `sample_negatives` and `sampled_ranks` (SASRec's
+protocol of 100 sampled items). What is not: the per-batch figures the trainer logs (each model's
 `metrics`), plots (viz.py) and anything that reads files.
 """
 
@@ -239,3 +241,72 @@ def frame_accuracy(tp: int, fp: int, fn: int) -> float:
     (1.0 when nothing sounds and nothing is predicted)."""
     total = tp + fp + fn
     return tp / total if total else 1.0
+
+
+# --------------------------------------------------------------------------------- recommendation
+#
+# A rank is 0-based: the number of candidates scored above the true item (0: it came first).
+
+
+def hit_at_k(ranks: Sequence[int] | np.ndarray, k: int) -> float:
+    """Fraction of cases whose true item is among the first k."""
+    r = np.asarray(ranks)
+    return float((r < k).mean()) if r.size else 0.0
+
+
+def ndcg_at_k(ranks: Sequence[int] | np.ndarray, k: int) -> float:
+    """Mean NDCG@k with one relevant item: 1 / log2(rank + 2) inside the first k, else 0."""
+    r = np.asarray(ranks, dtype=np.float64)
+    if not r.size:
+        return 0.0
+    return float(np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0).mean())
+
+
+def mean_reciprocal_rank(ranks: Sequence[int] | np.ndarray) -> float:
+    """Mean of 1 / (rank + 1) over every case, untruncated (an unrankable item has rank inf: 0)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    return float((1.0 / (r + 1.0)).mean()) if r.size else 0.0
+
+
+def coverage_at_k(top_items: np.ndarray, num_items: int) -> float:
+    """Fraction of the catalogue's `num_items` items that appear in at least one top-k list (N, k)."""
+    return float(np.unique(np.asarray(top_items)).size / max(num_items, 1))
+
+
+def ranking_scores(ranks: Sequence[int] | np.ndarray, top_items: np.ndarray, num_items: int) -> dict[str, float]:
+    """The full-ranking report: hit@10, ndcg@10, mrr, hit@20, coverage@10 (top_items: (N, >=10))."""
+    return {"hit@10": hit_at_k(ranks, 10), "ndcg@10": ndcg_at_k(ranks, 10), "mrr": mean_reciprocal_rank(ranks),
+            "hit@20": hit_at_k(ranks, 20), "coverage@10": coverage_at_k(np.asarray(top_items)[:, :10], num_items)}
+
+
+def sample_negatives(touched: Sequence[set[int]], num_items: int, count: int = 100, seed: int = 0) -> np.ndarray:
+    """SASRec's evaluation sample: for each case, `count` items drawn uniformly from 1..num_items-1 among those
+    the user never touched (each draw independent, as SASRec draws them; a touched draw is redrawn).
+
+    Args:
+        touched: per case, the item rows the user interacted with (history and the true item).
+        num_items: V, rows of the catalogue with padding row 0 (items are 1..V-1).
+        count: negatives per case.
+        seed: fixes the draws.
+    Returns:
+        (N, count) int64 item rows.
+    Raises:
+        ValueError when a user touched every item.
+    """
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(touched), count), dtype=np.int64)
+    for n, seen in enumerate(touched):
+        if len(seen - {0}) >= num_items - 1:
+            raise ValueError(f"case {n}: the user touched every item; none is left to sample")
+        filled = 0
+        while filled < count:
+            draw = rng.integers(1, num_items, size=2 * (count - filled) + 8)
+            keep = draw[[int(d) not in seen for d in draw]][:count - filled]
+            out[n, filled:filled + keep.size] = keep
+            filled += keep.size
+    return out
+
+
+def sampled_ranks(scores: np.ndarray, negative_scores: np.ndarray) -> np.ndarray:
+    """Ranks of true items among sampled negatives: scores (N,) and negative_scores (N, S) -> (N,) ranks."""
+    return (np.asarray(negative_scores) > np.asarray(scores)[:, None]).sum(axis=1)

@@ -55,7 +55,8 @@ from rnnkit.serve.sessions import SessionStore, UnknownSession
 MAX_BODY = 2_000_000  # bytes of a request body
 
 # The request fields a task's message may start with ("inputs.3: the text is empty").
-_FIELD = re.compile(r"^(inputs(?:\.\d+)?|prefix|prompt|n|max_tokens|temperature|top_k|top_p|seed|session): ")
+_FIELD = re.compile(r"^(inputs(?:\.\d+)?|prefix|prompt|n|max_tokens|temperature|top_k|top_p|seed|session"
+                    r"|history|events): ")
 
 
 def _error(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -333,6 +334,7 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, device: s
 
         add_speech_routes(app, kind, loaded, config)
 
+    kind.add_routes(app, loaded, config)  # endpoints of the task's own (recommend: /recommend and its sessions)
     return app
 
 

@@ -227,3 +227,38 @@ JSON_ERRORS: dict[int | str, dict[str, Any]] = {
            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
     for code, e in ERRORS.items()
 }
+
+
+# ------------------------------------------------------------------------------------ recommend
+
+MAX_HISTORY = 10_000  # item ids of one history or one session request
+
+
+class RecommendRequest(_Strict):
+    history: list[str] = Field(max_length=MAX_HISTORY, description="item ids, oldest first; unknown ones are "
+                                                                   "skipped and counted")
+    top_k: int = Field(10, ge=1, le=1000, description="how many items to recommend")
+    allow_repeats: bool = Field(False, description="recommend items the history already holds")
+
+
+class RecommendSessionRequest(_Strict):
+    session: str | None = Field(None, min_length=1, max_length=64,
+                                description="a session id from an earlier answer; omitted: start a session")
+    events: list[str] = Field(max_length=MAX_HISTORY, description="the new events (item ids), oldest first; "
+                                                                  "usually one")
+    top_k: int = Field(10, ge=1, le=1000, description="how many items to recommend")
+    allow_repeats: bool = Field(False, description="recommend items the session already holds")
+
+
+class RecommendPrediction(BaseModel):
+    items: list[str] = Field(description="item ids, best first")
+    scores: list[float] = Field(description="the model's score of each (higher is better)")
+    unknown: int = Field(description="items of the input the run does not know, skipped")
+
+
+class RecommendSessionResponse(RecommendPrediction):
+    session: str = Field(description="pass it with the next event of this history")
+    events: int = Field(description="known events the session has read in all")
+
+
+PREDICTIONS["recommend"] = RecommendPrediction

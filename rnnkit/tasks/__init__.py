@@ -25,6 +25,7 @@ REGISTRY: dict[str, str] = {
     "forecast": "rnnkit.tasks.forecast",
     "transcribe": "rnnkit.tasks.transcribe",
     "music": "rnnkit.tasks.music",
+    "recommend": "rnnkit.tasks.recommend",
 }
 
 

@@ -144,6 +144,9 @@ class Task:
     the audio stream `/transcribe/stream` (through `open_stream(run)`: an object with `push(samples) -> text so
     far` and `finish() -> text`); serve/speech.py."""
 
+    def add_routes(self, app: Any, run: LoadedRun, config: Any) -> None:
+        """Add the task's own endpoints to the service's FastAPI `app` (beyond /predict); none by default."""
+
     def describe_run(self, run: LoadedRun) -> dict[str, Any]:
         """What the service's /info and web page show about a run beyond its network."""
         return {}

@@ -1,0 +1,296 @@
+"""Next-item recommendation: a recurrent network over the items a person touched, scoring every item.
+
+What is here: the losses of sequential recommendation on scores (`full_softmax_loss`, `sampled_softmax_loss`,
+`bpr_max_loss`, `top1_max_loss`, as GRU4Rec (Hidasi & Karatzoglou 2018) defines the last two) and
+`Recommender`: an item embedding (row 0 is padding), dropout on it, a `Recurrent` stack of any cell,
+dropout on its outputs, a projection to the embedding size when the sizes differ, and scores against the
+item embeddings themselves (tied) plus a bias per item. Its `loss` trains on every position of a batch of
+histories; its validation figures are hit@10 and NDCG@10 of a held-out next item over the whole catalogue.
+What is not: reading event logs and item vocabularies (data/recommend.py), the metrics of `evaluate`
+(metrics.py) and serving sessions (serve/).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit.layers import Recurrent
+from rnnkit.models.base import LossOutput, SequenceDropout, check_choice
+
+LOSSES = ("ce", "sampled", "bpr-max", "top1-max")
+PAD_ITEM = 0  # row 0 of the item embedding: padding, never scored as an answer
+VALID_K = 10  # the cut-off of the validation figures
+
+
+# ------------------------------------------------------------------------------------------- losses
+
+
+def full_softmax_loss(scores: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy over the whole catalogue: scores (N, V), targets (N,) -> (N,) losses."""
+    return F.cross_entropy(scores, targets, reduction="none")
+
+
+class TiedSoftmaxLoss(torch.autograd.Function):
+    """`full_softmax_loss(queries @ weight.T + bias, targets)` in fewer passes over the (N, V) scores.
+
+    The scores are the largest tensor of a training step by far; autograd's composition reads and writes them
+    some eight times (the bias add, log-softmax and its backward, the zero-filled gradient of the target
+    pick). Here the forward turns the scores into exp(score - row max) in place and keeps them with their row
+    sums, and the backward scales them into the softmax times the incoming gradient in place, subtracts the
+    gradient at the targets and multiplies the result into the three gradients. The kept tensor is
+    overwritten, so the graph can be run backward once only.
+
+    forward(queries (N, E), weight (V, E), bias (V,), targets (N,) in [0, V)) -> (N,) losses.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, queries: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
+        # The bias rides along as one more column of the weight (and a column of ones in the queries): one
+        # product, no broadcast pass over the scores.
+        queries = torch.cat([queries, queries.new_ones(queries.shape[0], 1)], dim=1)  # (N, E+1)
+        weight = torch.cat([weight, bias.unsqueeze(1)], dim=1)  # (V, E+1)
+        scores = queries @ weight.t()  # (N, V)
+        target = scores.gather(1, targets.unsqueeze(1)).squeeze(1)  # (N,)
+        top = scores.amax(dim=1, keepdim=True)  # (N, 1)
+        exps = scores.sub_(top).exp_()  # (N, V) exp(score - max), in place of the scores
+        total = exps.sum(dim=1)  # (N,)
+        ctx.save_for_backward(queries, weight, exps, total, targets)
+        return total.log() + top.squeeze(1) - target
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        queries, weight, exps, total, targets = ctx.saved_tensors
+        d = exps.mul_((grad / total).unsqueeze(1))  # (N, V) grad * softmax, in place
+        d[torch.arange(d.shape[0], device=d.device), targets] -= grad
+        d_weight = d.t() @ queries  # (V, E+1): the last column is the bias's gradient
+        return (d @ weight)[:, :-1], d_weight[:, :-1], d_weight[:, -1], None
+
+
+def sampled_softmax_loss(positive: Tensor, negative: Tensor, log_q_positive: Tensor, log_q_negative: Tensor,
+                         collision: Tensor) -> Tensor:
+    """Softmax over the target and a sample of negatives, with the logQ correction (Bengio & Senecal 2008;
+    Yi et al. 2019): every candidate's score minus the log of its probability of being drawn.
+
+    Args:
+        positive: (N,) the target's score.
+        negative: (N, S) the negatives' scores.
+        log_q_positive: (N,) log sampling probability of each target.
+        log_q_negative: (S,) log sampling probability of each negative.
+        collision: (N, S) True where a negative is the row's own target (left out).
+    Returns:
+        (N,) losses.
+    """
+    logits = torch.cat([(positive - log_q_positive).unsqueeze(1), negative - log_q_negative], dim=1)  # (N, 1+S)
+    logits = logits.masked_fill(F.pad(collision, (1, 0)), float("-inf"))
+    return -logits.log_softmax(dim=1)[:, 0]
+
+
+def _negative_weights(negative: Tensor, collision: Tensor) -> Tensor:
+    """GRU4Rec's softmax over the negative scores (collisions get no weight): (N, S)."""
+    return negative.masked_fill(collision, float("-inf")).softmax(dim=1)
+
+
+def bpr_max_loss(positive: Tensor, negative: Tensor, collision: Tensor, score_reg: float = 1.0) -> Tensor:
+    """BPR-max (Hidasi & Karatzoglou 2018, eq. 10 with the score regularisation of eq. 11):
+    -log sum_j s_j sigmoid(r_i - r_j) + lambda sum_j s_j r_j^2, with s = softmax over the negatives' scores.
+
+    Args: positive (N,), negative (N, S), collision (N, S) as in `sampled_softmax_loss`; score_reg: lambda.
+    Returns: (N,) losses.
+    """
+    weights = _negative_weights(negative, collision)  # (N, S)
+    ranked = (weights * torch.sigmoid(positive.unsqueeze(1) - negative)).sum(dim=1)  # (N,)
+    return -torch.log(ranked + 1e-24) + score_reg * (weights * negative.pow(2)).sum(dim=1)
+
+
+def top1_max_loss(positive: Tensor, negative: Tensor, collision: Tensor) -> Tensor:
+    """TOP1-max (Hidasi & Karatzoglou 2018, eq. 9): sum_j s_j (sigmoid(r_j - r_i) + sigmoid(r_j^2)).
+
+    Args: positive (N,), negative (N, S), collision (N, S) as in `sampled_softmax_loss`.
+    Returns: (N,) losses.
+    """
+    weights = _negative_weights(negative, collision)  # (N, S)
+    return (weights * (torch.sigmoid(negative - positive.unsqueeze(1)) + torch.sigmoid(negative.pow(2)))).sum(dim=1)
+
+
+# -------------------------------------------------------------------------------------------- model
+
+
+class Recommender(nn.Module):
+    """A history of item ids in, a score for every item as the next one out.
+
+    Args:
+        num_items: V, the catalogue size including the padding row 0 (items are 1..V-1).
+        embedding_size: E.
+        hidden_size: H.
+        num_layers: L.
+        cell: any cell name `Recurrent` takes.
+        dropout: between recurrent layers.
+        embedding_dropout: on the item embeddings read as inputs.
+        output_dropout: on the recurrent outputs before scoring.
+        loss: `ce` (softmax over every item), `sampled` (softmax over the batch's targets and popularity-drawn
+            negatives, with the logQ correction), `bpr-max` or `top1-max` (over the same negatives).
+        num_negatives: S, the popularity-drawn negatives of the sampled losses (besides the batch's own targets).
+        popularity: (V,) item counts in the training data; they drive the sampling (and the logQ correction).
+        sample_alpha: the negatives are drawn with probability proportional to count ** alpha.
+        score_reg: BPR-max's score regularisation lambda.
+        fused, recurrent_options: passed to `Recurrent`.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        embedding_size: int = 64,
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        cell: str = "gru",
+        dropout: float = 0.0,
+        embedding_dropout: float = 0.0,
+        output_dropout: float = 0.0,
+        loss: str = "ce",
+        num_negatives: int = 1024,
+        popularity: Tensor | None = None,
+        sample_alpha: float = 0.75,
+        score_reg: float = 1.0,
+        fused: bool | None = None,
+        recurrent_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        check_choice("loss", loss, LOSSES)
+        if num_items < 2:
+            raise ValueError(f"num_items: expected at least 2 (padding and one item); got {num_items}")
+        if num_negatives < 1:
+            raise ValueError(f"num_negatives: expected an integer >= 1; got {num_negatives}")
+        self.num_items = num_items
+        self.loss_name = loss
+        self.num_negatives = num_negatives
+        self.sample_alpha = float(sample_alpha)
+        self.score_reg = float(score_reg)
+        self.item_embedding = nn.Embedding(num_items, embedding_size, padding_idx=PAD_ITEM)
+        nn.init.normal_(self.item_embedding.weight, std=1.0 / math.sqrt(embedding_size))
+        with torch.no_grad():
+            self.item_embedding.weight[PAD_ITEM].zero_()
+        self.input_dropout = SequenceDropout(embedding_dropout)
+        self.rnn = Recurrent(cell, embedding_size, hidden_size, num_layers=num_layers, dropout=dropout, fused=fused,
+                             **(recurrent_options or {}))
+        self.output_dropout = SequenceDropout(output_dropout)
+        self.projection = nn.Linear(hidden_size, embedding_size) if hidden_size != embedding_size else nn.Identity()
+        self.item_bias = nn.Parameter(torch.zeros(num_items))
+        counts = torch.ones(num_items) if popularity is None else torch.as_tensor(popularity, dtype=torch.float32)
+        if counts.shape != (num_items,):
+            raise ValueError(f"popularity: expected shape ({num_items},); got {tuple(counts.shape)}")
+        # Sampling distribution of the negatives (a buffer: it travels with the model and its weights).
+        q = counts.clamp(min=0).pow(self.sample_alpha)
+        q[PAD_ITEM] = 0
+        self.register_buffer("sample_probs", q / q.sum())
+        pad = torch.zeros(num_items, dtype=torch.bool)
+        pad[PAD_ITEM] = True
+        self.register_buffer("pad_mask", pad, persistent=False)
+
+    # ----------------------------------------------------------------------------------- forward
+
+    def encode(self, items: Tensor, lengths: Tensor | None = None, state: Any = None) -> tuple[Tensor, Any]:
+        """The query vector after every step: items (B, T) -> (B, T, E), and the recurrent state."""
+        x = self.input_dropout(self.item_embedding(items))  # (B, T, E)
+        outputs, state = self.rnn(x, state, lengths)  # (B, T, H)
+        return self.projection(self.output_dropout(outputs)), state  # (B, T, E)
+
+    def score(self, queries: Tensor) -> Tensor:
+        """Scores of every item for query vectors (..., E) -> (..., V); the padding row scores -inf."""
+        scores = queries @ self.item_embedding.weight.t() + self.item_bias  # (..., V)
+        return scores.masked_fill(self.pad_mask, float("-inf"))
+
+    def forward(self, items: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Scores of every item after each row's last step: items (B, T), lengths (B,) -> (B, V)."""
+        queries, _ = self.encode(items, lengths)  # (B, T, E)
+        B, T = items.shape
+        last = (lengths.to(items.device) - 1) if lengths is not None else torch.full((B,), T - 1, device=items.device)
+        return self.score(queries[torch.arange(B, device=items.device), last])  # (B, V)
+
+    def step(self, items: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """One event per row: items (B,) and the state -> scores (B, V) and the new state (serving sessions)."""
+        x = self.item_embedding(items)  # (B, E)
+        h, state = self.rnn.step(x, state)  # (B, H)
+        return self.score(self.projection(h)), state
+
+    def prefill(self, items: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """Several events per row at once: items (B, T) and the state -> scores after the last (B, V) and the
+        new state (a session reading a long history)."""
+        queries, state = self.encode(items, None, state)  # (B, T, E)
+        return self.score(queries[:, -1]), state
+
+    def logits_from_state(self, state: Any) -> Tensor:
+        """The scores (B, V) a state gives: from the last layer's output, which is its hidden state."""
+        h = state if isinstance(state, Tensor) else state[0]  # (L, B, H)
+        return self.score(self.projection(h[-1]))
+
+    # ------------------------------------------------------------------------------------ losses
+
+    def _negatives(self, targets: Tensor) -> Tensor:
+        """The negatives of a batch: its distinct targets and S items drawn by popularity ** alpha."""
+        drawn = torch.multinomial(self.sample_probs, self.num_negatives, replacement=True)  # (S,)
+        return torch.cat([torch.unique(targets), drawn])
+
+    def sequence_loss(self, queries: Tensor, targets: Tensor) -> Tensor:
+        """The training loss of query vectors (N, E) against their target items (N,): (N,) losses."""
+        if self.loss_name == "ce":  # over the items alone: the padding row never enters the softmax
+            return TiedSoftmaxLoss.apply(queries, self.item_embedding.weight[1:], self.item_bias[1:], targets - 1)
+        negatives = self._negatives(targets)  # (S,)
+        weights = self.item_embedding.weight
+        positive = (queries * weights[targets]).sum(dim=1) + self.item_bias[targets]  # (N,)
+        negative = queries @ weights[negatives].t() + self.item_bias[negatives]  # (N, S)
+        collision = targets.unsqueeze(1) == negatives.unsqueeze(0)  # (N, S)
+        if self.loss_name == "sampled":
+            log_q = self.sample_probs.clamp(min=1e-12).log()
+            return sampled_softmax_loss(positive, negative, log_q[targets], log_q[negatives], collision)
+        if self.loss_name == "bpr-max":
+            return bpr_max_loss(positive, negative, collision, self.score_reg)
+        return top1_max_loss(positive, negative, collision)
+
+    def loss(self, batch: dict[str, Tensor], state: Any = None) -> LossOutput:
+        """Training: the loss of the next item at every position. Validation (a batch with `valid_targets`):
+        cross-entropy of the held-out next item and its rank over the catalogue, seen items excluded.
+
+        Args:
+            batch: `items` (B, T), `lengths` (B,), and either `targets` (B, T) (the next item at each step,
+                0 past a row's end) or `valid_targets` (B,) with `seen` (B, T2) (items to exclude, 0 padded).
+            state: unused (every history starts from a zero state).
+        """
+        items, lengths = batch["items"], batch["lengths"]
+        queries, _ = self.encode(items, lengths)  # (B, T, E)
+        if "valid_targets" in batch:
+            return self._validation(queries, lengths, batch["valid_targets"], batch["seen"])
+        targets = batch["targets"]  # (B, T)
+        mask = targets != PAD_ITEM  # (B, T)
+        losses = self.sequence_loss(queries[mask], targets[mask])  # (N,)
+        loss = losses.mean()
+        return LossOutput(loss=loss, count=int(mask.sum()), stats={"loss_sum": float(losses.detach().sum())})
+
+    def _validation(self, queries: Tensor, lengths: Tensor, targets: Tensor, seen: Tensor) -> LossOutput:
+        B = queries.shape[0]
+        rows = torch.arange(B, device=queries.device)
+        scores = self.score(queries[rows, lengths.to(queries.device) - 1])  # (B, V)
+        loss_sum = float(F.cross_entropy(scores, targets, reduction="sum"))
+        target_scores = scores[rows, targets].clone()  # (B,)
+        scores.scatter_(1, seen, float("-inf"))
+        scores[rows, targets] = target_scores
+        rank = (scores > target_scores.unsqueeze(1)).sum(dim=1)  # (B,) items ranked above the target
+        hits = rank < VALID_K
+        ndcg = torch.where(hits, 1.0 / torch.log2(rank.double() + 2), torch.zeros_like(rank, dtype=torch.float64))
+        return LossOutput(loss=torch.tensor(loss_sum / B), count=B,
+                          stats={"loss_sum": loss_sum, "hits": float(hits.sum()), "ndcg": float(ndcg.sum())})
+
+    @staticmethod
+    def metrics(stats: dict[str, float], count: int) -> dict[str, float]:
+        """Mean loss; with validation batches, hit@10 and NDCG@10 over the whole catalogue."""
+        n = max(count, 1)
+        figures = {"loss": stats["loss_sum"] / n}
+        if "hits" in stats:
+            figures.update({"hit@10": stats["hits"] / n, "ndcg@10": stats["ndcg"] / n})
+        return figures
+
+    monitor = ("ndcg@10", "max")  # the validation figure that picks the best weights
