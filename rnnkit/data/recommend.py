@@ -14,7 +14,6 @@ and times that pandas parses (ISO 8601 and the like); one column holds one kind.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import pandas as pd
 from rnnkit.config import UserError
 from rnnkit.data.split import hold_out
 from rnnkit.data.tabular import TABLE_SEPARATORS, _read_table, file_format
-from rnnkit.data.text import read_text
+from rnnkit.data.text import json_objects, read_text
 from rnnkit.io import read_json, write_json
 
 ITEMS_FILE = "items.json"
@@ -92,16 +91,7 @@ def _from_jsonl(path: Path, user_column: str, item_column: str, time_column: str
                 session_column: str | None) -> list[Event]:
     group_column = session_column or user_column
     rows: list[tuple[str, str, str | None, str]] = []
-    for number, line in enumerate(read_text(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: line {number}: not valid JSON (column {e.colno}): {e.msg}") from None
-        if not isinstance(obj, dict):
-            raise UserError(f"{path}: line {number}: expected a JSON object like "
-                            f'{{"{group_column}": ..., "{item_column}": ...}}; found {type(obj).__name__}')
+    for number, obj in json_objects(path, f'{{"{group_column}": ..., "{item_column}": ...}}'):
         values = []
         for key, option in ((group_column, "--session-column" if session_column else "--user-column"),
                             (item_column, "--item-column"), (time_column, "--time-column")):

@@ -13,7 +13,6 @@ the first whitespace-separated field).
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from rnnkit.config import UserError
-from rnnkit.data.text import read_text
+from rnnkit.data.text import json_objects, read_text
 
 TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t"}
 
@@ -80,16 +79,7 @@ def _from_table(path: Path, sep: str, text_column: str, label_column: str | None
 
 def _from_jsonl(path: Path, text_column: str, label_column: str | None, label_required: bool) -> list[LabelledText]:
     records = []
-    for number, line in enumerate(read_text(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: line {number}: not valid JSON (column {e.colno}): {e.msg}") from None
-        if not isinstance(obj, dict):
-            raise UserError(f"{path}: line {number}: expected a JSON object like "
-                            f'{{"{text_column}": ..., "{label_column}": ...}}; found {type(obj).__name__}')
+    for number, obj in json_objects(path, f'{{"{text_column}": ..., "{label_column}": ...}}'):
         if text_column not in obj:
             raise UserError(f"{path}: line {number}: no key '{text_column}' (--text-column); "
                             f"the object has: {', '.join(map(repr, obj)) or 'no keys'}")

@@ -6,7 +6,9 @@ validation text (split.py), tokenization (tokenizers.py), batching (batching.py)
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from rnnkit.config import UserError
@@ -60,3 +62,22 @@ def _utf8_error_message(path: Path, raw: bytes, offset: int) -> str:
         f"{path}: invalid UTF-8 at byte offset {offset} (line {line}, column {column}): "
         f"found byte 0x{raw[offset]:02x}; expected UTF-8 text"
     )
+
+
+def json_objects(path: str | os.PathLike[str], example: str) -> Iterator[tuple[int, dict]]:
+    """The JSON objects of a JSONL file with their 1-based line numbers, blank lines skipped.
+
+    A line that is not valid JSON, or not an object, is a UserError naming the file and line; `example` shows
+    the object expected (e.g. '{"text": ..., "label": ...}').
+    """
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: line {number}: not valid JSON (column {e.colno}): {e.msg}") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path}: line {number}: expected a JSON object like {example}; "
+                            f"found {type(obj).__name__}")
+        yield number, obj
