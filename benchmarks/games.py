@@ -60,6 +60,12 @@ def main() -> None:
     ap.add_argument("--embedding-dropout", type=float, default=0.25)
     ap.add_argument("--output-dropout", type=float, default=0.25)
     ap.add_argument("--loss", default="ce")
+    ap.add_argument("--negatives", type=int, default=1024, help="sampled losses: negatives drawn per batch")
+    ap.add_argument("--sample-alpha", type=float, default=0.75,
+                    help="sampled losses: draw negatives by count ** alpha (0: uniformly)")
+    ap.add_argument("--batch-negatives", action=argparse.BooleanOptionalAction, default=True,
+                    help="sampled losses: the batch's own targets are negatives too")
+    ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=22, help="at about 70 CPU seconds an epoch (validation included) "
@@ -79,8 +85,9 @@ def main() -> None:
                "embedding_dropout": args.embedding_dropout, "output_dropout": args.output_dropout},
         train={"lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs, "seed": args.seed,
                "early_stopping": args.early_stopping, "max_minutes": args.max_minutes, "threads": args.threads,
-               "scheduler": args.scheduler},
-        recommend={"loss": args.loss, "max_length": 50},
+               "scheduler": args.scheduler, "weight_decay": args.weight_decay},
+        recommend={"loss": args.loss, "max_length": 50, "negatives": args.negatives,
+                   "sample_alpha": args.sample_alpha, "batch_negatives": args.batch_negatives},
     )
     start, cpu_start = time.perf_counter(), time.process_time()
     result = train(cfg, data, out)

@@ -1,13 +1,18 @@
 """Pretraining language models for transfer: the runs that `--init-from` and `--lm-features` start from.
 
 Plain text on hand: WikiText-2's training text (`wikitext2/train.txt`, 2.1M words, 10.8M characters) and, with
-`--extra FILE ...`, the text of the task files themselves (their labels are never read). The time spent here is
+`--extra FILE ...` (plain text) or `--labelled FILE ...` (labelled lines), the text of the task files themselves
+(their labels are never read). The time spent here is
 reported apart from the tasks' own training.
 
     # a forward and a backward character model, for tag --lm-features
     python benchmarks/pretrain_lm.py --data ../shared/data --kind char --out runs/pretrain-char --minutes 30
     # a word model for classify --init-from (ULMFiT's first stage), then a pass on SST's own text
     python benchmarks/pretrain_lm.py --data ../shared/data --kind word --out runs/pretrain-word --minutes 60
+    # the same, lower-cased with SST's training sentences, embeddings started from word vectors
+    python benchmarks/pretrain_lm.py --data ../shared/data --kind word --out runs/pretrain-word-sst --minutes 45 \
+        --lowercase --labelled ../shared/data/sst/stsa.binary.train --embeddings runs/vectors/both350.txt \
+        --embed 350 --hidden 512 --layers 1
 
 Results: benchmarks/results/pretrain_<kind>.json (each model's minutes, steps and validation figures).
 """
@@ -32,10 +37,32 @@ def corpus(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
     text = (wt2 / "train.txt").read_text(encoding="utf-8")
     for path in args.extra or []:
         text += "\n" + Path(path).read_text(encoding="utf-8")
+    for path in args.labelled or []:
+        text += "\n" + "\n".join(labelled_text(Path(path)))
+    if args.lowercase:
+        text = text.lower()
     out.mkdir(parents=True, exist_ok=True)
     train_path = out / "train.txt"
     atomic_write_text(train_path, text)
-    return train_path, wt2 / "test.txt"
+    if not args.lowercase:
+        return train_path, wt2 / "test.txt"
+    valid_path = out / "valid.txt"
+    atomic_write_text(valid_path, (wt2 / "test.txt").read_text(encoding="utf-8").lower())
+    return train_path, valid_path
+
+
+def labelled_text(path: Path) -> list[str]:
+    """The text of a labelled file, labels dropped: `label<TAB>sentence` lines (a `label\tsentence` header
+    skipped) or SST's `label sentence` lines."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if lines and lines[0].lower().startswith("label\t"):
+        lines = lines[1:]
+    out = []
+    for line in lines:
+        parts = line.split("\t", 1) if "\t" in line else line.split(None, 1)
+        if len(parts) == 2 and parts[1].strip():
+            out.append(parts[1].strip())
+    return out
 
 
 def config(args: argparse.Namespace, reverse: bool) -> RunConfig:
@@ -46,7 +73,7 @@ def config(args: argparse.Namespace, reverse: bool) -> RunConfig:
                "hidden_size": args.hidden or (512 if char else 400), "num_layers": args.layers or (1 if char else 2),
                "dropout": 0.1 if char else 0.3, "output_dropout": 0.1 if char else 0.3,
                "embedding_dropout": 0.0 if char else 0.3,
-               "adaptive_softmax": None if char else "2000,10000"},
+               "adaptive_softmax": None if char else "2000,10000", "embeddings": args.embeddings},
         data={"tokenizer": "char" if char else "space"},
         train={"epochs": 100, "max_minutes": args.minutes, "batch_size": args.batch_size,
                "bptt": args.bptt or (150 if char else 70), "lr": args.lr, "scheduler": "plateau",
@@ -61,6 +88,12 @@ def main() -> None:
     ap.add_argument("--kind", choices=["char", "word"], default="char")
     ap.add_argument("--out", default=None, help="runs go to OUT/forward (and OUT/backward for --kind char)")
     ap.add_argument("--extra", nargs="*", help="more plain-text files to learn from (task files' text)")
+    ap.add_argument("--labelled", nargs="*",
+                    help="labelled task files whose text (never their labels) is learnt from: `label<TAB>text` "
+                         "(with a header) or SST's `label text` lines")
+    ap.add_argument("--lowercase", action="store_true", help="learn from lower-cased text (for lower-cased tasks)")
+    ap.add_argument("--embeddings", default=None,
+                    help="pre-trained word vectors to start a word model's embeddings from (--embed must match)")
     ap.add_argument("--minutes", type=float, default=30.0, help="training time per model")
     ap.add_argument("--directions", choices=["both", "forward", "backward"], default=None,
                     help="default: both for char, forward for word")
@@ -93,7 +126,9 @@ def main() -> None:
                         "best_valid_loss": round(best["valid_loss"], 4),
                         "best_valid_bits_per_token": round(best["valid_loss"] / 0.6931471805599453, 4)}
         print(json.dumps({name: models[name]}), flush=True)
-    summary = {"benchmark": f"pretrain-{args.kind}", "text": ["wikitext2/train.txt", *(args.extra or [])],
+    summary = {"benchmark": f"pretrain-{args.kind}",
+               "text": ["wikitext2/train.txt", *(args.extra or []), *(args.labelled or [])],
+               "lowercase": args.lowercase,
                "train_characters": train_path.stat().st_size, "models": models,
                "command": "python benchmarks/pretrain_lm.py " + " ".join(
                    f"--{k.replace('_', '-')} " + (" ".join(v) if isinstance(v, list) else str(v))

@@ -524,6 +524,8 @@ class RecommendConfig:
                                 "own targets)")
     sample_alpha: float = _opt(0.75, "sampled losses: negatives are drawn with probability count ** alpha "
                                      "(0: uniform, 1: by popularity)")
+    batch_negatives: bool = _opt(True, "sampled losses: the batch's own targets serve as negatives too "
+                                       "(--no-batch-negatives: only the drawn ones, as SASRec trains)")
     score_reg: float = _opt(1.0, "bpr-max: weight of the score regularisation")
 
     def __post_init__(self) -> None:

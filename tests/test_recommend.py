@@ -202,6 +202,20 @@ def test_model_losses_train_and_use_the_tied_embedding(loss):
                                                "targets": targets}).loss, F.cross_entropy(scores[mask], targets[mask]))
 
 
+def test_batch_negatives_off_draws_negatives_only():
+    torch.manual_seed(0)
+    targets = torch.tensor([7, 7, 8])
+    on = Recommender(9, num_negatives=5, sample_alpha=0.0)
+    off = Recommender(9, num_negatives=5, sample_alpha=0.0, batch_negatives=False)
+    torch.manual_seed(1)
+    with_batch = on._negatives(targets)
+    torch.manual_seed(1)
+    drawn = off._negatives(targets)
+    assert drawn.shape == (5,) and (drawn != 0).all()  # uniform over the items, never the padding row
+    torch.testing.assert_close(with_batch, torch.cat([torch.tensor([7, 8]), drawn]))
+    assert torch.allclose(off.sample_probs[1:], torch.full((8,), 1 / 8))  # alpha 0: uniform
+
+
 def test_step_by_step_equals_the_whole_history():
     torch.manual_seed(0)
     for cell in ("gru", "lstm"):

@@ -137,6 +137,8 @@ class Recommender(nn.Module):
         num_negatives: S, the popularity-drawn negatives of the sampled losses (besides the batch's own targets).
         popularity: (V,) item counts in the training data; they drive the sampling (and the logQ correction).
         sample_alpha: the negatives are drawn with probability proportional to count ** alpha.
+        batch_negatives: the batch's distinct targets join the drawn negatives (False: the drawn ones alone,
+            as SASRec's uniform negatives with `sample_alpha=0`).
         score_reg: BPR-max's score regularisation lambda.
         fused, recurrent_options: passed to `Recurrent`.
     """
@@ -155,6 +157,7 @@ class Recommender(nn.Module):
         num_negatives: int = 1024,
         popularity: Tensor | None = None,
         sample_alpha: float = 0.75,
+        batch_negatives: bool = True,
         score_reg: float = 1.0,
         fused: bool | None = None,
         recurrent_options: dict[str, Any] | None = None,
@@ -169,6 +172,7 @@ class Recommender(nn.Module):
         self.loss_name = loss
         self.num_negatives = num_negatives
         self.sample_alpha = float(sample_alpha)
+        self.batch_negatives = bool(batch_negatives)
         self.score_reg = float(score_reg)
         self.item_embedding = nn.Embedding(num_items, embedding_size, padding_idx=PAD_ITEM)
         nn.init.normal_(self.item_embedding.weight, std=1.0 / math.sqrt(embedding_size))
@@ -231,9 +235,10 @@ class Recommender(nn.Module):
     # ------------------------------------------------------------------------------------ losses
 
     def _negatives(self, targets: Tensor) -> Tensor:
-        """The negatives of a batch: its distinct targets and S items drawn by popularity ** alpha."""
+        """The negatives of a batch: its distinct targets (unless `batch_negatives` is off) and S items drawn by
+        popularity ** alpha."""
         drawn = torch.multinomial(self.sample_probs, self.num_negatives, replacement=True)  # (S,)
-        return torch.cat([torch.unique(targets), drawn])
+        return torch.cat([torch.unique(targets), drawn]) if self.batch_negatives else drawn
 
     def sequence_loss(self, queries: Tensor, targets: Tensor) -> Tensor:
         """The training loss of query vectors (N, E) against their target items (N,): (N,) losses."""

@@ -186,7 +186,8 @@ def build_model(cfg: RunConfig, num_items: int, popularity: Tensor | None = None
     return Recommender(num_items, embedding_size=m.embedding_size, hidden_size=m.hidden_size,
                        num_layers=m.num_layers, cell=m.cell, dropout=m.dropout, embedding_dropout=m.embedding_dropout,
                        output_dropout=m.output_dropout, loss=o.loss, num_negatives=o.negatives, popularity=popularity,
-                       sample_alpha=o.sample_alpha, score_reg=o.score_reg, fused=m.fused,
+                       sample_alpha=o.sample_alpha, batch_negatives=o.batch_negatives, score_reg=o.score_reg,
+                       fused=m.fused,
                        recurrent_options=m.recurrent_options())
 
 
