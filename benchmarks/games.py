@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--batch-negatives", action=argparse.BooleanOptionalAction, default=True,
                     help="sampled losses: the batch's own targets are negatives too")
     ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--monitor", default="full", choices=["full", "sampled"],
+                    help="the validation NDCG@10 that keeps the best epoch: over the catalogue, or SASRec's sampled")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=22, help="at about 70 CPU seconds an epoch (validation included) "
@@ -87,7 +89,7 @@ def main() -> None:
                "early_stopping": args.early_stopping, "max_minutes": args.max_minutes, "threads": args.threads,
                "scheduler": args.scheduler, "weight_decay": args.weight_decay},
         recommend={"loss": args.loss, "max_length": 50, "negatives": args.negatives,
-                   "sample_alpha": args.sample_alpha, "batch_negatives": args.batch_negatives},
+                   "sample_alpha": args.sample_alpha, "batch_negatives": args.batch_negatives, "monitor": args.monitor},
     )
     start, cpu_start = time.perf_counter(), time.process_time()
     result = train(cfg, data, out)

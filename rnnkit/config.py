@@ -503,6 +503,7 @@ class MusicConfig:
         _check(0 <= self.program <= 127, "--program", self.program, "a General MIDI program in 0..127")
 
 RECOMMEND_LOSSES = ("ce", "sampled", "bpr-max", "top1-max")
+RECOMMEND_MONITORS = ("full", "sampled")
 
 
 @dataclass
@@ -527,9 +528,14 @@ class RecommendConfig:
     batch_negatives: bool = _opt(True, "sampled losses: the batch's own targets serve as negatives too "
                                        "(--no-batch-negatives: only the drawn ones, as SASRec trains)")
     score_reg: float = _opt(1.0, "bpr-max: weight of the score regularisation")
+    monitor: str = _opt("full", "the validation figure that keeps the best epoch: full (NDCG@10 over the whole "
+                                "catalogue) or sampled (NDCG@10 against 100 uniformly drawn items the user never "
+                                "touched, SASRec's protocol)", choices=RECOMMEND_MONITORS)
 
     def __post_init__(self) -> None:
         _check_types(self)
+        _check(self.monitor in RECOMMEND_MONITORS, "--monitor", self.monitor,
+               f"one of {', '.join(RECOMMEND_MONITORS)}")
         _check(self.loss in RECOMMEND_LOSSES, "--loss", self.loss, f"one of {', '.join(RECOMMEND_LOSSES)}")
         _check(self.max_length >= 0, "--max-length", self.max_length, "an integer >= 0")
         _check(self.negatives >= 1, "--negatives", self.negatives, "an integer >= 1")

@@ -436,3 +436,28 @@ def test_inspect_reads_the_histories(rec_run, tmp_path):
     assert first.labels == [run.vocab.items[int(r) - 1] for r in first.batch["items"][0]]
     assert (first.batch["targets"][0, :-1] == first.batch["items"][0, 1:]).all()  # the next item at each step
     assert torch.isfinite(loss(first.batch))
+
+
+def test_sampled_validation_figures_rank_the_target_against_its_negatives():
+    torch.manual_seed(0)
+    model = Recommender(40, embedding_size=4, hidden_size=6, monitor="sampled").eval()
+    assert model.monitor == ("sampled_ndcg@10", "max")
+    items = torch.tensor([[3, 5, 7], [2, 9, 0]])
+    lengths = torch.tensor([3, 2])
+    targets = torch.tensor([11, 4])
+    negatives = torch.randint(12, 40, (2, 100))
+    with torch.no_grad():  # as validation runs
+        out = model.loss({"items": items, "lengths": lengths, "valid_targets": targets,
+                          "seen": torch.tensor([[3, 5, 7], [2, 9, 0]]), "negatives": negatives})
+        scores = model(items, lengths)
+    hits = ndcg = 0.0
+    for b in range(2):  # by hand: items of the sample scored above the target
+        above = sum(float(scores[b, n]) > float(scores[b, targets[b]]) for n in negatives[b])
+        hits += above < 10
+        ndcg += 1 / math.log2(above + 2) if above < 10 else 0.0
+    figures = Recommender.metrics(out.stats, out.count)
+    assert figures["sampled_hit@10"] == pytest.approx(hits / 2)
+    assert figures["sampled_ndcg@10"] == pytest.approx(ndcg / 2)
+    assert "hit@10" in figures and "ndcg@10" in figures
+    with pytest.raises(ValueError, match="monitor"):
+        Recommender(40, monitor="recall")

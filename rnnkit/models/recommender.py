@@ -140,6 +140,8 @@ class Recommender(nn.Module):
         batch_negatives: the batch's distinct targets join the drawn negatives (False: the drawn ones alone,
             as SASRec's uniform negatives with `sample_alpha=0`).
         score_reg: BPR-max's score regularisation lambda.
+        monitor: the validation figure that keeps the best weights: `full` (NDCG@10 over the catalogue) or
+            `sampled` (NDCG@10 against the validation batches' `negatives`, SASRec's protocol).
         fused, recurrent_options: passed to `Recurrent`.
     """
 
@@ -159,6 +161,7 @@ class Recommender(nn.Module):
         sample_alpha: float = 0.75,
         batch_negatives: bool = True,
         score_reg: float = 1.0,
+        monitor: str = "full",
         fused: bool | None = None,
         recurrent_options: dict[str, Any] | None = None,
     ) -> None:
@@ -173,6 +176,8 @@ class Recommender(nn.Module):
         self.num_negatives = num_negatives
         self.sample_alpha = float(sample_alpha)
         self.batch_negatives = bool(batch_negatives)
+        check_choice("monitor", monitor, ("full", "sampled"))
+        self.monitor = ("ndcg@10", "max") if monitor == "full" else ("sampled_ndcg@10", "max")
         self.score_reg = float(score_reg)
         self.item_embedding = nn.Embedding(num_items, embedding_size, padding_idx=PAD_ITEM)
         nn.init.normal_(self.item_embedding.weight, std=1.0 / math.sqrt(embedding_size))
@@ -268,34 +273,44 @@ class Recommender(nn.Module):
         items, lengths = batch["items"], batch["lengths"]
         queries, _ = self.encode(items, lengths)  # (B, T, E)
         if "valid_targets" in batch:
-            return self._validation(queries, lengths, batch["valid_targets"], batch["seen"])
+            return self._validation(queries, lengths, batch["valid_targets"], batch["seen"], batch.get("negatives"))
         targets = batch["targets"]  # (B, T)
         mask = targets != PAD_ITEM  # (B, T)
         losses = self.sequence_loss(queries[mask], targets[mask])  # (N,)
         loss = losses.mean()
         return LossOutput(loss=loss, count=int(mask.sum()), stats={"loss_sum": float(losses.detach().sum())})
 
-    def _validation(self, queries: Tensor, lengths: Tensor, targets: Tensor, seen: Tensor) -> LossOutput:
+    def _validation(self, queries: Tensor, lengths: Tensor, targets: Tensor, seen: Tensor,
+                    negatives: Tensor | None = None) -> LossOutput:
         B = queries.shape[0]
         rows = torch.arange(B, device=queries.device)
         scores = self.score(queries[rows, lengths.to(queries.device) - 1])  # (B, V)
         loss_sum = float(F.cross_entropy(scores, targets, reduction="sum"))
         target_scores = scores[rows, targets].clone()  # (B,)
+        stats: dict[str, float] = {}
+        if negatives is not None:  # SASRec's protocol: the target against its row's sample of untouched items
+            sampled_rank = (scores.gather(1, negatives) > target_scores.unsqueeze(1)).sum(dim=1)  # (B,)
+            stats.update(_hits_and_ndcg(sampled_rank, "sampled_"))
         scores.scatter_(1, seen, float("-inf"))
         scores[rows, targets] = target_scores
         rank = (scores > target_scores.unsqueeze(1)).sum(dim=1)  # (B,) items ranked above the target
-        hits = rank < VALID_K
-        ndcg = torch.where(hits, 1.0 / torch.log2(rank.double() + 2), torch.zeros_like(rank, dtype=torch.float64))
         return LossOutput(loss=torch.tensor(loss_sum / B), count=B,
-                          stats={"loss_sum": loss_sum, "hits": float(hits.sum()), "ndcg": float(ndcg.sum())})
+                          stats={"loss_sum": loss_sum, **_hits_and_ndcg(rank), **stats})
 
     @staticmethod
     def metrics(stats: dict[str, float], count: int) -> dict[str, float]:
         """Mean loss; with validation batches, hit@10 and NDCG@10 over the whole catalogue."""
         n = max(count, 1)
         figures = {"loss": stats["loss_sum"] / n}
-        if "hits" in stats:
-            figures.update({"hit@10": stats["hits"] / n, "ndcg@10": stats["ndcg"] / n})
+        for prefix in ("", "sampled_"):
+            if f"{prefix}hits" in stats:
+                figures.update({f"{prefix}hit@10": stats[f"{prefix}hits"] / n,
+                                f"{prefix}ndcg@10": stats[f"{prefix}ndcg"] / n})
         return figures
 
-    monitor = ("ndcg@10", "max")  # the validation figure that picks the best weights
+
+def _hits_and_ndcg(rank: Tensor, prefix: str = "") -> dict[str, float]:
+    """Sums of hit@10 and NDCG@10 over a batch, given each case's count of items ranked above its target."""
+    hits = rank < VALID_K
+    ndcg = torch.where(hits, 1.0 / torch.log2(rank.double() + 2), torch.zeros_like(rank, dtype=torch.float64))
+    return {f"{prefix}hits": float(hits.sum()), f"{prefix}ndcg": float(ndcg.sum())}

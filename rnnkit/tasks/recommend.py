@@ -72,20 +72,26 @@ class WindowSource(BucketedSource):
 
 
 class NextItemSource(BucketedSource):
-    """Validation: histories, each with its held-out next item (`valid_targets` (B,)) and the items to exclude
-    from its ranking (`seen` (B, S), 0-padded)."""
+    """Validation: histories, each with its held-out next item (`valid_targets` (B,)), the items to exclude
+    from its ranking (`seen` (B, S), 0-padded) and, when given, SASRec's sample of items the user never touched
+    (`negatives` (B, 100)), drawn once so that every epoch is scored on the same sample."""
 
-    def __init__(self, inputs: list[Tensor], targets: list[int], seen: list[Tensor], batch_size: int) -> None:
+    def __init__(self, inputs: list[Tensor], targets: list[int], seen: list[Tensor], batch_size: int,
+                 negatives: Tensor | None = None) -> None:
         assert inputs and len(inputs) == len(targets) == len(seen), "one target and seen set per history"
-        self.inputs, self.targets, self.seen = inputs, targets, seen
+        assert negatives is None or negatives.shape[0] == len(inputs), "one row of negatives per history"
+        self.inputs, self.targets, self.seen, self.negatives = inputs, targets, seen, negatives
         super().__init__([int(x.shape[0]) for x in inputs], batch_size, shuffle=False)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, Tensor]]:
         for index in self.order(epoch)[start:]:
             items, lengths = pad_sequences([self.inputs[i] for i in index], PAD)  # (B, T)
             seen, _ = pad_sequences([self.seen[i] for i in index], PAD)  # (B, S)
-            yield {"items": items, "lengths": lengths, "seen": seen,
-                   "valid_targets": torch.tensor([self.targets[i] for i in index])}
+            batch = {"items": items, "lengths": lengths, "seen": seen,
+                     "valid_targets": torch.tensor([self.targets[i] for i in index])}
+            if self.negatives is not None:
+                batch["negatives"] = self.negatives[torch.as_tensor(index)]
+            yield batch
 
 
 def _windows(rows: list[int], max_length: int) -> list[list[int]]:
@@ -150,11 +156,16 @@ def _cases(groups: dict[str, list[Event]], vocab: ItemVocabulary, max_length: in
     return cases
 
 
-def _source_of(cases: Cases) -> NextItemSource:
-    """Validation batches of the cases whose target the run knows."""
+def _source_of(cases: Cases, num_items: int | None = None, seed: int = 0) -> NextItemSource:
+    """Validation batches of the cases whose target the run knows; with `num_items`, each with SASRec's sample
+    of 100 items its user never touched (fixed by `seed`), for the sampled validation figures."""
     keep = [i for i, t in enumerate(cases.targets) if t != PAD]
+    negatives = None
+    if num_items is not None and num_items > 1 + max((len(cases.touched[i]) for i in keep), default=0):
+        negatives = torch.from_numpy(sample_negatives([cases.touched[i] for i in keep], num_items, SAMPLED_NEGATIVES,
+                                                       seed=seed))
     return NextItemSource([torch.tensor(cases.inputs[i]) for i in keep], [cases.targets[i] for i in keep],
-                          [torch.tensor(sorted(cases.seen[i])) for i in keep], EVAL_BATCH)
+                          [torch.tensor(sorted(cases.seen[i])) for i in keep], EVAL_BATCH, negatives)
 
 
 # --------------------------------------------------------------------------------------------- run
@@ -187,7 +198,7 @@ def build_model(cfg: RunConfig, num_items: int, popularity: Tensor | None = None
                        num_layers=m.num_layers, cell=m.cell, dropout=m.dropout, embedding_dropout=m.embedding_dropout,
                        output_dropout=m.output_dropout, loss=o.loss, num_negatives=o.negatives, popularity=popularity,
                        sample_alpha=o.sample_alpha, batch_negatives=o.batch_negatives, score_reg=o.score_reg,
-                       fused=m.fused,
+                       monitor=o.monitor, fused=m.fused,
                        recurrent_options=m.recurrent_options())
 
 
@@ -228,7 +239,7 @@ class RecommendTask(Task):
             raise UserError(f"{valid_path or train_path}: no validation history ends in an item of the training "
                             "data")
         train_src = WindowSource(windows, tc.batch_size, shuffle=True, seed=tc.seed)
-        valid_src = _source_of(cases)
+        valid_src = _source_of(cases, vocab.size, tc.seed)
         m = cfg.model
         events = sum(len(r) for r in rows.values())
         return Prepared(
