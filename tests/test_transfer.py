@@ -214,6 +214,25 @@ def test_classifier_from_a_language_model_keeps_its_layers(tmp_path, lm_run, cap
     assert_close(clf.model.embedding.weight[new_id], lm.model.embedding.weight[4:].mean(0), atol=1e-5, rtol=0)
 
 
+def test_classifier_init_from_with_vectors_starts_only_the_new_rows(tmp_path, lm_run, capsys):
+    train = _sentiment(tmp_path / "t.csv", 40, 0)
+    vectors = tmp_path / "v.txt"
+    vectors.write_text("film 1 1 1 1 1 1\nbrilliant 2 2 2 2 2 2\nmarvellous 3 3 3 3 3 3\n")
+    out = tmp_path / "clf"
+    assert main(["train", "classify", "--train", str(train), "--out", str(out), "--init-from", str(lm_run),
+                 "--embeddings", str(vectors), "--epochs", "1", "--threads", "1", "--lr", "1e-9",
+                 "--pooling", "last"]) == 0
+    clf, lm = runner.load(out, task="classify"), runner.load(lm_run, task="lm")
+    V = lm.tokenizer.vocab_size
+    # The language model's rows are its own ("film" keeps what it learnt, not the file's vector) ...
+    assert_close(clf.model.embedding.weight[4:V], lm.model.embedding.weight[4:V], atol=1e-6, rtol=0)
+    # ... a training word it lacks starts from its vector, and a word only the vectors know joins the vocabulary.
+    for word, value in (("brilliant", 2.0), ("marvellous", 3.0)):
+        [i] = clf.tokenizer.encode(word)
+        assert i >= V
+        assert_close(clf.model.embedding.weight[i], torch.full((6,), value), atol=1e-5, rtol=0)
+
+
 def test_classifier_init_from_refuses_mismatches(tmp_path, lm_run, capsys):
     train = _sentiment(tmp_path / "t.csv", 10, 0)
     base = ["train", "classify", "--train", str(train), "--init-from", str(lm_run)]

@@ -274,6 +274,9 @@ class ClassifyTask(Task):
             tokenizer = extend_tokenizer(lm.tokenizer, texts, cfg.data.min_freq)
             say(f"--init-from {opts.init_from}: {lm.tokenizer.kind} vocabulary {lm.tokenizer.vocab_size} + "
                 f"{tokenizer.vocab_size - lm.tokenizer.vocab_size} training words")
+            if cfg.model.embeddings and tokenizer.kind in ("word", "space"):  # vectors for the words the LM lacks
+                words, state["vectors"] = add_vector_words(tokenizer.tokens, cfg, say)
+                tokenizer = type(tokenizer)(words)
             state["lm"] = lm
             state["init_from"] = source_record(opts.init_from)
             return tokenizer
@@ -306,7 +309,9 @@ class ClassifyTask(Task):
             if model.embedding is None:
                 raise UserError("--embeddings: audio runs read features, not words; drop the option")
             words = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
-            start_embeddings(model.embedding, words, cfg, say, vectors=prepared.state.get("vectors"))
+            # with --init-from, the language model's rows stay as it learnt them: vectors start the new rows
+            keep = {"skip": lm.tokenizer.vocab_size} if lm is not None else {}
+            start_embeddings(model.embedding, words, cfg, say, vectors=prepared.state.get("vectors"), **keep)
 
     def save(self, out: Path, prepared: Prepared) -> None:
         assets = prepared.assets
