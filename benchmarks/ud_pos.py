@@ -5,6 +5,11 @@ Trains on en_ewt-ud-train.conllu, picks the best epoch on dev, and reports UPOS 
 benchmarks/results/ud_pos.json.
 
     python benchmarks/ud_pos.py --data ../shared/data --out runs/bench-ud-pos --threads 1
+    # with pretrained word vectors and the states of pretrained character language models
+    python benchmarks/ud_pos.py --data ../shared/data --out runs/bench-ud-pos-lmf-vec --threads 1 \
+        --embed 350 --embeddings runs/vectors/both350.txt \
+        --lm-features runs/pretrain-char/forward,runs/pretrain-char/backward \
+        --results benchmarks/results/ud_pos_lm_features_vectors.json
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lm-features", default=None,
                     help="FORWARD_RUN[,BACKWARD_RUN]: language models whose states join each token's features")
+    ap.add_argument("--embeddings", default=None,
+                    help="pre-trained word vectors (text format; see benchmarks/word_vectors.py); --embed must match")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out (raise --epochs or "
                                                           "--max-minutes: both count from the run's start)")
     args = ap.parse_args()
@@ -58,7 +65,7 @@ def main() -> None:
         task="tag",
         model=ModelConfig(cell=args.cell, embedding_size=args.embed, hidden_size=args.hidden, num_layers=args.layers,
                           bidirectional=True, dropout=args.dropout, embedding_dropout=args.dropout,
-                          output_dropout=args.dropout),
+                          output_dropout=args.dropout, embeddings=args.embeddings),
         data=DataConfig(tokenizer="space"),
         train=TrainConfig(epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
                           clip=5.0, scheduler="plateau", lr_patience=1, early_stopping=4, seed=args.seed,
@@ -82,6 +89,7 @@ def main() -> None:
         "met": test["token_accuracy"] >= (TARGET_LM_FEATURES if args.lm_features else TARGET),
         "per_tag_f1": {k: round(v["f1"], 4) for k, v in test["per_type"].items()},
         "lm_features": args.lm_features,
+        "embeddings": args.embeddings,
         "epochs": epochs,
         "steps": result["steps"],
         "wall_seconds_this_session": round(wall, 1),
@@ -89,6 +97,9 @@ def main() -> None:
         "model": f"{args.cell} {args.layers}x{args.hidden} bidirectional, word {args.embed} + char BiLSTM "
                  f"{args.char_hidden} + shape, dropout {args.dropout}, word dropout {args.word_dropout}, "
                  f"{'CRF' if args.crf else 'softmax'}",
+        "command": "python benchmarks/ud_pos.py " + " ".join(
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
+            if v not in (None, False)),
         **environment(),
     }
     atomic_write_text(args.results, json.dumps(summary, indent=2) + "\n")
