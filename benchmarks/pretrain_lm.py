@@ -131,7 +131,8 @@ def main() -> None:
                "lowercase": args.lowercase,
                "train_characters": train_path.stat().st_size, "models": models,
                "command": "python benchmarks/pretrain_lm.py " + " ".join(
-                   f"--{k.replace('_', '-')} " + (" ".join(v) if isinstance(v, list) else str(v))
+                   f"--{k.replace('_', '-')}" + ("" if v is True else " " + (" ".join(v) if isinstance(v, list)
+                                                                         else str(v)))
                    for k, v in vars(args).items() if v not in (None, False, [])), **environment()}
     results = Path(args.results or Path(__file__).resolve().parent / "results" / f"pretrain_{args.kind}.json")
     atomic_write_text(results, json.dumps(summary, indent=2) + "\n")
