@@ -152,7 +152,8 @@ def main() -> None:
         "evaluations": len(records),
         "steps": result["steps"],
         "wall_seconds": round(wall, 1),
-        "model": f"bi{m['cell']} {m['num_layers']}x{m['hidden_size']}, embed {m['embedding_size']}, "
+        "model": f"{'bi' if m['bidirectional'] else ''}{m['cell']} {m['num_layers']}x{m['hidden_size']}, "
+                 f"embed {m['embedding_size']}, "
                  f"{args.pooling} pooling, dropout {args.dropout}",
         "init_from": args.init_from,
         "embeddings": args.embeddings,
