@@ -21,6 +21,17 @@ def environment() -> dict[str, object]:
     }
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what Python's platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def train_seconds(run: Path) -> float:
     """Training time over every session of a run (the last evaluation's record in metrics.jsonl)."""
     records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]

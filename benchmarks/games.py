@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
-from bench_common import environment, train_seconds
+from bench_common import cpu_name, environment, train_seconds
 
 from rnnkit.config import RunConfig
 from rnnkit.tasks.training import train
@@ -35,16 +34,6 @@ from rnnkit.tasks.training import train
 # Published Hit@10 / NDCG@10 on Games (SASRec paper, Table III).
 REFERENCE = {"GRU4Rec": (0.2938, 0.1837), "GRU4Rec+": (0.6599, 0.4759), "Caser": (0.5282, 0.3214),
              "SASRec": (0.7410, 0.5360)}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench_common import environment, train_seconds
+from bench_common import cpu_name, environment, train_seconds
 
 from rnnkit.config import RunConfig
 from rnnkit.tasks import runner, training
@@ -29,16 +29,6 @@ from rnnkit.tasks import runner, training
 TARGETS = {"independent": 8.10, "autoregressive": 5.5}
 PUBLISHED = {"RNN": 8.71, "LSTM": 8.45, "GRU": 8.43, "TCN": 8.10, "RNN-RBM": 6.27, "RNN-NADE": 5.83,
              "RNN-NADE (HF)": 5.56}
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
@@ -145,7 +135,7 @@ def main() -> None:
                                     "max": round(max(per_epoch), 1)} if per_epoch else None,
         "model": f"{args.cell} 1x{args.hidden}" if args.layers == 1 else f"{args.cell} {args.layers}x{args.hidden}",
         "config": {k: v for k, v in vars(args).items() if k not in ("data", "out", "results", "force")},
-        "cpu": _cpu(),
+        "cpu": cpu_name(),
         **environment(),
         "command": "python benchmarks/jsb.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                                                           if k in ("output", "max_minutes", "seed")),

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from games import cpu_name
+from bench_common import cpu_name
 
 SIZES = (10_000, 100_000, 1_000_000)
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import httpx
-from games import cpu_name
+from bench_common import cpu_name
 from serve import percentile, start_server
 
 TARGET_P99_MS = 20.0
