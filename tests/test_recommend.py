@@ -403,9 +403,12 @@ def test_export_to_onnx_matches_the_model(rec_run, tmp_path, capsys):
     assert np.isneginf(got[0, 0]) and np.allclose(got[0, 1:], expected[0, 1:], atol=1e-4)
 
 
-def test_the_tied_softmax_loss_equals_cross_entropy_and_its_gradients():
+@pytest.mark.parametrize("block", [1024, 3])  # one block; blocks of 3 items, the last one short (7 = 3 + 3 + 1)
+def test_the_tied_softmax_loss_equals_cross_entropy_and_its_gradients(block, monkeypatch):
+    from rnnkit.models import recommender
     from rnnkit.models.recommender import TiedSoftmaxLoss
 
+    monkeypatch.setattr(recommender, "SCORE_BLOCK", block)
     g = torch.Generator().manual_seed(1)
     q = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)
