@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--embed", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--dropout", type=float, default=0.0, help="between stacked recurrent layers")
     ap.add_argument("--embedding-dropout", type=float, default=0.25)
     ap.add_argument("--output-dropout", type=float, default=0.25)
     ap.add_argument("--loss", default="ce")
@@ -73,6 +74,7 @@ def main() -> None:
     cfg = RunConfig.create(
         "recommend",
         model={"cell": args.cell, "embedding_size": args.embed, "hidden_size": args.hidden, "num_layers": args.layers,
+               "dropout": args.dropout,
                "embedding_dropout": args.embedding_dropout, "output_dropout": args.output_dropout},
         train={"lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs, "seed": args.seed,
                "early_stopping": args.early_stopping, "max_minutes": args.max_minutes, "threads": args.threads,

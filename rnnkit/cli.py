@@ -114,6 +114,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(figures))
     else:
         for k, v in figures.items():
+            if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):  # rows (recommend's buckets)
+                print(f"{k:>20}")
+                for row in v:
+                    print(" " * 22 + "  ".join(f"{name} {x if isinstance(x, str) else _figure_text(x)}"
+                                               for name, x in row.items()))
+                continue
             text = _figure_text(v)
             print(f"{k:>20}  {text}".rstrip())
             if isinstance(v, dict) and not text:  # groups of figures (forecast baselines): a line per group

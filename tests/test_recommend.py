@@ -273,7 +273,12 @@ def test_cli_train_evaluate_predict(rec_run, capsys):
     assert figures["sampled"]["hit@10"] >= figures["hit@10"] - 1e-9  # 100 sampled of 20 items: fewer rivals
     popular = figures["baselines"]["most_popular"]
     assert popular["hit@10"] < figures["hit@10"]
-    assert set(figures) >= {"hit@10", "ndcg@10", "mrr", "hit@20", "coverage@10", "sampled", "baselines"}
+    assert set(figures) >= {"hit@10", "ndcg@10", "mrr", "hit@20", "coverage@10", "sampled", "baselines",
+                            "by_popularity"}
+    assert sum(row["users"] for row in figures["by_popularity"]) == 60
+    assert main(["evaluate", str(run), "--data", str(data)]) == 0
+    report = capsys.readouterr().out
+    assert "by_popularity" in report and " train_count 11-20  users " in report  # a line per bucket
     histories_file = tmp / "h.txt"
     histories_file.write_text("i3 i4 i5\ni17 nope i18\n\n", encoding="utf-8")
     assert main(["predict", str(run), "--input", str(histories_file), "--top-k", "3"]) == 0
@@ -464,3 +469,20 @@ def test_sampled_validation_figures_rank_the_target_against_its_negatives():
     assert "hit@10" in figures and "ndcg@10" in figures
     with pytest.raises(ValueError, match="monitor"):
         Recommender(40, monitor="recall")
+
+
+def test_the_report_breaks_the_figures_down_by_the_held_out_items_training_count():
+    from rnnkit.tasks.recommend import Cases, _by_popularity
+
+    counts = np.array([0, 0, 1, 4, 300])  # rows 0 (padding) to 4
+    cases = Cases([[1]] * 5, [1, 2, 2, 3, 0], [set()] * 5, [set()] * 5)  # the last target is unknown
+    found = {"ranks": np.array([0, 20, 5, 3, np.inf]), "sampled": np.array([5, 50, 0, 12, np.inf])}
+    rows = _by_popularity(found, cases, counts)
+    assert [r["train_count"] for r in rows] == ["0", "1-2", "3-5"]  # empty buckets and unknown targets left out
+    assert [r["users"] for r in rows] == [1, 2, 1] and [r["share"] for r in rows] == [0.25, 0.5, 0.25]
+    never, rare, few = rows
+    assert never["hit@10"] == 1.0 and never["ndcg@10"] == 1.0 and never["sampled_hit@10"] == 1.0
+    assert never["sampled_ndcg@10"] == pytest.approx(1 / math.log2(7))
+    assert rare["hit@10"] == 0.5 and rare["ndcg@10"] == pytest.approx(0.5 / math.log2(7))
+    assert rare["sampled_hit@10"] == 0.5 and rare["sampled_ndcg@10"] == 0.5
+    assert few["hit@10"] == 1.0 and few["sampled_hit@10"] == 0.0

@@ -50,6 +50,9 @@ EVAL_BATCH = 256
 TEST_FILE = "test.json"
 SAMPLED_NEGATIVES = 100  # SASRec's protocol: the true item against 100 items the user never touched
 TOP_K = 10
+# The report's breakdown by how often the held-out item occurs in the training data: (low, high) inclusive,
+# None for no upper bound.
+POPULARITY_BUCKETS = ((0, 0), (1, 2), (3, 5), (6, 10), (11, 20), (21, 50), (51, 200), (201, None))
 
 
 # ------------------------------------------------------------------------------------ batch sources
@@ -462,6 +465,25 @@ def _figures(found: dict[str, Any], num_items: int) -> dict[str, Any]:
     return out
 
 
+def _by_popularity(found: dict[str, Any], cases: Cases, counts: np.ndarray) -> list[dict[str, Any]]:
+    """The figures of the cases whose held-out item the training data holds a given number of times
+    (POPULARITY_BUCKETS; empty ones left out): where a model's misses lie, from items it never saw to the head."""
+    targets = np.asarray(cases.targets, dtype=np.int64)
+    known = targets != PAD
+    seen = counts[targets]
+    out = []
+    for low, high in POPULARITY_BUCKETS:
+        mask = known & (seen >= low) & (seen <= (high if high is not None else seen.max()))
+        if not mask.any():
+            continue
+        ranks, sampled = found["ranks"][mask], found["sampled"][mask]
+        out.append({"train_count": str(low) if low == high else f"{low}+" if high is None else f"{low}-{high}",
+                    "users": int(mask.sum()), "share": round(float(mask.sum() / known.sum()), 6),
+                    "hit@10": hit_at_k(ranks, 10), "ndcg@10": ndcg_at_k(ranks, 10),
+                    "sampled_hit@10": hit_at_k(sampled, 10), "sampled_ndcg@10": ndcg_at_k(sampled, 10)})
+    return out
+
+
 def score_groups(run: LoadedRecommender, groups: dict[str, list[Event]], allow_repeats: bool = False,
                  seed: int = 0) -> dict[str, Any]:
     """The report of `evaluate` over histories whose last event is held out (see `RecommendTask.evaluate`)."""
@@ -470,7 +492,8 @@ def score_groups(run: LoadedRecommender, groups: dict[str, list[Event]], allow_r
         raise UserError("the data holds no user with two or more events (a history and the event to predict)")
     V = run.vocab.size
     negatives = sample_negatives(cases.touched, V, SAMPLED_NEGATIVES, seed=seed)
-    model = _figures(_rank_cases(_model_scores(run, cases.inputs), cases, negatives, allow_repeats), V - 1)
+    found = _rank_cases(_model_scores(run, cases.inputs), cases, negatives, allow_repeats)
+    model = _figures(found, V - 1)
     popular = run.popularity_scores().float()
 
     def popular_batches() -> Iterator[tuple[list[int], Tensor]]:
@@ -480,7 +503,8 @@ def score_groups(run: LoadedRecommender, groups: dict[str, list[Event]], allow_r
 
     baseline = _figures(_rank_cases(popular_batches(), cases, negatives, allow_repeats), V - 1)
     unknown_targets = sum(1 for t in cases.targets if t == PAD)
-    return {**model, "baselines": {"most_popular": baseline}, "users": len(cases.targets),
+    return {**model, "by_popularity": _by_popularity(found, cases, run.vocab.counts),
+            "baselines": {"most_popular": baseline}, "users": len(cases.targets),
             "unknown_targets": unknown_targets, "unknown_history_items": cases.unknown_history,
             "skipped_users": cases.skipped}
 
