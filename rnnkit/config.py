@@ -528,6 +528,9 @@ class RecommendConfig:
     batch_negatives: bool = _opt(True, "sampled losses: the batch's own targets serve as negatives too "
                                        "(--no-batch-negatives: only the drawn ones, as SASRec trains)")
     score_reg: float = _opt(1.0, "bpr-max: weight of the score regularisation")
+    residual: bool = _opt(True, "add each event's own item embedding to the query after it, so items score by "
+                                "their likeness to the latest one as well as by the recurrent state "
+                                "(--no-residual: the state alone)")
     monitor: str = _opt("full", "the validation figure that keeps the best epoch: full (NDCG@10 over the whole "
                                 "catalogue) or sampled (NDCG@10 against 100 uniformly drawn items the user never "
                                 "touched, SASRec's protocol)", choices=RECOMMEND_MONITORS)

@@ -216,18 +216,43 @@ def test_batch_negatives_off_draws_negatives_only():
     assert torch.allclose(off.sample_probs[1:], torch.full((8,), 1 / 8))  # alpha 0: uniform
 
 
-def test_step_by_step_equals_the_whole_history():
+@pytest.mark.parametrize("residual", [False, True])
+def test_step_by_step_equals_the_whole_history(residual):
     torch.manual_seed(0)
     for cell in ("gru", "lstm"):
-        model = Recommender(12, embedding_size=5, hidden_size=7, num_layers=2, cell=cell).eval()
+        model = Recommender(12, embedding_size=5, hidden_size=7, num_layers=2, cell=cell, residual=residual).eval()
         items = torch.tensor([[3, 1, 4, 1, 5, 9]])
         whole = model(items)
         state = None
         for t in range(items.shape[1]):
             scores, state = model.step(items[:, t], state)
         torch.testing.assert_close(scores, whole)
-        torch.testing.assert_close(model.logits_from_state(state), whole)
+        torch.testing.assert_close(model.logits_from_state(state, torch.tensor([9])), whole)
+        if residual:
+            with pytest.raises(ValueError, match="needs the item last read"):
+                model.logits_from_state(state)
+        else:
+            torch.testing.assert_close(model.logits_from_state(state), whole)
         assert scores[0, 0] == float("-inf")
+
+
+def test_a_residual_query_adds_the_latest_items_embedding():
+    torch.manual_seed(0)
+    model = Recommender(12, embedding_size=6, hidden_size=6, residual=True).eval()
+    assert isinstance(model.projection, torch.nn.Linear)  # a learnt map even when the sizes agree
+    items = torch.tensor([[3, 1, 4], [2, 7, 0]])
+    lengths = torch.tensor([3, 2])
+    queries, _ = model.encode(items, lengths)
+    outputs, _ = model.rnn(model.item_embedding(items), None, lengths)
+    by_hand = outputs @ model.projection.weight.t() + model.projection.bias + model.item_embedding(items)
+    torch.testing.assert_close(queries[0], by_hand[0])
+    torch.testing.assert_close(queries[1, :2], by_hand[1, :2])
+    last = torch.stack([by_hand[0, 2], by_hand[1, 1]])  # each row's query after its last event
+    expected = last @ model.item_embedding.weight.t() + model.item_bias
+    expected[:, 0] = float("-inf")
+    torch.testing.assert_close(model(items, lengths), expected)
+    plain = Recommender(12, embedding_size=6, hidden_size=6)
+    assert isinstance(plain.projection, torch.nn.Identity) and not plain.residual
 
 
 # ------------------------------------------------------------------------------- trained run
@@ -364,6 +389,23 @@ def test_a_session_equals_a_full_reread_of_the_history(rec_run):
         assert info["task"] == "recommend" and info["items"] == 20
         cold = c.post("/recommend", json={"history": ["never-seen"], "top_k": 3}).json()
         assert len(cold["items"]) == 3 and cold["unknown"] == 1  # the most popular items
+
+
+def test_a_run_from_before_the_residual_option_loads_without_it(tmp_path):
+    from rnnkit.cli import main
+    from rnnkit.tasks import recommend, runner
+
+    data = _walks(tmp_path / "walks.txt", users=20)
+    run = tmp_path / "run"
+    assert main(["train", "recommend", "--train", str(data), "--out", str(run), "--embed", "8", "--hidden", "8",
+                 "--epochs", "1", "--threads", "1", "--no-residual"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["recommend"]["residual"] is False
+    del config["recommend"]["residual"]  # as such runs were written
+    (run / "config.json").write_text(json.dumps(config))
+    loaded = runner.load(run)
+    assert not loaded.model.residual and isinstance(loaded.model.projection, torch.nn.Identity)
+    assert recommend.recommend(loaded, [["i1", "i2"]], top_k=3)[0]["items"]
 
 
 def test_config_checks_and_bidirectional_refused():

@@ -3,9 +3,10 @@
 What is here: the losses of sequential recommendation on scores (`full_softmax_loss`, `sampled_softmax_loss`,
 `bpr_max_loss`, `top1_max_loss`, as GRU4Rec (Hidasi & Karatzoglou 2018) defines the last two) and
 `Recommender`: an item embedding (row 0 is padding), dropout on it, a `Recurrent` stack of any cell,
-dropout on its outputs, a projection to the embedding size when the sizes differ, and scores against the
-item embeddings themselves (tied) plus a bias per item. Its `loss` trains on every position of a batch of
-histories; its validation figures are hit@10 and NDCG@10 of a held-out next item over the whole catalogue.
+dropout on its outputs, a projection to the embedding size, optionally the latest item's own embedding added
+(a residual, item-to-item path), and scores against the item embeddings themselves (tied) plus a bias per item.
+Its `loss` trains on every position of a batch of histories; its validation figures are hit@10 and NDCG@10
+of a held-out next item over the whole catalogue.
 What is not: reading event logs and item vocabularies (data/recommend.py), the metrics of `evaluate`
 (metrics.py) and serving sessions (serve/).
 """
@@ -157,6 +158,9 @@ class Recommender(nn.Module):
         batch_negatives: the batch's distinct targets join the drawn negatives (False: the drawn ones alone,
             as SASRec's uniform negatives with `sample_alpha=0`).
         score_reg: BPR-max's score regularisation lambda.
+        residual: the query after each event is the projected recurrent output plus that event's own item
+            embedding (as it was read, dropout included), so an item scores by its likeness to the latest item
+            as well as by the state. The state's projection is then always a learnt map, whatever the sizes.
         monitor: the validation figure that keeps the best weights: `full` (NDCG@10 over the catalogue) or
             `sampled` (NDCG@10 against the validation batches' `negatives`, SASRec's protocol).
         fused, recurrent_options: passed to `Recurrent`.
@@ -178,6 +182,7 @@ class Recommender(nn.Module):
         sample_alpha: float = 0.75,
         batch_negatives: bool = True,
         score_reg: float = 1.0,
+        residual: bool = False,
         monitor: str = "full",
         fused: bool | None = None,
         recurrent_options: dict[str, Any] | None = None,
@@ -204,7 +209,11 @@ class Recommender(nn.Module):
         self.rnn = Recurrent(cell, embedding_size, hidden_size, num_layers=num_layers, dropout=dropout, fused=fused,
                              **(recurrent_options or {}))
         self.output_dropout = SequenceDropout(output_dropout)
-        self.projection = nn.Linear(hidden_size, embedding_size) if hidden_size != embedding_size else nn.Identity()
+        self.residual = bool(residual)
+        # A residual model's scores need the latest item as well as the state (`logits_from_state`).
+        self.logits_need_last_input = self.residual
+        self.projection = (nn.Linear(hidden_size, embedding_size) if hidden_size != embedding_size or self.residual
+                           else nn.Identity())
         self.item_bias = nn.Parameter(torch.zeros(num_items))
         counts = torch.ones(num_items) if popularity is None else torch.as_tensor(popularity, dtype=torch.float32)
         if counts.shape != (num_items,):
@@ -223,7 +232,8 @@ class Recommender(nn.Module):
         """The query vector after every step: items (B, T) -> (B, T, E), and the recurrent state."""
         x = self.input_dropout(self.item_embedding(items))  # (B, T, E)
         outputs, state = self.rnn(x, state, lengths)  # (B, T, H)
-        return self.projection(self.output_dropout(outputs)), state  # (B, T, E)
+        queries = self.projection(self.output_dropout(outputs))  # (B, T, E)
+        return (queries + x if self.residual else queries), state
 
     def score(self, queries: Tensor) -> Tensor:
         """Scores of every item for query vectors (..., E) -> (..., V); the padding row scores -inf."""
@@ -241,7 +251,8 @@ class Recommender(nn.Module):
         """One event per row: items (B,) and the state -> scores (B, V) and the new state (serving sessions)."""
         x = self.item_embedding(items)  # (B, E)
         h, state = self.rnn.step(x, state)  # (B, H)
-        return self.score(self.projection(h)), state
+        query = self.projection(h)  # (B, E)
+        return self.score(query + x if self.residual else query), state
 
     def prefill(self, items: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         """Several events per row at once: items (B, T) and the state -> scores after the last (B, V) and the
@@ -249,10 +260,16 @@ class Recommender(nn.Module):
         queries, state = self.encode(items, None, state)  # (B, T, E)
         return self.score(queries[:, -1]), state
 
-    def logits_from_state(self, state: Any) -> Tensor:
-        """The scores (B, V) a state gives: from the last layer's output, which is its hidden state."""
+    def logits_from_state(self, state: Any, last_input: Tensor | None = None) -> Tensor:
+        """The scores (B, V) a state gives: from the last layer's output, which is its hidden state, and for a
+        residual model the item last read (`last_input` (B,), required then)."""
         h = state if isinstance(state, Tensor) else state[0]  # (L, B, H)
-        return self.score(self.projection(h[-1]))
+        query = self.projection(h[-1])  # (B, E)
+        if self.residual:
+            if last_input is None:
+                raise ValueError("logits_from_state: a residual recommender needs the item last read (last_input)")
+            query = query + self.item_embedding(last_input)
+        return self.score(query)
 
     # ------------------------------------------------------------------------------------ losses
 

@@ -44,7 +44,8 @@ class Session:
     """The token ids one client's text has been read as, and the states at kept positions.
 
     Args:
-        model: a language model with `prefill`, `step` and `logits_from_state`.
+        model: a language model with `prefill`, `step` and `logits_from_state` (which also takes the latest
+            input when the model's `logits_need_last_input` is true, as a residual recommender's is).
         max_states: the most states kept; past that the oldest are forgotten (reads still see the
             whole text, and an edit before the oldest kept state re-reads from the start).
         max_bytes: the most memory the kept states may take; past it the oldest are forgotten.
@@ -62,7 +63,10 @@ class Session:
         self.last_used = time.monotonic()
         self.steps = 0  # tokens the model has read for this session, for tests and the benchmark
 
-    def _logits(self, state: Any) -> torch.Tensor:
+    def _logits(self, state: Any, last: int) -> torch.Tensor:
+        if getattr(self.model, "logits_need_last_input", False):  # the scores depend on the latest input too
+            device = next(self.model.parameters()).device
+            return self.model.logits_from_state(state, torch.tensor([last], device=device))
         return self.model.logits_from_state(state)
 
     def _keep(self, position: int, state: Any) -> None:
@@ -91,7 +95,7 @@ class Session:
         if start == len(ids):
             state = self.states[start]
             self.ids = list(ids)
-            return self._logits(state), state
+            return self._logits(state, ids[-1]), state
         state = self.states.get(start)
         self.ids = list(ids[:start])
         device = next(self.model.parameters()).device

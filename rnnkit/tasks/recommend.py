@@ -201,6 +201,7 @@ def build_model(cfg: RunConfig, num_items: int, popularity: Tensor | None = None
                        num_layers=m.num_layers, cell=m.cell, dropout=m.dropout, embedding_dropout=m.embedding_dropout,
                        output_dropout=m.output_dropout, loss=o.loss, num_negatives=o.negatives, popularity=popularity,
                        sample_alpha=o.sample_alpha, batch_negatives=o.batch_negatives, score_reg=o.score_reg,
+                       residual=o.residual,
                        monitor=o.monitor, fused=m.fused,
                        recurrent_options=m.recurrent_options())
 
@@ -275,6 +276,8 @@ class RecommendTask(Task):
     # ------------------------------------------------------------------------------ using a run
 
     def load_assets(self, run_dir: Path, cfg: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
+        if "residual" not in (meta.get(self.name) or {}):  # a run from before the option: built without it
+            cfg.options.residual = False
         vocab = ItemVocabulary.load(run_dir)
         check_size(run_dir, meta, "num_items", vocab.size, f"{run_dir / 'items.json'} has {vocab.size - 1} items "
                                                            "(+1 padding row)")
