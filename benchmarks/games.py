@@ -43,12 +43,12 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="results go to games_TAG.json")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cell", default="gru")
-    ap.add_argument("--embed", type=int, default=64)
-    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--embed", type=int, default=256)
+    ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--dropout", type=float, default=0.0, help="between stacked recurrent layers")
-    ap.add_argument("--embedding-dropout", type=float, default=0.25)
-    ap.add_argument("--output-dropout", type=float, default=0.25)
+    ap.add_argument("--embedding-dropout", type=float, default=0.6)
+    ap.add_argument("--output-dropout", type=float, default=0.6)
     ap.add_argument("--loss", default="ce")
     ap.add_argument("--negatives", type=int, default=1024, help="sampled losses: negatives drawn per batch")
     ap.add_argument("--sample-alpha", type=float, default=0.75,
@@ -60,10 +60,10 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--monitor", default="full", choices=["full", "sampled"],
                     help="the validation NDCG@10 that keeps the best epoch: over the catalogue, or SASRec's sampled")
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--epochs", type=int, default=22, help="at about 70 CPU seconds an epoch (validation included) "
-                                                       "on one thread, 22 fit in the 30 CPU minutes")
+    ap.add_argument("--epochs", type=int, default=8, help="at about 130 CPU seconds an epoch at 256-d (validation "
+                                                      "included) on one thread, 8 take about 18 CPU minutes")
     ap.add_argument("--early-stopping", type=int, default=3)
     ap.add_argument("--max-minutes", type=float, default=None, help="a wall-clock limit on training as well")
     ap.add_argument("--scheduler", default="cosine")
