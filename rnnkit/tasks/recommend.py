@@ -476,7 +476,7 @@ def _by_popularity(found: dict[str, Any], cases: Cases, counts: np.ndarray) -> l
     seen = counts[targets]
     out = []
     for low, high in POPULARITY_BUCKETS:
-        mask = known & (seen >= low) & (seen <= (high if high is not None else seen.max()))
+        mask = known & (seen >= low) & (seen <= (np.inf if high is None else high))
         if not mask.any():
             continue
         ranks, sampled = found["ranks"][mask], found["sampled"][mask]
