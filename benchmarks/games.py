@@ -57,6 +57,8 @@ def main() -> None:
                     help="sampled losses: the batch's own targets are negatives too")
     ap.add_argument("--residual", action=argparse.BooleanOptionalAction, default=True,
                     help="add each event's own item embedding to the query after it")
+    ap.add_argument("--label-smoothing", type=float, default=0.0, help="ce loss: share of each target's mass "
+                                                                       "spread over the catalogue")
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--monitor", default="full", choices=["full", "sampled"],
                     help="the validation NDCG@10 that keeps the best epoch: over the catalogue, or SASRec's sampled")
@@ -83,7 +85,7 @@ def main() -> None:
                "scheduler": args.scheduler, "weight_decay": args.weight_decay},
         recommend={"loss": args.loss, "max_length": 50, "negatives": args.negatives,
                    "sample_alpha": args.sample_alpha, "batch_negatives": args.batch_negatives, "monitor": args.monitor,
-                   "residual": args.residual},
+                   "residual": args.residual, "label_smoothing": args.label_smoothing},
     )
     start, cpu_start = time.perf_counter(), time.process_time()
     result = train(cfg, data, out)

@@ -531,6 +531,8 @@ class RecommendConfig:
     residual: bool = _opt(True, "add each event's own item embedding to the query after it, so items score by "
                                 "their likeness to the latest one as well as by the recurrent state "
                                 "(--no-residual: the state alone)")
+    label_smoothing: float = _opt(0.0, "ce loss: spread this share of each target's probability evenly over the "
+                                       "catalogue, so rarely seen items are not pushed without bound below the rest")
     monitor: str = _opt("full", "the validation figure that keeps the best epoch: full (NDCG@10 over the whole "
                                 "catalogue) or sampled (NDCG@10 against 100 uniformly drawn items the user never "
                                 "touched, SASRec's protocol)", choices=RECOMMEND_MONITORS)
@@ -544,6 +546,9 @@ class RecommendConfig:
         _check(self.negatives >= 1, "--negatives", self.negatives, "an integer >= 1")
         _check(0 <= self.sample_alpha <= 1, "--sample-alpha", self.sample_alpha, "a number in [0, 1]")
         _check(self.score_reg >= 0, "--score-reg", self.score_reg, "a number >= 0")
+        _check(0 <= self.label_smoothing < 1, "--label-smoothing", self.label_smoothing, "a number in [0, 1)")
+        _check(not self.label_smoothing or self.loss == "ce", "--label-smoothing", self.label_smoothing,
+               f"0 with --loss {self.loss} (smoothing applies to the full softmax, --loss ce)")
 
 
 TASK_SECTIONS: dict[str, type] = {

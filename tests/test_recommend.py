@@ -413,6 +413,10 @@ def test_config_checks_and_bidirectional_refused():
         RunConfig.create("recommend", recommend={"loss": "hinge"})
     with pytest.raises(UserError, match="--max-length"):
         RunConfig.create("recommend", recommend={"max_length": -1})
+    with pytest.raises(UserError, match=r"--label-smoothing: expected a number in \[0, 1\); got 1\.0"):
+        RunConfig.create("recommend", recommend={"label_smoothing": 1.0})
+    with pytest.raises(UserError, match="--label-smoothing: expected 0 with --loss bpr-max"):
+        RunConfig.create("recommend", recommend={"label_smoothing": 0.1, "loss": "bpr-max"})
     from rnnkit.tasks.recommend import build_model
 
     with pytest.raises(UserError, match="--bidirectional"):
@@ -474,6 +478,48 @@ def test_the_tied_softmax_loss_equals_cross_entropy_and_its_gradients(block, mon
     again.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         again.backward()
+
+
+@pytest.mark.parametrize("block", [1024, 3])
+def test_label_smoothing_equals_cross_entropy_with_smoothing_and_its_gradients(block, monkeypatch):
+    from rnnkit.models import recommender
+    from rnnkit.models.recommender import tied_softmax_loss
+
+    monkeypatch.setattr(recommender, "SCORE_BLOCK", block)
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 6, 2, 2, 4, 1])
+    weights = torch.randn(6, generator=g, dtype=torch.float64)
+    got = tied_softmax_loss(q, w, b, t, label_smoothing=0.3)
+    expected = F.cross_entropy(q @ w.t() + b, t, reduction="none", label_smoothing=0.3)
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, F.cross_entropy(q @ w.t() + b, t, reduction="none"))  # smoothing did something
+    grads = torch.autograd.grad((got * weights).sum(), (q, w, b))
+    reference = torch.autograd.grad((expected * weights).sum(), (q, w, b))
+    for a, r in zip(grads, reference, strict=True):
+        torch.testing.assert_close(a, r)
+
+
+def test_a_smoothed_model_trains_and_validates_unsmoothed():
+    torch.manual_seed(0)
+    items = torch.tensor([[1, 2, 3, 4], [2, 3, 4, 0]])
+    batch = {"items": items, "lengths": torch.tensor([4, 3]), "targets": torch.tensor([[2, 3, 4, 5], [3, 4, 5, 0]])}
+    plain = Recommender(6, embedding_size=4, hidden_size=4)
+    smooth = Recommender(6, embedding_size=4, hidden_size=4, label_smoothing=0.2)
+    smooth.load_state_dict(plain.state_dict())
+    queries, _ = plain.encode(items, batch["lengths"])
+    mask = batch["targets"] != 0
+    scores = queries[mask] @ plain.item_embedding.weight[1:].t() + plain.item_bias[1:]
+    expected = F.cross_entropy(scores, batch["targets"][mask] - 1, label_smoothing=0.2)
+    torch.testing.assert_close(smooth.loss(batch).loss, expected)
+    valid = {"items": items, "lengths": batch["lengths"], "valid_targets": torch.tensor([5, 5]),
+             "seen": torch.zeros(2, 1, dtype=torch.long)}
+    with torch.no_grad():
+        assert smooth.loss(valid).stats == plain.loss(valid).stats
+    with pytest.raises(ValueError, match="label_smoothing"):
+        Recommender(6, loss="sampled", label_smoothing=0.1)
 
 
 def test_inspect_reads_the_histories(rec_run, tmp_path):

@@ -89,6 +89,23 @@ class TiedSoftmaxLoss(torch.autograd.Function):
         return d_queries, d_weight, d_bias, None
 
 
+def tied_softmax_loss(queries: Tensor, weight: Tensor, bias: Tensor, targets: Tensor,
+                      label_smoothing: float = 0.0) -> Tensor:
+    """`F.cross_entropy(queries @ weight.T + bias, targets, label_smoothing=...)` per row, (N,) losses, made
+    through `TiedSoftmaxLoss`.
+
+    Smoothing takes share `label_smoothing` of the target's mass and spreads it evenly over the V items, which
+    adds `label_smoothing * (s_target - mean_j s_j)` to the plain cross-entropy; the mean score of a row is its
+    query against the mean item vector plus the mean bias, so the term costs one (N, E) product.
+    """
+    loss = TiedSoftmaxLoss.apply(queries, weight, bias, targets)  # (N,)
+    if not label_smoothing:
+        return loss
+    target = (queries * weight[targets]).sum(dim=1) + bias[targets]  # (N,)
+    mean = queries @ weight.mean(dim=0) + bias.mean()  # (N,)
+    return loss + label_smoothing * (target - mean)
+
+
 def sampled_softmax_loss(positive: Tensor, negative: Tensor, log_q_positive: Tensor, log_q_negative: Tensor,
                          collision: Tensor) -> Tensor:
     """Softmax over the target and a sample of negatives, with the logQ correction (Bengio & Senecal 2008;
@@ -161,6 +178,9 @@ class Recommender(nn.Module):
         residual: the query after each event is the projected recurrent output plus that event's own item
             embedding (as it was read, dropout included), so an item scores by its likeness to the latest item
             as well as by the state. The state's projection is then always a learnt map, whatever the sizes.
+        label_smoothing: `ce` only: this share of each target's mass is spread evenly over the catalogue (as
+            `F.cross_entropy`'s option), so an item the training data holds rarely or never is not driven
+            without bound below the rest. Validation losses are not smoothed.
         monitor: the validation figure that keeps the best weights: `full` (NDCG@10 over the catalogue) or
             `sampled` (NDCG@10 against the validation batches' `negatives`, SASRec's protocol).
         fused, recurrent_options: passed to `Recurrent`.
@@ -183,6 +203,7 @@ class Recommender(nn.Module):
         batch_negatives: bool = True,
         score_reg: float = 1.0,
         residual: bool = False,
+        label_smoothing: float = 0.0,
         monitor: str = "full",
         fused: bool | None = None,
         recurrent_options: dict[str, Any] | None = None,
@@ -201,6 +222,11 @@ class Recommender(nn.Module):
         check_choice("monitor", monitor, ("full", "sampled"))
         self.monitor = ("ndcg@10", "max") if monitor == "full" else ("sampled_ndcg@10", "max")
         self.score_reg = float(score_reg)
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing: expected a number in [0, 1); got {label_smoothing}")
+        if label_smoothing and loss != "ce":
+            raise ValueError(f"label_smoothing: smooths the full softmax (loss 'ce'); got loss {loss!r}")
+        self.label_smoothing = float(label_smoothing)
         self.item_embedding = nn.Embedding(num_items, embedding_size, padding_idx=PAD_ITEM)
         nn.init.normal_(self.item_embedding.weight, std=1.0 / math.sqrt(embedding_size))
         with torch.no_grad():
@@ -282,7 +308,8 @@ class Recommender(nn.Module):
     def sequence_loss(self, queries: Tensor, targets: Tensor) -> Tensor:
         """The training loss of query vectors (N, E) against their target items (N,): (N,) losses."""
         if self.loss_name == "ce":  # over the items alone: the padding row never enters the softmax
-            return TiedSoftmaxLoss.apply(queries, self.item_embedding.weight[1:], self.item_bias[1:], targets - 1)
+            return tied_softmax_loss(queries, self.item_embedding.weight[1:], self.item_bias[1:], targets - 1,
+                                     self.label_smoothing)
         negatives = self._negatives(targets)  # (S,)
         weights = self.item_embedding.weight
         positive = (queries * weights[targets]).sum(dim=1) + self.item_bias[targets]  # (N,)

@@ -201,7 +201,7 @@ def build_model(cfg: RunConfig, num_items: int, popularity: Tensor | None = None
                        num_layers=m.num_layers, cell=m.cell, dropout=m.dropout, embedding_dropout=m.embedding_dropout,
                        output_dropout=m.output_dropout, loss=o.loss, num_negatives=o.negatives, popularity=popularity,
                        sample_alpha=o.sample_alpha, batch_negatives=o.batch_negatives, score_reg=o.score_reg,
-                       residual=o.residual,
+                       residual=o.residual, label_smoothing=o.label_smoothing,
                        monitor=o.monitor, fused=m.fused,
                        recurrent_options=m.recurrent_options())
 
