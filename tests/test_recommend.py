@@ -454,10 +454,11 @@ def test_export_to_onnx_matches_the_model(rec_run, tmp_path, capsys):
     assert np.isneginf(got[0, 0]) and np.allclose(got[0, 1:], expected[0, 1:], atol=1e-4)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
 @pytest.mark.parametrize("block", [1024, 3])  # one block; blocks of 3 items, the last one short (7 = 3 + 3 + 1)
-def test_the_tied_softmax_loss_equals_cross_entropy_and_its_gradients(block, monkeypatch):
+def test_the_tied_softmax_loss_equals_cross_entropy_and_its_gradients(block, smoothing, monkeypatch):
     from rnnkit.models import recommender
-    from rnnkit.models.recommender import TiedSoftmaxLoss
+    from rnnkit.models.recommender import TiedSoftmaxLoss, tied_softmax_loss
 
     monkeypatch.setattr(recommender, "SCORE_BLOCK", block)
     g = torch.Generator().manual_seed(1)
@@ -466,9 +467,11 @@ def test_the_tied_softmax_loss_equals_cross_entropy_and_its_gradients(block, mon
     b = torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True)
     t = torch.tensor([0, 6, 2, 2, 4])
     weights = torch.randn(5, generator=g, dtype=torch.float64)
-    got = TiedSoftmaxLoss.apply(q, w, b, t)
-    expected = F.cross_entropy(q @ w.t() + b, t, reduction="none")
+    got = tied_softmax_loss(q, w, b, t, label_smoothing=smoothing)
+    expected = F.cross_entropy(q @ w.t() + b, t, reduction="none", label_smoothing=smoothing)
     torch.testing.assert_close(got, expected)
+    if smoothing:  # the smoothing did something
+        assert not torch.allclose(got, F.cross_entropy(q @ w.t() + b, t, reduction="none"))
     grads = torch.autograd.grad((got * weights).sum(), (q, w, b))
     reference = torch.autograd.grad((expected * weights).sum(), (q, w, b))
     for a, r in zip(grads, reference, strict=True):
@@ -478,28 +481,6 @@ def test_the_tied_softmax_loss_equals_cross_entropy_and_its_gradients(block, mon
     again.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         again.backward()
-
-
-@pytest.mark.parametrize("block", [1024, 3])
-def test_label_smoothing_equals_cross_entropy_with_smoothing_and_its_gradients(block, monkeypatch):
-    from rnnkit.models import recommender
-    from rnnkit.models.recommender import tied_softmax_loss
-
-    monkeypatch.setattr(recommender, "SCORE_BLOCK", block)
-    g = torch.Generator().manual_seed(2)
-    q = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(7, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True)
-    t = torch.tensor([0, 6, 2, 2, 4, 1])
-    weights = torch.randn(6, generator=g, dtype=torch.float64)
-    got = tied_softmax_loss(q, w, b, t, label_smoothing=0.3)
-    expected = F.cross_entropy(q @ w.t() + b, t, reduction="none", label_smoothing=0.3)
-    torch.testing.assert_close(got, expected)
-    assert not torch.allclose(got, F.cross_entropy(q @ w.t() + b, t, reduction="none"))  # smoothing did something
-    grads = torch.autograd.grad((got * weights).sum(), (q, w, b))
-    reference = torch.autograd.grad((expected * weights).sum(), (q, w, b))
-    for a, r in zip(grads, reference, strict=True):
-        torch.testing.assert_close(a, r)
 
 
 def test_a_smoothed_model_trains_and_validates_unsmoothed():
