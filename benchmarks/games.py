@@ -64,7 +64,7 @@ def main() -> None:
                     help="the validation NDCG@10 that keeps the best epoch: over the catalogue, or SASRec's sampled")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=8, help="at about 170 CPU seconds an epoch at 256-d in batches of "
+    ap.add_argument("--epochs", type=int, default=8, help="at about 180 CPU seconds an epoch at 256-d in batches of "
                                                       "32 (validation included) on one thread, 8 take about 24 "
                                                       "CPU minutes")
     ap.add_argument("--early-stopping", type=int, default=3)
