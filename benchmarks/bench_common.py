@@ -7,9 +7,27 @@ from __future__ import annotations
 
 import json
 import platform
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+
+def repeat_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Times `fn`: `warmup` untimed-for-the-figures calls (the first one's time is returned on its own), then
+    `repeats` timed ones. Returns (first call's seconds, each repeat's seconds)."""
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return first, times
 
 
 def environment() -> dict[str, object]:

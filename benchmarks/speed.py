@@ -41,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_common import repeat_seconds
 from torch import nn
 
 from rnnkit import Recurrent
@@ -59,16 +60,7 @@ class StepwiseLayerNormLSTM(LayerNormLSTMCell):
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, float]:
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    for _ in range(warmup - 1):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
+    first, times = repeat_seconds(fn, repeats, warmup)
     return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times), "max_ms": 1000 * max(times),
             "first_call_ms": 1000 * first}
 

@@ -12,22 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
-from bench_common import cpu_name
+from bench_common import cpu_name, repeat_seconds
 
 from rnnkit.models.recommender import SCORE_BLOCK, TiedSoftmaxLoss
 
 
 def timed(fn, repeats: int) -> list[float]:
-    fn()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
+    return repeat_seconds(fn, repeats)[1]
 
 
 def show(name: str, seconds: list[float], flop: float) -> None:
